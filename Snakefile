@@ -1,0 +1,25 @@
+# Influence functions vs leave-one-out re-training (Basu, Pope & Feizi, ICLR 2021).
+# Targets: `all` (every enabled study), `iris`, or any output path under results/.
+
+
+configfile: "config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/influence.smk"
+include: "workflow/rules/loo.smk"
+include: "workflow/rules/aggregate.smk"
+include: "workflow/rules/plots.smk"
+
+
+rule all:
+    input:
+        [study_targets(study) for study in enabled_studies(config)],
+    default_target: True
+
+
+rule iris:
+    input:
+        study_targets("iris"),

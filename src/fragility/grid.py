@@ -1,0 +1,103 @@
+"""The study grid: which cells exist, where their files live, and each cell's effective config.
+
+A cell is one (study, dataset, architecture, decay, seed). Its files live under
+`results/{study}/{dataset}/{arch}/wd{decay}/seed{seed}/`, with the decay written by `decay_label`
+(`0.005` → "0.005", `0` → "0"); a label is always mapped back through the config, never parsed.
+Per-architecture `overrides` are deep-merged into the study block for that architecture.
+"""
+
+from __future__ import annotations
+
+import copy
+
+from .models import known_architecture
+
+CELL_PATTERN = "{study}/{dataset}/{arch}/wd{decay}/seed{seed}"
+
+
+def decay_label(decay: float) -> str:
+    return f"{float(decay):g}"
+
+
+def deep_merge(base: dict, update: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def study_block(config: dict, study: str) -> dict:
+    if study not in config["studies"]:
+        raise KeyError(f"studies.{study}: no such study in the config; known: {sorted(config['studies'])}")
+    return config["studies"][study]
+
+
+def arch_config(config: dict, study: str, arch: str) -> dict:
+    """The study block with `overrides[arch]` merged in (e.g. a per-architecture estimator)."""
+    block = study_block(config, study)
+    merged = deep_merge({k: v for k, v in block.items() if k != "overrides"}, block.get("overrides", {}).get(arch, {}))
+    return merged
+
+
+def cells(config: dict, study: str) -> list[dict]:
+    block = study_block(config, study)
+    excluded = [(e.get("dataset"), e.get("arch")) for e in block.get("exclude", [])]
+    out = []
+    for dataset in block["datasets"]:
+        for arch in block["architectures"]:
+            if (dataset, arch) in excluded or (None, arch) in excluded or (dataset, None) in excluded:
+                continue
+            for decay in block["decays"]:
+                for seed in block["seeds"]:
+                    out.append({"study": study, "dataset": dataset, "arch": arch, "decay": decay_label(decay), "seed": int(seed)})
+    return out
+
+
+def cell_dir(cell: dict, root: str = "results") -> str:
+    return f"{root}/" + CELL_PATTERN.format(**cell)
+
+
+def decay_value(config: dict, study: str, label: str) -> float:
+    for decay in study_block(config, study)["decays"]:
+        if decay_label(decay) == label:
+            return float(decay)
+    raise KeyError(f"studies.{study}.decays has no value written '{label}'")
+
+
+def estimators(config: dict, study: str, arch: str) -> dict:
+    return arch_config(config, study, arch)["influence"]["methods"]
+
+
+def enabled_studies(config: dict) -> list[str]:
+    return [name for name, block in config["studies"].items() if block.get("enabled", True)]
+
+
+def check_config(config: dict) -> None:
+    """Checks a JSON schema cannot express; raises ValueError naming the offending key."""
+    for study, block in config["studies"].items():
+        for arch in block["architectures"]:
+            if not known_architecture(arch):
+                raise ValueError(f"studies.{study}.architectures: unknown architecture '{arch}'")
+        for arch in block.get("overrides", {}):
+            if arch not in block["architectures"]:
+                raise ValueError(f"studies.{study}.overrides.{arch}: not one of the study's architectures")
+        for arch in block["architectures"]:
+            merged = arch_config(config, study, arch)
+            by = merged["select"]["by"]
+            if by not in merged["influence"]["methods"]:
+                raise ValueError(f"studies.{study}.select.by: '{by}' is not one of influence.methods {sorted(merged['influence']['methods'])}")
+        labels = [decay_label(d) for d in block["decays"]]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"studies.{study}.decays: duplicate values {block['decays']}")
+        if len(set(block["seeds"])) != len(block["seeds"]):
+            raise ValueError(f"studies.{study}.seeds: duplicate values {block['seeds']}")
+
+
+def read_selected(path) -> list[int]:
+    import json
+
+    with open(path) as handle:
+        return list(json.load(handle)["indices"])

@@ -1,0 +1,75 @@
+"""Device choice, seeding, threads and dtypes."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """`auto` picks CUDA when present, else CPU; `cpu`/`cuda`/`cuda:1` are taken as given."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device '{name}' was requested but CUDA is not available here")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def configure(threads: int | None = None, deterministic: bool = True) -> None:
+    """Set the number of CPU threads and ask torch for deterministic kernels."""
+    if threads:
+        torch.set_num_threads(int(threads))
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got '{name}'")
+    return DTYPES[name]
+
+
+def peak_gpu_memory_mb(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    return torch.cuda.max_memory_allocated(device) / 2**20
+
+
+def start_job(log_path: str | None, threads: int | None = None):
+    """Send this process's stdout/stderr to the job's log file, set threads; return a logger."""
+    import sys
+
+    if log_path:
+        handle = open(log_path, "w", buffering=1)
+        sys.stdout = sys.stderr = handle
+    configure(threads)
+    return file_logger(None)
+
+
+def file_logger(log_path: str | None):
+    """A `log(message)` that appends time-stamped lines to `log_path` (stdout when None).
+    Used as is by rules that run inside the Snakemake process (no redirection there)."""
+    import time
+
+    began = time.perf_counter()
+
+    def log(message: str) -> None:
+        line = f"[{time.perf_counter() - began:8.1f}s] {message}"
+        if log_path:
+            with open(log_path, "a") as handle:
+                handle.write(line + "\n")
+        else:
+            print(line, flush=True)
+
+    return log

@@ -1,0 +1,83 @@
+"""Which test points to explain and which training points to re-train.
+
+Test-point specs (strings): `max` (highest test loss), `median` (the 50th percentile of test
+loss), `p<q>` (q-th percentile), `top<k>` (the k highest-loss points, named top1..topk).
+
+Selection rules (per test point, on |Δ̂|): `{top_fraction: f}`, `{top_k: k}` and
+`{around_percentile: q, k: m}` (the m points whose |Δ̂| rank is nearest the q-th percentile).
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+
+def _percentile_index(losses: np.ndarray, q: float) -> int:
+    order = np.argsort(losses, kind="stable")
+    rank = int(round(q / 100.0 * (len(losses) - 1)))
+    return int(order[rank])
+
+
+def choose_test_points(losses, specs: list[str]) -> list[dict]:
+    """Resolve specs against per-test-point losses at θ*; returns [{name, index, loss}]."""
+    losses = np.asarray(losses, dtype=float)
+    if len(losses) == 0:
+        raise ValueError("the test set is empty")
+    chosen = []
+    for spec in specs:
+        if spec == "max":
+            chosen.append(("max", int(np.argmax(losses))))
+        elif spec == "median":
+            chosen.append(("median", _percentile_index(losses, 50)))
+        elif m := re.fullmatch(r"p(\d+(?:\.\d+)?)", spec):
+            chosen.append((spec, _percentile_index(losses, float(m.group(1)))))
+        elif m := re.fullmatch(r"top(\d+)", spec):
+            order = np.argsort(-losses, kind="stable")
+            k = int(m.group(1))
+            if k > len(losses):
+                raise ValueError(f"test_points: '{spec}' asks for {k} points but the test set has {len(losses)}")
+            chosen.extend((f"top{r + 1}", int(order[r])) for r in range(k))
+        else:
+            raise ValueError(f"test_points: unknown spec '{spec}' (use max, median, p<q> or top<k>)")
+    seen, out = set(), []
+    for name, index in chosen:
+        if name not in seen:
+            seen.add(name)
+            out.append({"name": name, "index": index, "loss": float(losses[index])})
+    return out
+
+
+def select_training_points(abs_scores: np.ndarray, rules: list[dict]) -> dict[int, str]:
+    """Apply the selection rules to |Δ̂| of one test point; returns {train index: rule label}."""
+    abs_scores = np.asarray(abs_scores, dtype=float)
+    if np.isnan(abs_scores).any():
+        raise ValueError("cannot select training points: the influence estimates contain NaN (did the estimator diverge?)")
+    n = len(abs_scores)
+    order = np.argsort(-abs_scores, kind="stable")  # descending |Δ̂|
+    picked: dict[int, str] = {}
+    for rule in rules:
+        if "top_fraction" in rule:
+            k = max(1, int(round(float(rule["top_fraction"]) * n)))
+            label, indices = "top", order[:k]
+        elif "top_k" in rule:
+            k = min(int(rule["top_k"]), n)
+            label, indices = "top", order[:k]
+        elif "around_percentile" in rule:
+            q, k = float(rule["around_percentile"]), min(int(rule["k"]), n)
+            ascending = order[::-1]
+            centre = int(round(q / 100.0 * (n - 1)))
+            lo = min(max(0, centre - k // 2), n - k)
+            label, indices = f"p{rule['around_percentile']:g}", ascending[lo : lo + k]
+        else:
+            raise ValueError(f"select.rules: unknown rule {rule}")
+        for i in indices:
+            picked.setdefault(int(i), label)
+    return picked
+
+
+def chunk(indices: list[int], size: int) -> list[list[int]]:
+    if size < 1:
+        raise ValueError(f"loo.chunk_size must be ≥ 1, got {size}")
+    return [indices[i : i + size] for i in range(0, len(indices), size)]

@@ -1,0 +1,161 @@
+"""Training of k parameter copies at once, for the original model and for leave-one-out re-training.
+
+Each copy c minimises its own objective on the same minibatch sequence,
+
+    R_c(θ_c) = mean_{i ∈ batch, w_ci = 1} ℓ(z_i, θ_c) + (λ/2) ‖θ_c‖²,
+
+where the weights w_c ∈ {0,1}^n mark which training points copy c may see (all ones for θ* and
+for the no-removal drift control; zero at index j for the copy that leaves j out). The copies
+are stacked into one leaf tensor Θ ∈ R^{k×p}, their objectives are evaluated under
+`torch.func.vmap` and summed; because the optimisers used here (gradient descent, SGD with
+momentum, Adam) act element-wise and decay is part of the loss, one optimiser step on Θ is
+exactly k independent steps. Decay is in the loss, not the optimiser, so θ* minimises R(θ).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.func import functional_call, vmap
+
+from .io import load_torch, save_torch
+from .objective import FlatModel
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass
+class TrainSettings:
+    """Optimiser and schedule. `batch_size: None` means full-batch gradient descent."""
+
+    steps: int
+    lr: float
+    optimizer: str = "gd"  # gd | sgd | adam
+    momentum: float = 0.0
+    batch_size: int | None = None
+    schedule: str = "constant"  # constant | cosine
+    order_seed: int = 0  # seeds the minibatch order (shared by all copies)
+    check_every: int = 100
+    checkpoint_every: int = 0  # 0: never
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, cfg: dict, steps: int | None = None, order_seed: int = 0) -> "TrainSettings":
+        known = {k: cfg[k] for k in ("lr", "optimizer", "momentum", "batch_size", "schedule", "check_every", "checkpoint_every") if k in cfg}
+        return cls(steps=int(steps if steps is not None else cfg["steps"]), order_seed=order_seed, **known)
+
+
+def batch_rows(step: int, n: int, batch_size: int | None, seed: int, device) -> torch.Tensor | None:
+    """Rows of the minibatch at `step`: a seeded permutation per epoch, so any step's batch can be
+    recomputed after a restart. None means the full batch."""
+    if not batch_size or batch_size >= n:
+        return None
+    per_epoch = math.ceil(n / batch_size)
+    epoch, position = divmod(step, per_epoch)
+    gen = torch.Generator(device="cpu").manual_seed(seed * 1_000_003 + epoch)
+    perm = torch.randperm(n, generator=gen)
+    return perm[position * batch_size : (position + 1) * batch_size].to(device)
+
+
+def _make_optimizer(params, settings: TrainSettings):
+    if settings.optimizer in ("gd", "sgd"):
+        return torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum)
+    if settings.optimizer == "adam":
+        return torch.optim.Adam(params, lr=settings.lr)
+    raise ValueError(f"train.optimizer must be gd, sgd or adam, got '{settings.optimizer}'")
+
+
+def _make_schedule(optimizer, settings: TrainSettings):
+    if settings.schedule == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    if settings.schedule == "cosine":
+        total = max(settings.steps, 1)
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    raise ValueError(f"train.schedule must be constant or cosine, got '{settings.schedule}'")
+
+
+@dataclass
+class TrainResult:
+    thetas: torch.Tensor  # [k, p] final parameters
+    buffers: dict  # name -> [k, ...] final buffers (BatchNorm statistics)
+    final_losses: list[float]
+    seconds: float
+    history: list[dict]
+
+
+def train_copies(
+    net: FlatModel,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    decay: float,
+    theta_init: torch.Tensor,
+    weights: torch.Tensor,
+    settings: TrainSettings,
+    checkpoint_path: str | Path | None = None,
+    log=print,
+) -> TrainResult:
+    """Train k copies (rows of `theta_init` [k, p], weights [k, n]) for `settings.steps` steps.
+
+    If `checkpoint_path` is set, the state is saved atomically every `checkpoint_every` steps and
+    a run that finds a checkpoint resumes from it (same result as an uninterrupted run).
+    """
+    k, n = weights.shape
+    model = net.model
+    model.train()
+    thetas = torch.nn.Parameter(theta_init.detach().clone())
+    buffers = {name: b.detach().clone().unsqueeze(0).repeat(k, *[1] * b.dim()) for name, b in net.buffers.items()}
+    optimizer = _make_optimizer([thetas], settings)
+    schedule = _make_schedule(optimizer, settings)
+    start_step, history = 0, []
+
+    if checkpoint_path and Path(checkpoint_path).exists():
+        state = load_torch(checkpoint_path, required_keys=("step", "thetas", "optimizer", "schedule", "buffers"))
+        if state["thetas"].shape != thetas.shape:
+            raise RuntimeError(f"checkpoint {checkpoint_path} holds parameters of shape {tuple(state['thetas'].shape)}, expected {tuple(thetas.shape)}; delete it")
+        with torch.no_grad():
+            thetas.copy_(state["thetas"].to(thetas.device))
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        buffers = {n_: b.to(thetas.device) for n_, b in state["buffers"].items()}
+        start_step, history = int(state["step"]), state.get("history", [])
+        log(f"resuming from checkpoint {checkpoint_path} at step {start_step}")
+
+    def copy_objective(theta, bufs, w, xb, yb):
+        logits = functional_call(model, (net.unflatten(theta), bufs), (xb,))
+        losses = torch.nn.functional.cross_entropy(logits, yb, reduction="none")
+        return (losses * w).sum() / w.sum().clamp_min(1.0) + 0.5 * decay * theta.pow(2).sum()
+
+    batched = vmap(copy_objective, in_dims=(0, 0, 0, None, None))
+    began = time.perf_counter()
+    losses = torch.full((k,), math.nan)
+    for step in range(start_step, settings.steps):
+        rows = batch_rows(step, n, settings.batch_size, settings.order_seed, x.device)
+        xb, yb, wb = (x, y, weights) if rows is None else (x[rows], y[rows], weights[:, rows])
+        optimizer.zero_grad(set_to_none=True)
+        losses = batched(thetas, buffers, wb, xb, yb)
+        losses.sum().backward()
+        optimizer.step()
+        schedule.step()
+        done = step + 1
+        if done % settings.check_every == 0 or done == settings.steps:
+            values = losses.detach().cpu()
+            if not torch.isfinite(values).all():
+                bad = torch.nonzero(~torch.isfinite(values)).flatten().tolist()
+                raise NonFiniteLossError(
+                    f"training loss became non-finite ({values[bad[0]].item()}) at step {done} for copy {bad[0]}; "
+                    f"lower train.lr (now {settings.lr}) or check the data"
+                )
+            history.append({"step": done, "loss_mean": float(values.mean()), "loss_max": float(values.max())})
+        if checkpoint_path and settings.checkpoint_every and done % settings.checkpoint_every == 0 and done < settings.steps:
+            save_torch({"step": done, "thetas": thetas.detach().cpu(), "optimizer": optimizer.state_dict(),
+                        "schedule": schedule.state_dict(), "buffers": {n_: b.cpu() for n_, b in buffers.items()},
+                        "history": history}, checkpoint_path)
+    model.eval()
+    return TrainResult(thetas.detach(), {n_: b.detach() for n_, b in buffers.items()},
+                       [float(v) for v in losses.detach().cpu()], time.perf_counter() - began, history)

@@ -1,0 +1,13 @@
+rule prepare_data:
+    output:
+        RESULTS + "/{study}/{dataset}/data.pt",
+    params:
+        dataset_cfg=lambda w: grid.study_block(config, w.study)["datasets"][w.dataset],
+        data_dir=config.get("data_dir", "data"),
+    log:
+        RESULTS + "/logs/{study}/{dataset}/prepare_data.log",
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    script:
+        "../scripts/prepare_data.py"

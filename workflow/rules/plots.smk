@@ -1,0 +1,44 @@
+IRIS_FIGURES = [
+    "spearman_vs_depth",
+    "spearman_vs_width",
+    "param_change_scatter",
+    "estimator_spearman_vs_depth",
+    "top_eigenvalue_vs_depth",
+]
+STUDY_FIGURES["iris"] = [
+    f"{RESULTS}/iris/figures/{name}.{ext}" for name in IRIS_FIGURES for ext in ("png", "pdf")
+]
+
+
+rule plot_iris:
+    input:
+        correlations=RESULTS + "/iris/correlations.parquet",
+        rows=RESULTS + "/iris/rows.parquet",
+        diagnostics=RESULTS + "/iris/influence_diagnostics.csv",
+        training=RESULTS + "/iris/training.csv",
+    output:
+        STUDY_FIGURES["iris"],
+    params:
+        figures=lambda w: config["studies"]["iris"].get("figures", {}),
+        outdir=RESULTS + "/iris/figures",
+    log:
+        RESULTS + "/logs/iris/plot_iris.log",
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    run:
+        from fragility.plots import iris_figures
+
+        iris_figures(
+            input.correlations,
+            input.rows,
+            input.diagnostics,
+            input.training,
+            params.outdir,
+            params.figures,
+        )
+        file_logger(log[0])("figures written")
+
+
+localrules:
+    plot_iris,

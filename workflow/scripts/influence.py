@@ -1,0 +1,8 @@
+from fragility.pipeline import compute_influence, damping_for
+from fragility.runtime import start_job
+
+log = start_job(snakemake.log[0], snakemake.threads)
+p = snakemake.params
+compute_influence(snakemake.input.model, snakemake.input.data, snakemake.input.test_points, snakemake.wildcards.estimator,
+                  p.method, damping_for(p.influence, p.decay), snakemake.output.table, snakemake.output.diagnostics,
+                  device_name=p.device, chunk_size=p.influence.get("chunk_size", 1024), log=log)

@@ -1,0 +1,20 @@
+"""Leave-one-out re-training of one chunk of selected points, or of the no-removal drift control."""
+
+from fragility.grid import read_selected
+from fragility.pipeline import run_loo
+from fragility.runtime import start_job
+from fragility.selection import chunk
+
+log = start_job(snakemake.log[0], snakemake.threads)
+p = snakemake.params
+if "chunk" in snakemake.wildcards.keys():
+    chunks = chunk(read_selected(snakemake.input.selected), int(p.loo["chunk_size"]))
+    removed = chunks[int(snakemake.wildcards.chunk)]
+    table_out, theta_out, drift_theta = snakemake.output[0], None, snakemake.input.drift_theta
+else:
+    removed = [-1]  # drift control: same steps and minibatch order, nothing removed
+    table_out, theta_out, drift_theta = snakemake.output.table, snakemake.output.theta, None
+seconds = run_loo(snakemake.input.model, snakemake.input.data, snakemake.input.test_points, removed, p.loo, p.train,
+                  table_out, device_name=p.device, order_seed=p.order_seed, checkpoint_path=p.checkpoint,
+                  drift_theta_path=drift_theta, theta_out=theta_out, log=log)
+log(f"re-trained {len(removed)} copies in {seconds:.1f}s")

@@ -1,0 +1,6 @@
+from fragility.pipeline import prepare_data
+from fragility.runtime import start_job
+
+log = start_job(snakemake.log[0])
+info = prepare_data(snakemake.wildcards.dataset, snakemake.params.dataset_cfg, snakemake.params.data_dir, snakemake.output[0])
+log(f"prepared {snakemake.wildcards.dataset}: {info}")

@@ -1,0 +1,8 @@
+from fragility.pipeline import train
+from fragility.runtime import start_job
+
+log = start_job(snakemake.log[0], snakemake.threads)
+w, p = snakemake.wildcards, snakemake.params
+metrics = train(snakemake.input.data, w.arch, p.decay, int(w.seed), p.train, p.dtype, p.device,
+                snakemake.output.model, snakemake.output.metrics, checkpoint_path=p.checkpoint, log=log)
+log(f"train loss {metrics['train_loss']:.4g}, accuracy {metrics['train_accuracy']:.3f}, flags {metrics['flags']}")
