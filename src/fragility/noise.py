@@ -1,0 +1,126 @@
+"""How much of the leave-one-out ground truth is signal: the drift control and repeated re-trainings.
+
+Ground truth for removing z, at test point z_t (θ* the trained model, θ_{-z} re-trained from θ*
+without z, θ_drift re-trained from θ* with nothing removed, same steps and minibatch order):
+
+    Δ(z)          = ℓ(z_t; θ_{-z}) − ℓ(z_t; θ*)          (actual_loss_change)
+    Δ_vs_drift(z) = ℓ(z_t; θ_{-z}) − ℓ(z_t; θ_drift)     (actual_loss_change_vs_drift)
+    drift         = ℓ(z_t; θ_drift) − ℓ(z_t; θ*)          (drift_loss_change), so Δ = Δ_vs_drift + drift.
+
+Noise in that ground truth, per test point and target:
+
+- drift noise: |drift|, how far continued training alone moves the target (for the parameter
+  targets, ‖θ_drift − θ*‖). Not applicable (NaN) for the `_vs_drift` targets, which subtract it.
+- repeat noise: the first `count` selected points are re-trained again with another minibatch
+  order (a different `order_seed`, its own drift control). With d_i = Δ_i(repeat) − Δ_i(original),
+  two independent draws of the same quantity, the standard deviation of one re-training is
+  σ_repeat = sqrt(mean(d_i²) / 2). With full-batch gradient descent the order has no effect and
+  σ_repeat only measures numerical non-determinism (≈ 0).
+- effect: the standard deviation of the target over the re-trained points, i.e. the variation a
+  correlation tries to explain.
+- noise = max(drift noise, repeat noise); signal-to-noise = effect / noise; the flag
+  `noise_exceeds_effect` is set when noise ≥ effect (naming the larger source).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+NOISE_FLAG = "noise_exceeds_effect"
+
+# target → (column of the re-trained value, column of the no-removal drift, or None when subtracted)
+NOISE_SOURCES = {
+    "loss_change": ("actual_loss_change", "drift_loss_change"),
+    "loss_change_vs_drift": ("actual_loss_change_vs_drift", None),
+    "param_change_norm": ("actual_param_change_norm", "drift_param_change_norm"),
+    "param_change_norm_vs_drift": ("actual_param_change_norm_vs_drift", None),
+}
+
+
+def drift_changes(drift: pd.DataFrame, test_index: int, loss_at_optimum: float) -> dict:
+    """The no-removal control at one test point: ℓ(θ_drift) − ℓ(θ*) and ‖θ_drift − θ*‖."""
+    row = drift[(drift.test_index == test_index) & (drift.removed_index < 0)]
+    if len(row) != 1:
+        raise ValueError(f"the drift control has {len(row)} rows for test index {test_index}, expected 1")
+    return {"drift_loss_change": float(row.test_loss.iloc[0]) - loss_at_optimum,
+            "drift_param_change_norm": float(row.param_distance.iloc[0])}
+
+
+def ground_truth(loo: pd.DataFrame, drift: pd.DataFrame, test_index: int, loss_at_optimum: float) -> pd.DataFrame:
+    """Per removed index, the documented ground truth at one test point.
+
+    `loo` and `drift` are `run_loo` tables (removed_index, test_index, test_loss, param_distance,
+    param_distance_vs_drift); `drift` holds the no-removal row (removed_index −1); `loss_at_optimum`
+    is ℓ(z_t; θ*). Returns a frame indexed by removed_index.
+    """
+    control = drift_changes(drift, test_index, loss_at_optimum)
+    drift_loss = loss_at_optimum + control["drift_loss_change"]
+    rows = loo[loo.test_index == test_index].set_index("removed_index")
+    return pd.DataFrame({
+        "actual_loss_change": rows.test_loss - loss_at_optimum,
+        "actual_loss_change_vs_drift": rows.test_loss - drift_loss,
+        "actual_param_change_norm": rows.param_distance,
+        "actual_param_change_norm_vs_drift": rows.param_distance_vs_drift,
+        **control,
+    }, index=rows.index)
+
+
+def repeat_spread(original: pd.Series, repeated: pd.Series) -> tuple[float, int]:
+    """σ of one re-training from two runs of the same removals: sqrt(mean((a − b)²) / 2) over the
+    indices both hold; (NaN, 0) when they share none."""
+    joined = pd.concat([original.rename("a"), repeated.rename("b")], axis=1, join="inner").dropna()
+    if joined.empty:
+        return math.nan, 0
+    d = (joined.a - joined.b).to_numpy(dtype=float)
+    return float(np.sqrt(np.mean(d * d) / 2.0)), int(len(d))
+
+
+def signal_to_noise(effect: float, drift_noise: float, repeat_noise: float) -> dict:
+    """Combine the noise sources: noise = the larger known one; flag when it reaches the effect."""
+    sources = {name: value for name, value in (("drift", drift_noise), ("repeat", repeat_noise))
+               if value is not None and math.isfinite(value)}
+    out = {"effect": effect, "drift_noise": drift_noise if drift_noise is not None else math.nan,
+           "repeat_noise": repeat_noise, "noise": math.nan, "noise_source": "", "signal_to_noise": math.nan,
+           "noise_flag": ""}
+    if not sources or not math.isfinite(effect):
+        return out
+    source = max(sources, key=sources.get)
+    noise = sources[source]
+    out.update(noise=noise, noise_source=source,
+               signal_to_noise=(effect / noise) if noise > 0 else math.inf,
+               noise_flag=NOISE_FLAG if noise >= effect else "")
+    return out
+
+
+def repeat_loo(model_path, data_path, test_points_path, selection_path, count, loo_cfg, train_cfg, out_path,
+               device_name="auto", order_seed=0, checkpoint_prefix=None, log=print):
+    """Re-train the first `count` selected points (in the order of `selected.json`'s indices) and a
+    no-removal drift control with minibatch order `order_seed`; one table like `run_loo`'s, the
+    drift row having removed_index −1 and distances to this repeat's own drift control."""
+    from .grid import read_selected
+    from .io import write_parquet
+    from .pipeline import run_loo
+
+    indices = read_selected(selection_path)[: int(count)]
+    folder = Path(out_path).parent
+    drift_table, drift_theta = folder / ".repeat_drift.parquet", folder / ".repeat_drift_theta.pt"
+    removal_table = folder / ".repeat_removals.parquet"
+    checkpoint = (lambda part: f"{checkpoint_prefix}.{part}.pt") if checkpoint_prefix else (lambda part: None)
+    seconds = run_loo(model_path, data_path, test_points_path, [-1], loo_cfg, train_cfg, drift_table,
+                      device_name=device_name, order_seed=order_seed, checkpoint_path=checkpoint("drift"),
+                      theta_out=drift_theta, log=log)
+    frames = [pd.read_parquet(drift_table)]
+    if indices:
+        seconds += run_loo(model_path, data_path, test_points_path, indices, loo_cfg, train_cfg, removal_table,
+                           device_name=device_name, order_seed=order_seed, checkpoint_path=checkpoint("removals"),
+                           drift_theta_path=drift_theta, log=log)
+        frames.append(pd.read_parquet(removal_table))
+    table = pd.concat(frames, ignore_index=True).assign(order_seed=int(order_seed))
+    write_parquet(table, out_path)
+    for path in (drift_table, drift_theta, removal_table):
+        Path(path).unlink(missing_ok=True)
+    return seconds, indices

@@ -1,0 +1,136 @@
+"""The ground truth and its noise: the drift-control difference, repeated re-trainings, the flag."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fragility import noise, pipeline
+from fragility.io import read_json, write_json
+
+
+def loo_table(removed, test_index, losses, distances, to_drift):
+    return pd.DataFrame({"removed_index": removed, "test_index": test_index, "test_loss": losses,
+                         "param_distance": distances, "param_distance_vs_drift": to_drift, "final_objective": 0.1})
+
+
+def test_drift_control_difference_is_computed_as_documented():
+    """Δ = ℓ(θ_{-z}) − ℓ(θ*), Δ_vs_drift = ℓ(θ_{-z}) − ℓ(θ_drift), and Δ = Δ_vs_drift + drift."""
+    loss_star, drift_loss = 1.0, 1.25
+    loo = pd.concat([loo_table([3, 7], 5, [1.5, 0.75], [0.2, 0.3], [0.05, 0.06]),
+                     loo_table([3, 7], 9, [9.0, 9.0], [0.2, 0.3], [0.05, 0.06])])
+    drift = pd.concat([loo_table([-1], 5, [drift_loss], [0.4], [np.nan]), loo_table([-1], 9, [2.0], [0.4], [np.nan])])
+    truth = noise.ground_truth(loo, drift, test_index=5, loss_at_optimum=loss_star)
+    assert list(truth.index) == [3, 7]
+    assert truth.actual_loss_change.tolist() == [0.5, -0.25]
+    assert truth.actual_loss_change_vs_drift.tolist() == [1.5 - drift_loss, 0.75 - drift_loss]
+    assert np.allclose(truth.actual_loss_change, truth.actual_loss_change_vs_drift + truth.drift_loss_change)
+    assert truth.drift_loss_change.unique().tolist() == [drift_loss - loss_star]
+    assert truth.drift_param_change_norm.unique().tolist() == [0.4]
+    assert truth.actual_param_change_norm_vs_drift.tolist() == [0.05, 0.06]
+
+
+def test_drift_control_must_be_unique():
+    drift = loo_table([-1, -1], 5, [1.0, 1.1], [0.1, 0.1], [np.nan, np.nan])
+    with pytest.raises(ValueError, match="2 rows"):
+        noise.drift_changes(drift, 5, 1.0)
+
+
+def test_repeat_spread_estimates_the_noise_of_one_retraining():
+    rng = np.random.default_rng(0)
+    signal = pd.Series(rng.standard_normal(4000))
+    sigma = 0.3
+    first = signal + sigma * rng.standard_normal(4000)
+    second = (signal + sigma * rng.standard_normal(4000)).iloc[:3000]  # only some points repeated
+    estimate, n = noise.repeat_spread(first, second)
+    assert n == 3000 and estimate == pytest.approx(sigma, rel=0.05)
+    assert noise.repeat_spread(first, first) == (0.0, 4000)
+    assert noise.repeat_spread(pd.Series([1.0], index=[1]), pd.Series([1.0], index=[2]))[1] == 0
+
+
+@pytest.mark.parametrize("effect, drift, repeat, source, flag", [
+    (1.0, 0.2, 0.1, "drift", ""),
+    (1.0, 0.2, 1.5, "repeat", noise.NOISE_FLAG),
+    (0.1, 0.1, math.nan, "drift", noise.NOISE_FLAG),   # noise == effect is flagged
+    (0.5, None, 0.05, "repeat", ""),                    # a _vs_drift target: drift subtracted
+])
+def test_signal_to_noise_and_flag(effect, drift, repeat, source, flag):
+    out = noise.signal_to_noise(effect, drift, repeat)
+    assert out["noise_source"] == source and out["noise_flag"] == flag
+    assert out["signal_to_noise"] == pytest.approx(effect / out["noise"])
+    assert out["noise"] == max(v for v in (drift, repeat) if v is not None and math.isfinite(v))
+
+
+def test_no_noise_estimate_gives_no_flag():
+    out = noise.signal_to_noise(1.0, None, math.nan)
+    assert out["noise_flag"] == "" and math.isnan(out["signal_to_noise"])
+
+
+# --------------------------------------------------------------------------- on real re-trainings
+@pytest.fixture(scope="module")
+def tiny_cell(tmp_path_factory):
+    """A trained width-3 MLP on Iris, its influence, selection, LOO chunk and drift control."""
+    root = tmp_path_factory.mktemp("cell")
+    paths = {name: str(root / name) for name in ("data.pt", "model.pt", "metrics.json", "tp.json", "exact.parquet",
+                                                 "exact.json", "selected.json", "chunk.parquet", "drift.parquet",
+                                                 "drift_theta.pt")}
+    train_cfg = {"optimizer": "sgd", "lr": 0.1, "steps": 200, "batch_size": 32, "check_every": 100}
+    loo_cfg = {"steps": 40, "chunk_size": 8}
+    pipeline.prepare_data("iris", {"test_fraction": 0.2, "split_seed": 0}, "data", paths["data.pt"])
+    pipeline.train(paths["data.pt"], "mlp-d1-w3", 0.01, 0, train_cfg, "float64", "cpu", paths["model.pt"],
+                   paths["metrics.json"], log=lambda m: None)
+    pipeline.pick_test_points(paths["model.pt"], paths["data.pt"], ["max"], paths["tp.json"], "cpu")
+    pipeline.compute_influence(paths["model.pt"], paths["data.pt"], paths["tp.json"], "exact", {}, 0.01,
+                               paths["exact.parquet"], paths["exact.json"], device_name="cpu", log=lambda m: None)
+    pipeline.select(paths["exact.parquet"], [{"top_k": 8}], paths["selected.json"])
+    removed = read_json(paths["selected.json"])["indices"]
+    common = dict(device_name="cpu", order_seed=3, log=lambda m: None)
+    pipeline.run_loo(paths["model.pt"], paths["data.pt"], paths["tp.json"], [-1], loo_cfg, train_cfg, paths["drift.parquet"],
+                     theta_out=paths["drift_theta.pt"], **common)
+    pipeline.run_loo(paths["model.pt"], paths["data.pt"], paths["tp.json"], removed, loo_cfg, train_cfg, paths["chunk.parquet"],
+                     drift_theta_path=paths["drift_theta.pt"], **common)
+    return root, paths, train_cfg, loo_cfg
+
+
+def _correlate(paths, root, repeat=None):
+    out = (str(root / "rows.parquet"), str(root / "corr.parquet"))
+    pipeline.correlate_cell({"arch": "mlp-d1-w3", "seed": 0}, {"exact": paths["exact.parquet"]}, paths["tp.json"],
+                            paths["selected.json"], [paths["chunk.parquet"]], paths["drift.parquet"], paths["metrics.json"],
+                            *out, repeat_path=repeat, options={"resamples": 200, "permutations": 200})
+    return pd.read_parquet(out[0]), pd.read_parquet(out[1])
+
+
+def test_correlate_cell_uses_the_drift_control_and_reports_noise(tiny_cell):
+    root, paths, train_cfg, loo_cfg = tiny_cell
+    rows, corr = _correlate(paths, root)
+    point = read_json(paths["tp.json"])["test_points"][0]
+    chunk = pd.read_parquet(paths["chunk.parquet"]).set_index("removed_index")
+    drift_loss = float(pd.read_parquet(paths["drift.parquet"]).test_loss.iloc[0])
+    assert np.allclose(rows.actual_loss_change_vs_drift, chunk.loc[rows.train_index, "test_loss"].to_numpy() - drift_loss)
+    assert np.allclose(rows.actual_loss_change, chunk.loc[rows.train_index, "test_loss"].to_numpy() - point["loss"])
+    loss = corr[(corr.target == "loss_change") & (corr.subset == "all")].iloc[0]
+    assert loss.flag == "" and loss.pearson_lo <= loss.pearson <= loss.pearson_hi and 0 < loss.pearson_p <= 1
+    assert loss.drift_noise == pytest.approx(abs(drift_loss - point["loss"]))
+    assert loss.effect == pytest.approx(rows.actual_loss_change.std())
+    assert math.isnan(loss.repeat_noise) and loss.repeat_n == 0
+    assert (loss.noise_flag == noise.NOISE_FLAG) == (loss.drift_noise >= loss.effect)
+
+
+def test_repeat_with_another_minibatch_order_measures_noise(tiny_cell):
+    root, paths, train_cfg, loo_cfg = tiny_cell
+    kwargs = dict(device_name="cpu", log=lambda m: None)
+    same = str(root / "repeat_same.parquet")
+    other = str(root / "repeat_other.parquet")
+    noise.repeat_loo(paths["model.pt"], paths["data.pt"], paths["tp.json"], paths["selected.json"], 3, loo_cfg, train_cfg,
+                     same, order_seed=3, **kwargs)
+    _, indices = noise.repeat_loo(paths["model.pt"], paths["data.pt"], paths["tp.json"], paths["selected.json"], 3, loo_cfg,
+                                  train_cfg, other, order_seed=4, **kwargs)
+    assert indices == read_json(paths["selected.json"])["indices"][:3]
+    assert sorted(pd.read_parquet(other).removed_index) == [-1] + indices
+    _, corr_same = _correlate(paths, root, same)
+    _, corr_other = _correlate(paths, root, other)
+    pick = lambda c: c[(c.target == "loss_change") & (c.subset == "all")].iloc[0]  # noqa: E731
+    assert pick(corr_same).repeat_n == 3 and pick(corr_same).repeat_noise == pytest.approx(0.0, abs=1e-12)
+    assert pick(corr_other).repeat_noise > 1e-6  # another minibatch order moves the re-trained loss
+    assert not list(root.glob(".repeat_*"))
