@@ -111,3 +111,164 @@ def iris_figures(correlations_path, rows_path, diagnostics_path, training_path, 
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     save(fig, outdir, "top_eigenvalue_vs_depth")
+
+
+# --------------------------------------------------------------------------- figures for every study
+def _note_figure(outdir, name, text) -> None:
+    """A figure that says why there is nothing to draw (so every study has the same outputs)."""
+    fig, ax = plt.subplots(figsize=(5, 1.5))
+    ax.axis("off")
+    ax.text(0.5, 0.5, text, ha="center", va="center", wrap=True, fontsize=9)
+    save(fig, outdir, name)
+
+
+def _interval_text(row, method: str) -> str:
+    from .metrics import format_interval
+
+    return format_interval(row[method], row.get(f"{method}_lo", np.nan), row.get(f"{method}_hi", np.nan), row["flag"])
+
+
+def predicted_vs_actual(corr: pd.DataFrame, rows: pd.DataFrame, outdir, estimator: str, target=("predicted_loss_change", "actual_loss_change"),
+                        name="predicted_vs_actual", columns: int = 4) -> None:
+    """Δ̂ against Δ, one panel per (dataset, arch, decay, test point), seeds in colours, identity line;
+    each panel lists every seed's Pearson and Spearman with its bootstrap interval (or flag)."""
+    pred_col, true_col = target
+    target_name = "loss_change" if true_col == "actual_loss_change" else true_col.replace("actual_", "")
+    part = rows[rows.estimator == estimator]
+    if part.empty:
+        return _note_figure(outdir, name, f"estimator '{estimator}' has no rows in this study")
+    keys = ["dataset", "arch", "decay", "test_point"]
+    panels = list(part.groupby(keys, sort=False))
+    n_rows = int(np.ceil(len(panels) / columns))
+    fig, axes = plt.subplots(n_rows, min(columns, len(panels)), figsize=(3.6 * min(columns, len(panels)), 3.4 * n_rows), squeeze=False)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, (key, panel) in zip(axes.flat, panels):
+        dataset, arch, decay, tp = key
+        lines = []
+        for k, (seed, seed_rows) in enumerate(panel.groupby("seed")):
+            ax.scatter(seed_rows[pred_col], seed_rows[true_col], s=10, alpha=0.7, color=colours[k % len(colours)], label=f"seed {seed}")
+            sel = corr[(corr.dataset == dataset) & (corr.arch == arch) & (corr.decay == decay) & (corr.seed == seed)
+                       & (corr.test_point == tp) & (corr.estimator == estimator) & (corr.target == target_name) & (corr.subset == "all")]
+            if len(sel):
+                r = sel.iloc[0]
+                lines.append(f"s{seed}: P {_interval_text(r, 'pearson')}  S {_interval_text(r, 'spearman')}"
+                             + (f"  {r.noise_flag}" if r.get("noise_flag") else ""))
+        values = np.concatenate([panel[pred_col].to_numpy(float), panel[true_col].to_numpy(float)])
+        values = values[np.isfinite(values)]
+        if len(values):
+            lo, hi = float(values.min()), float(values.max())
+            ax.plot([lo, hi], [lo, hi], color="grey", lw=0.8, ls="--")
+        ax.axhline(0, color="grey", lw=0.4)
+        ax.axvline(0, color="grey", lw=0.4)
+        ax.set_title(f"{arch}, {decay_name(decay)}, {tp}\n" + "\n".join(lines), fontsize=6.5)
+        ax.set_xlabel("predicted Δ̂ (influence)", fontsize=8)
+        ax.set_ylabel("actual Δ (re-trained)", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    fig.tight_layout()
+    save(fig, outdir, name)
+
+
+def _sweep_with_bands(ax, frame: pd.DataFrame, x: str, value: str, group: str, label_of=str) -> None:
+    """Mean over unflagged seeds against `x`, a band of ± one standard deviation across seeds (≥ 2
+    seeds), error bars spanning the mean bootstrap interval, and flagged cells by name."""
+    for key, part in frame.groupby(group, sort=False):
+        ok = part[part.flag == ""]
+        stats = ok.groupby(x).agg(mean=(value, "mean"), std=(value, "std"), count=(value, "count"),
+                                  lo=(f"{value}_lo", "mean"), hi=(f"{value}_hi", "mean")).reset_index().sort_values(x)
+        line, = ax.plot(stats[x], stats["mean"], marker="o", label=label_of(key))
+        colour = line.get_color()
+        if len(stats):
+            yerr = np.vstack([(stats["mean"] - stats["lo"]).clip(lower=0).fillna(0), (stats["hi"] - stats["mean"]).clip(lower=0).fillna(0)])
+            ax.errorbar(stats[x], stats["mean"], yerr=yerr, fmt="none", ecolor=colour, capsize=2, lw=0.8)
+        spread = stats[stats["count"] >= 2]
+        if len(spread):
+            ax.fill_between(spread[x], spread["mean"] - spread["std"], spread["mean"] + spread["std"], color=colour, alpha=0.2, lw=0)
+        for _, row in part[part.flag != ""].drop_duplicates(x).iterrows():
+            ax.plot(row[x], 0, marker="x", color=colour, markersize=9)
+            ax.annotate(row["flag"].replace(";", "\n"), (row[x], 0), fontsize=6, rotation=60, color=colour,
+                        xytext=(3, 3), textcoords="offset points")
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.set_ylim(-1.05, 1.05)
+    ax.grid(alpha=0.3)
+
+
+def correlation_sweeps(corr: pd.DataFrame, outdir, estimator: str, options: dict | None = None) -> None:
+    """Pearson and Spearman of Δ̂ vs Δ against depth (at a width), width (at a depth) and decay."""
+    options = options or {}
+    corr = _with_shape(corr.assign(flag=corr["flag"].fillna("")))
+    base = corr[(corr.target == "loss_change") & (corr.subset == "all") & (corr.estimator == estimator)]
+    if base.empty:
+        for name in ("correlation_vs_depth", "correlation_vs_width", "correlation_vs_decay"):
+            _note_figure(outdir, name, f"estimator '{estimator}' has no loss-change correlations in this study")
+        return
+    width = int(options.get("depth_sweep_width", base.width.mode().iloc[0] if base.width.notna().any() else 0))
+    depth = int(options.get("width_sweep_depth", base.depth.mode().iloc[0] if base.depth.notna().any() else 0))
+    label = lambda key: f"{decay_name(key[0])}, {key[1]}"  # noqa: E731
+    sweeps = [("correlation_vs_depth", "depth", base[base.width == width], ["decay", "test_point"], label,
+               f"hidden layers (width {width})"),
+              ("correlation_vs_width", "width", base[base.depth == depth], ["decay", "test_point"], label,
+               f"width ({depth} hidden layer{'s' if depth != 1 else ''})"),
+              ("correlation_vs_decay", "decay", base, ["arch", "test_point"], lambda key: f"{key[0]}, {key[1]}", "weight decay λ")]
+    for name, x, frame, group, label_of, xlabel in sweeps:
+        if frame[x].nunique() < 2:
+            _note_figure(outdir, name, f"fewer than two values of {x} in this study: no sweep to draw")
+            continue
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+        for ax, method in zip(axes, ("pearson", "spearman")):
+            _sweep_with_bands(ax, frame.assign(series=list(zip(*[frame[g] for g in group]))), x, method, "series", label_of)
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(f"{method.capitalize()}(Δ̂, Δ), {estimator}")
+            if x == "decay" and (frame.decay > 0).any():
+                ax.set_xscale("symlog", linthresh=float(frame.decay[frame.decay > 0].min()))
+        axes[1].legend(fontsize=7)
+        fig.tight_layout()
+        save(fig, outdir, name)
+
+
+def estimator_comparison(est: pd.DataFrame, outdir, name="estimator_comparison", target="loss_change") -> None:
+    """Each estimator's Pearson and Spearman (with bootstrap intervals) against the same ground truth,
+    per cell where the exact Hessian was computed; flagged values named, not drawn."""
+    part = est[est.target == target].copy() if len(est) else est
+    if part is None or part.empty:
+        return _note_figure(outdir, name, "no cell computed the exact Hessian: no reference for the estimator study")
+    part["flag"] = part["flag"].fillna("")
+    part["cell"] = [f"{a}\n{decay_name(d)}\nseed {s}, {t}" for a, d, s, t in zip(part.arch, part.decay, part.seed, part.test_point)]
+    cells = list(dict.fromkeys(part.cell))
+    estimators = list(dict.fromkeys(part.estimator))
+    fig, axes = plt.subplots(2, 1, figsize=(max(6, 0.9 * len(cells) * max(1, len(estimators)) ** 0.5 + 2), 7), sharex=True)
+    offsets = np.linspace(-0.3, 0.3, len(estimators)) if len(estimators) > 1 else [0.0]
+    for ax, method in zip(axes, ("pearson", "spearman")):
+        for off, name_ in zip(offsets, estimators):
+            rows = part[part.estimator == name_].set_index("cell").reindex(cells)
+            xs = np.arange(len(cells)) + off
+            ok = rows.flag.fillna("") == ""
+            yerr = np.vstack([(rows[method] - rows[f"{method}_lo"]).clip(lower=0), (rows[f"{method}_hi"] - rows[method]).clip(lower=0)])
+            ax.errorbar(xs[ok.to_numpy()], rows[method][ok], yerr=yerr[:, ok.to_numpy()], fmt="o", capsize=2, label=name_)
+            for x, flag in zip(xs[~ok.to_numpy()], rows.flag[~ok].fillna("missing")):
+                ax.plot(x, 0, marker="x", color="grey")
+                ax.annotate(flag, (x, 0), fontsize=6, rotation=60)
+        ax.axhline(0, color="grey", lw=0.5)
+        ax.set_ylim(-1.05, 1.05)
+        ax.set_ylabel(f"{method.capitalize()}(Δ̂, Δ)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7, ncol=min(4, len(estimators)))
+    axes[1].set_xticks(np.arange(len(cells)))
+    axes[1].set_xticklabels(cells, fontsize=6)
+    fig.tight_layout()
+    save(fig, outdir, name)
+
+
+def study_figures(correlations_path, rows_path, estimators_path, outdir, options: dict | None = None) -> None:
+    """The figures every study gets: predicted vs actual per cell, sweeps with bands, estimator study."""
+    options = options or {}
+    corr = pd.read_parquet(correlations_path)
+    corr["flag"] = corr["flag"].fillna("")
+    rows = pd.read_parquet(rows_path)
+    estimator = options.get("estimator") or ("exact" if (corr.estimator == "exact").any() else corr.estimator.iloc[0])
+    predicted_vs_actual(corr, rows, outdir, estimator)
+    correlation_sweeps(corr, outdir, estimator, options)
+    est = pd.read_csv(estimators_path, keep_default_na=False, na_values=[""])
+    estimator_comparison(est, outdir)

@@ -1,0 +1,85 @@
+"""Study tables: intervals in every correlation cell, seeds aggregated with flags named, benchmarks."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fragility import report_tables
+
+
+def correlation_rows():
+    base = {"study": "iris", "dataset": "iris", "arch": "mlp-d1-w5", "decay": 0.0, "test_point": "max", "estimator": "exact",
+            "target": "loss_change", "subset": "all", "n": 20, "drift_loss_change": 0.01, "actual_std": 0.1,
+            "effect": 0.1, "drift_noise": 0.01, "repeat_noise": 0.0, "repeat_n": 5, "noise": 0.01, "noise_source": "drift",
+            "signal_to_noise": 10.0, "noise_flag": "", "pearson_p": 0.001, "spearman_p": 0.002}
+    values = [(0, 0.8, 0.6, ""), (1, 0.6, 0.5, ""), (2, np.nan, np.nan, "constant_actual")]
+    rows = []
+    for seed, pearson, spearman, flag in values:
+        rows.append({**base, "seed": seed, "pearson": pearson, "spearman": spearman, "flag": flag,
+                     "pearson_lo": pearson - 0.1, "pearson_hi": pearson + 0.1, "spearman_lo": spearman - 0.2,
+                     "spearman_hi": spearman + 0.1})
+    rows[1].update(noise_flag="noise_exceeds_effect", signal_to_noise=0.5, noise_source="repeat")
+    return pd.DataFrame(rows)
+
+
+def test_summary_cells_carry_intervals_or_flags():
+    table = report_tables.summary_table(correlation_rows())
+    assert table.pearson.tolist() == ["0.800 [0.700, 0.900]", "0.600 [0.500, 0.700]", "constant_actual"]
+    assert table.spearman.iloc[0] == "0.600 [0.400, 0.700]"
+    assert table.pearson_p.tolist() == ["0.001", "0.001", ""]
+    assert table.ground_truth.iloc[0] == "SNR 10 (drift)"
+    assert table.ground_truth.iloc[1] == "noise_exceeds_effect (repeat, SNR 0.5)"
+
+
+def test_seed_summary_averages_unflagged_seeds_and_names_the_flagged():
+    table = report_tables.seed_summary(correlation_rows())
+    assert len(table) == 1
+    row = table.iloc[0]
+    assert row.n_seeds == 3 and row.n_used == 2 and row.n_flagged == 1
+    assert row.flagged_seeds == "seed2:constant_actual" and row.noisy_seeds == "seed1"
+    assert row.pearson_mean == pytest.approx(0.7) and row.pearson_std == pytest.approx(np.std([0.8, 0.6], ddof=1))
+    assert row.pearson == f"0.700 ± {np.std([0.8, 0.6], ddof=1):.3f} (n=2)"
+
+
+def test_seed_summary_when_every_seed_is_flagged():
+    rows = correlation_rows()
+    rows["flag"] = "constant_predicted"
+    row = report_tables.seed_summary(rows).iloc[0]
+    assert row.pearson == "all seeds flagged" and math.isnan(row.pearson_mean) and row.n_flagged == 3
+
+
+def test_estimator_table_compares_with_exact_on_the_same_points():
+    corr = pd.concat([correlation_rows().iloc[:1].assign(estimator=name) for name in ("exact", "lissa", "cg")])
+    rng = np.random.default_rng(0)
+    exact = rng.standard_normal(20)
+    rows = pd.concat([
+        pd.DataFrame({"study": "iris", "dataset": "iris", "arch": "mlp-d1-w5", "decay": 0.0, "seed": 0, "test_point": "max",
+                      "train_index": np.arange(20), "estimator": name, "predicted_loss_change": values})
+        for name, values in (("exact", exact), ("lissa", 2 * exact + 1), ("cg", rng.standard_normal(20)))])
+    table = report_tables.estimator_table(corr, rows)
+    agreement = dict(zip(table.estimator, table.agreement_with_exact))
+    assert agreement["exact"] == pytest.approx(1.0) and agreement["lissa"] == pytest.approx(1.0)
+    assert abs(agreement["cg"]) < 0.6
+    assert set(table.pearson_text) == {"0.80 [0.70, 0.90]"}
+    # a cell without exact is not part of the estimator study
+    assert report_tables.estimator_table(corr[corr.estimator != "exact"], rows).empty
+
+
+def test_benchmarks_are_gathered_with_logged_gpu_memory(tmp_path):
+    bench, logs = tmp_path / "benchmarks" / "iris", tmp_path / "logs" / "iris"
+    cell = "iris/mlp-d1-w5/wd0/seed0"
+    header = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+    for job, seconds, rss in (("train", 3.5, 700.0), ("loo_chunk0000", 2.0, 650.0), ("loo_chunk0001", 4.0, 660.0)):
+        (bench / cell).mkdir(parents=True, exist_ok=True)
+        (bench / cell / f"{job}.tsv").write_text(header + f"{seconds}\t0:00:03\t{rss}\t3000\t300\t350\t1\t0\t50\t{seconds}\n")
+    (logs / cell).mkdir(parents=True)
+    (logs / cell / "train.log").write_text("[0.1s] training\n[3.0s] peak_gpu_memory_mb=812.5\n")
+    jobs = report_tables.benchmark_table(bench, logs)
+    assert sorted(jobs.step) == ["loo_chunk", "loo_chunk", "train"]
+    train = jobs[jobs.step == "train"].iloc[0]
+    assert train.seconds == 3.5 and train.max_rss_mb == 700.0 and train.peak_gpu_memory_mb == 812.5
+    summary = report_tables.benchmark_summary(jobs).set_index("step")
+    assert summary.loc["loo_chunk", "jobs"] == 2 and summary.loc["loo_chunk", "total_seconds"] == 6.0
+    assert summary.loc["loo_chunk", "max_rss_mb"] == 660.0 and math.isnan(summary.loc["loo_chunk", "peak_gpu_memory_mb"])
