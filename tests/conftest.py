@@ -1,0 +1,16 @@
+import pytest
+import torch
+
+from fragility.data import load_split
+
+
+@pytest.fixture(scope="session")
+def iris64():
+    """Iris as float64 tensors (x_train, y_train, x_test, y_test)."""
+    split = load_split("iris", {"test_fraction": 0.2, "split_seed": 0})
+    return (split.x_train.double(), split.y_train, split.x_test.double(), split.y_test)
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    torch.set_num_threads(1)
