@@ -1,0 +1,148 @@
+"""Unit tests of the workflow's building blocks: data split, test-point and training-point
+selection, grid and config checks, safe I/O, training failures and model-health flags."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from fragility import grid, health
+from fragility.data import load_split, stratified_split
+from fragility.io import CorruptFileError, atomic_path, load_torch, save_torch
+from fragility.models import build_model, count_parameters, init_model
+from fragility.objective import FlatModel
+from fragility.selection import choose_test_points, chunk, select_training_points
+from fragility.training import NonFiniteLossError, TrainSettings, train_copies
+
+
+def test_iris_split_is_stratified_seeded_and_standardised_on_train_only():
+    a = load_split("iris", {"test_fraction": 0.2, "split_seed": 3})
+    b = load_split("iris", {"test_fraction": 0.2, "split_seed": 3})
+    c = load_split("iris", {"test_fraction": 0.2, "split_seed": 4})
+    assert torch.equal(a.x_train, b.x_train) and not torch.equal(a.x_train, c.x_train)
+    assert len(a.y_train) == 120 and len(a.y_test) == 30
+    assert torch.bincount(a.y_test).tolist() == [10, 10, 10]
+    np.testing.assert_allclose(a.x_train.mean(0).numpy(), 0, atol=1e-6)
+    np.testing.assert_allclose(a.x_train.std(0, unbiased=False).numpy(), 1, atol=1e-5)
+    assert abs(float(a.x_test.mean())) > 1e-4  # test rows are not re-centred on themselves
+    assert sorted(a.meta["train_rows"] + a.meta["test_rows"]) == list(range(150))
+
+
+def test_stratified_split_rejects_bad_fraction():
+    with pytest.raises(ValueError, match="test_fraction"):
+        stratified_split(np.zeros(10), 1.5, 0)
+
+
+def test_mlp_architecture_names():
+    assert count_parameters(build_model("mlp-d1-w5", (4,), 3)) == 4 * 5 + 5 + 5 * 3 + 3
+    assert count_parameters(build_model("mlp-d3-w5", (4,), 3)) == 25 + 2 * 30 + 18
+    assert count_parameters(build_model("mlp-d0-w0", (4,), 3)) == 15
+    with pytest.raises(ValueError, match="unknown architecture 'mlp-x'"):
+        build_model("mlp-x", (4,), 3)
+
+
+def test_test_point_specs():
+    losses = np.array([0.1, 5.0, 0.3, 0.2, 0.4, 2.0, 0.0])
+    points = {p["name"]: p["index"] for p in choose_test_points(losses, ["max", "median", "p0", "top3"])}
+    assert points == {"max": 1, "median": 2, "p0": 6, "top1": 1, "top2": 5, "top3": 4}
+    with pytest.raises(ValueError, match="unknown spec 'foo'"):
+        choose_test_points(losses, ["foo"])
+
+
+def test_selection_rules():
+    scores = np.arange(100, dtype=float)[::-1]  # index i has |Δ̂| = 99 - i
+    top = select_training_points(scores, [{"top_fraction": 0.166}])
+    assert sorted(top) == list(range(17))
+    mixed = select_training_points(scores, [{"top_k": 10}, {"around_percentile": 30, "k": 10}])
+    around = sorted(i for i, label in mixed.items() if label == "p30")
+    assert len(mixed) == 20 and around == list(range(65, 75))  # ranks 25..34 from the bottom
+    with pytest.raises(ValueError, match="NaN"):
+        select_training_points(np.array([1.0, np.nan]), [{"top_k": 1}])
+    assert chunk([1, 2, 3, 4, 5], 2) == [[1, 2], [3, 4], [5]]
+
+
+def _config():
+    block = {
+        "datasets": {"iris": {}}, "architectures": ["mlp-d1-w5", "mlp-d2-w5"], "decays": [0.005, 0.0], "seeds": [0, 1],
+        "train": {"optimizer": "gd", "lr": 0.1, "steps": 10}, "test_points": ["max"],
+        "influence": {"damping": 0.01, "methods": {"exact": {}}}, "select": {"by": "exact", "rules": [{"top_k": 3}]},
+        "loo": {"steps": 5, "chunk_size": 4}, "overrides": {"mlp-d2-w5": {"loo": {"chunk_size": 1}}},
+    }
+    return {"studies": {"iris": block}}
+
+
+def test_grid_cells_labels_and_overrides():
+    config = _config()
+    cells = grid.cells(config, "iris")
+    assert len(cells) == 8
+    assert {c["decay"] for c in cells} == {"0.005", "0"}
+    assert grid.decay_value(config, "iris", "0") == 0.0
+    assert grid.cell_dir(cells[0]) == "results/iris/iris/mlp-d1-w5/wd0.005/seed0"
+    assert grid.arch_config(config, "iris", "mlp-d2-w5")["loo"] == {"steps": 5, "chunk_size": 1}
+    assert grid.arch_config(config, "iris", "mlp-d1-w5")["loo"]["chunk_size"] == 4
+
+
+@pytest.mark.parametrize(
+    "patch, message",
+    [
+        (lambda b: b["architectures"].append("resnet-999"), "architectures: unknown architecture 'resnet-999'"),
+        (lambda b: b["select"].update(by="lissa"), "select.by: 'lissa' is not one of"),
+        (lambda b: b.update(decays=[0.0, 0.0]), "decays: duplicate"),
+        (lambda b: b["overrides"].update({"vgg13": {}}), "overrides.vgg13: not one of"),
+    ],
+)
+def test_check_config_names_the_key(patch, message):
+    config = _config()
+    patch(config["studies"]["iris"])
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        grid.check_config(config)
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "out.json"
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("partial")
+            raise RuntimeError("killed")
+    assert not target.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_corrupt_checkpoint_gives_a_clear_error(tmp_path):
+    path = tmp_path / "model.pt"
+    save_torch({"theta": torch.zeros(3)}, path)
+    path.write_bytes(path.read_bytes()[:20])  # truncated, as after a crash mid-copy
+    with pytest.raises(CorruptFileError, match="corrupt or truncated"):
+        load_torch(path)
+    save_torch({"theta": torch.zeros(3)}, path)
+    with pytest.raises(CorruptFileError, match=r"lacks keys \['arch'\]"):
+        load_torch(path, required_keys=("theta", "arch"))
+
+
+def test_nan_loss_stops_training_with_a_clear_error(iris64):
+    x, y, _, _ = iris64
+    net = FlatModel(init_model("mlp-d1-w5", (4,), 3, seed=0, dtype=torch.float64))
+    settings = TrainSettings(steps=50, lr=1e6, check_every=10)
+    with pytest.raises(NonFiniteLossError, match="non-finite .* lower train.lr"):
+        train_copies(net, x, y, 0.0, net.flatten()[None], torch.ones(1, len(y), dtype=torch.float64), settings)
+
+
+def test_collapsed_model_is_flagged(iris64):
+    x, y, _, _ = iris64
+    net = FlatModel(init_model("mlp-d2-w5", (4,), 3, seed=0, dtype=torch.float64))
+    dead = torch.zeros(net.num_parameters, dtype=torch.float64)  # every ReLU dead: constant logits
+    flags = health.training_flags(health.evaluate(net, dead, x, y), y, 3)
+    assert flags == ["constant_outputs", "chance_accuracy"]
+    trained = train_copies(net, x, y, 0.0, net.flatten()[None], torch.ones(1, len(y), dtype=torch.float64),
+                           TrainSettings(steps=300, lr=0.1)).thetas[0]
+    assert health.training_flags(health.evaluate(net, trained, x, y), y, 3) == []
+
+
+def test_training_is_deterministic(iris64):
+    x, y, _, _ = iris64
+    runs = []
+    for _ in range(2):
+        net = FlatModel(init_model("mlp-d1-w5", (4,), 3, seed=7, dtype=torch.float64))
+        runs.append(train_copies(net, x, y, 0.005, net.flatten()[None], torch.ones(1, len(y), dtype=torch.float64),
+                                 TrainSettings(steps=50, lr=0.1, batch_size=32, order_seed=1)).thetas)
+    assert torch.equal(runs[0], runs[1])
