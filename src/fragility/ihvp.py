@@ -7,8 +7,12 @@ One small class per method, one interface:
     result = solver.solve(V, damping)        # V: [T, p] right-hand sides → result.solutions [T, p]
 
 `result.status[t]` is "ok" or a reason ("diverged", "not_converged", ...); a solution that is not
-"ok" is NaN, never a number. `solver.diagnostics` records what was measured (eigenvalues,
-iterations, residuals, time).
+"ok" is NaN, never a number. `solver.diagnostics` records what was measured (eigenvalues or their
+estimates, iterations, residuals or divergence, seconds).
+
+Every method takes the option `hessian: full | gauss_newton`: H is then either ∇²R(θ) or the
+Gauss-Newton matrix G = (1/n) Σ J_iᵀ H_out,i J_i + λI, which is positive semi-definite
+(see `objective.Objective`).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .objective import Objective
+from .objective import HESSIANS, Objective
 
 
 class SolverError(RuntimeError):
@@ -34,19 +38,41 @@ class SolveResult:
 
 
 class InverseHessianSolver:
+    """Common part: option handling, the choice of curvature matrix, timing of fit and solve."""
+
     name = "base"
     supports_norms = False  # can it return ‖(H+δI)⁻¹ g_i‖ for many g_i cheaply?
 
     def __init__(self, **options):
         self.options = options
-        self.diagnostics: dict = {"method": self.name}
+        hessian = options.get("hessian", "full")
+        if hessian not in HESSIANS:
+            raise ValueError(f"influence method '{self.name}': option 'hessian' must be one of {list(HESSIANS)}, got '{hessian}'")
+        self.hessian = hessian
+        self.diagnostics: dict = {"method": self.name, "hessian": hessian}
 
     def fit(self, objective: Objective, theta: torch.Tensor) -> "InverseHessianSolver":
-        self.objective, self.theta = objective, theta
+        start = time.perf_counter()
+        self.objective, self.theta = objective.with_hessian(self.hessian), theta
+        self._fit()
+        self.diagnostics["fit_seconds"] = time.perf_counter() - start
         return self
 
     def solve(self, vectors: torch.Tensor, damping: float) -> SolveResult:
+        start = time.perf_counter()
+        result = self._solve(vectors, float(damping))
+        self.diagnostics.update(damping=float(damping), solve_seconds=time.perf_counter() - start,
+                                solved=len(vectors), failed=sum(s != "ok" for s in result.status))
+        return result
+
+    def _fit(self) -> None:
+        """Work done once per trained model (nothing by default)."""
+
+    def _solve(self, vectors: torch.Tensor, damping: float) -> SolveResult:
         raise NotImplementedError
+
+    def _damped_hvp_many(self, vectors: torch.Tensor, damping: float, rows=None) -> torch.Tensor:
+        return self.objective.hvp_many(self.theta, vectors, rows) + damping * vectors
 
 
 def top_eigenvalue(hvp, p: int, like: torch.Tensor, iterations: int = 100, tol: float = 1e-6, seed: int = 0) -> float:
@@ -68,99 +94,140 @@ def top_eigenvalue(hvp, p: int, like: torch.Tensor, iterations: int = 100, tol: 
     return value
 
 
+def _inverse_shifted(eigenvalues: torch.Tensor, damping: float) -> torch.Tensor:
+    shifted = eigenvalues + damping
+    if (shifted.abs() < 1e-12).any():
+        raise SolverError(f"H + {damping}·I is singular; increase the damping")
+    return 1.0 / shifted
+
+
 class ExactSolver(InverseHessianSolver):
-    """H = Q Λ Qᵀ formed and eigendecomposed once (float64); then for any damping δ
+    """H = Q Λ Qᵀ formed once from batched Hessian-vector products and eigendecomposed (float64);
+    then for any damping δ
 
         (H + δI)⁻¹ v = Q (Λ + δ)⁻¹ Qᵀ v.
 
-    Affordable up to a few ten thousand parameters (`max_parameters`).
+    Affordable up to a few ten thousand parameters (`max_parameters`); `block` basis vectors per
+    batched product.
     """
 
     name = "exact"
     supports_norms = True
 
-    def fit(self, objective, theta):
-        super().fit(objective, theta)
-        p = theta.numel()
+    def _fit(self):
+        p = self.theta.numel()
         limit = int(self.options.get("max_parameters", 20000))
         if p > limit:
             raise SolverError(f"exact Hessian: model has {p} parameters > max_parameters={limit}; use cg, lissa or arnoldi")
-        start = time.perf_counter()
-        hessian = objective.hessian(theta, block=int(self.options.get("block", 256))).double()
+        hessian = self.objective.hessian(self.theta, block=int(self.options.get("block", 256))).double()
         eigenvalues, eigenvectors = torch.linalg.eigh(hessian)
         self.eigenvalues, self.eigenvectors = eigenvalues, eigenvectors
         self.diagnostics.update(
             num_parameters=p,
+            iterations=p,  # Hessian-vector products used to form H
             eigenvalue_min=float(eigenvalues[0]),
             eigenvalue_max=float(eigenvalues[-1]),
             top_eigenvalue=float(eigenvalues.abs().max()),
             negative_eigenvalues=int((eigenvalues < 0).sum()),
-            fit_seconds=time.perf_counter() - start,
         )
-        return self
 
-    def _inverse_spectrum(self, damping):
-        shifted = self.eigenvalues + damping
-        if (shifted.abs() < 1e-12).any():
-            raise SolverError(f"H + {damping}·I is singular; increase the damping")
-        return 1.0 / shifted
-
-    def solve(self, vectors, damping):
-        inv = self._inverse_spectrum(damping)
+    def _solve(self, vectors, damping):
+        inv = _inverse_shifted(self.eigenvalues, damping)
         q = self.eigenvectors
         sol = ((vectors.double() @ q) * inv) @ q.T
         self.diagnostics.update(damped_eigenvalue_min=float(self.eigenvalues[0] + damping),
                                 damped_positive_definite=bool(self.eigenvalues[0] + damping > 0))
-        return SolveResult(sol.to(vectors.dtype), ["ok"] * len(vectors))
+        return SolveResult(sol.to(vectors.dtype), ["ok"] * len(vectors), [{"relative_residual": 0.0} for _ in vectors])
 
     def solution_norms(self, vectors, damping) -> torch.Tensor:
         """‖(H + δI)⁻¹ g‖ for each row g of `vectors` (= ‖(Λ+δ)⁻¹ Qᵀ g‖)."""
-        inv = self._inverse_spectrum(damping)
+        inv = _inverse_shifted(self.eigenvalues, damping)
         return ((vectors.double() @ self.eigenvectors) * inv).norm(dim=1).to(vectors.dtype)
 
 
-class ConjugateGradientSolver(InverseHessianSolver):
-    """Solves (H + δI) s = v by conjugate gradients with Hessian-vector products only.
+def _cg_ritz_values(alphas: list[float], betas: list[float]) -> tuple[float, float]:
+    """Extreme eigenvalues of the Lanczos tridiagonal matrix that CG builds implicitly:
+    T_jj = 1/α_j + β_{j−1}/α_{j−1},  T_{j,j+1} = √β_j / α_j (Ritz values of the solved matrix)."""
+    k = len(alphas)
+    if k == 0:
+        return math.nan, math.nan
+    diag = [1.0 / alphas[0]] + [1.0 / alphas[j] + betas[j - 1] / alphas[j - 1] for j in range(1, k)]
+    off = [math.sqrt(max(betas[j], 0.0)) / alphas[j] for j in range(k - 1)]
+    t = torch.diag(torch.tensor(diag, dtype=torch.float64))
+    if off:
+        o = torch.tensor(off, dtype=torch.float64)
+        t = t + torch.diag(o, 1) + torch.diag(o, -1)
+    values = torch.linalg.eigvalsh(t)
+    return float(values[0]), float(values[-1])
 
-    Stops when ‖r‖ ≤ tol·‖v‖ or after `max_iterations`; stops early with status
-    "negative_curvature" when pᵀ(H+δI)p ≤ 0 (CG needs a positive definite system).
+
+class ConjugateGradientSolver(InverseHessianSolver):
+    """Solves (H + δI) s = v by conjugate gradients with Hessian-vector products only, all right-hand
+    sides at once (one batched product per iteration):
+
+        α = rᵀr / pᵀ(H+δI)p,  s ← s + αp,  r ← r − α(H+δI)p,  p ← r + (r'ᵀr'/rᵀr) p.
+
+    Stops when ‖r‖ ≤ tol·‖v‖ ("ok") or after `max_iterations` ("not_converged"); stops early with
+    "negative_curvature" when pᵀ(H+δI)p ≤ 0 (CG needs a positive definite system). The Ritz values
+    of the implicit Lanczos matrix estimate the eigenvalue range of H.
     """
 
     name = "cg"
 
-    def solve(self, vectors, damping):
+    def _solve(self, vectors, damping):
         tol = float(self.options.get("tol", 1e-8))
         max_iter = int(self.options.get("max_iterations", 1000))
-        obj, theta = self.objective, self.theta
-        out, status, details = [], [], []
-        for v in vectors:
-            x = torch.zeros_like(v)
-            r = v.clone()
-            p = r.clone()
-            rs = r @ r
-            v_norm = v.norm()
-            state, it = "not_converged", 0
-            for it in range(1, max_iter + 1):
-                ap = obj.hvp(theta, p) + damping * p
-                curvature = p @ ap
-                if curvature <= 0:
-                    state = "negative_curvature"
-                    break
-                alpha = rs / curvature
-                x = x + alpha * p
-                r = r - alpha * ap
-                rs_new = r @ r
-                if rs_new.sqrt() <= tol * v_norm:
-                    state = "ok"
-                    break
-                p = r + (rs_new / rs) * p
-                rs = rs_new
-            residual = float((r.norm() / v_norm) if v_norm > 0 else 0.0)
-            details.append({"iterations": it, "relative_residual": residual, "status": state})
-            status.append(state)
-            out.append(x if state == "ok" else torch.full_like(x, math.nan))
-        self.diagnostics.update(solves=details)
-        return SolveResult(torch.stack(out), status, details)
+        t_count = len(vectors)
+        x = torch.zeros_like(vectors)
+        r = vectors.clone()
+        p = r.clone()
+        rs = (r * r).sum(1)
+        v_norm = vectors.norm(dim=1)
+        state = ["ok" if float(n) == 0 else "not_converged" for n in v_norm]
+        active = [s == "not_converged" for s in state]
+        iterations = [0] * t_count
+        alphas: list[list[float]] = [[] for _ in range(t_count)]
+        betas: list[list[float]] = [[] for _ in range(t_count)]
+        for it in range(1, max_iter + 1):
+            idx = [t for t in range(t_count) if active[t]]
+            if not idx:
+                break
+            rows = torch.tensor(idx, device=vectors.device)
+            ap = self._damped_hvp_many(p[rows], damping)
+            curvature = (p[rows] * ap).sum(1)
+            alpha = rs[rows] / curvature
+            good = curvature > 0
+            alpha = torch.where(good, alpha, torch.zeros_like(alpha))
+            x[rows] += alpha[:, None] * p[rows]
+            r[rows] -= alpha[:, None] * ap
+            rs_new = (r[rows] * r[rows]).sum(1)
+            beta = rs_new / rs[rows]
+            p[rows] = r[rows] + beta[:, None] * p[rows]
+            rs[rows] = rs_new
+            for j, t in enumerate(idx):
+                iterations[t] = it
+                if not bool(good[j]):
+                    state[t], active[t] = "negative_curvature", False
+                    continue
+                alphas[t].append(float(alpha[j]))
+                betas[t].append(float(beta[j]))
+                if float(rs_new[j].sqrt()) <= tol * float(v_norm[t]):
+                    state[t], active[t] = "ok", False
+        details, low, high = [], [], []
+        for t in range(t_count):
+            ritz_min, ritz_max = _cg_ritz_values(alphas[t], betas[t])
+            residual = float(r[t].norm() / v_norm[t]) if float(v_norm[t]) > 0 else 0.0
+            details.append({"iterations": iterations[t], "relative_residual": residual, "status": state[t],
+                            "eigenvalue_min_estimate": ritz_min - damping, "eigenvalue_max_estimate": ritz_max - damping})
+            low.append(ritz_min - damping)
+            high.append(ritz_max - damping)
+        failed = torch.tensor([s != "ok" for s in state], device=vectors.device)
+        x[failed] = math.nan
+        self.diagnostics.update(solves=details, iterations=max(iterations, default=0),
+                                relative_residual_max=max((d["relative_residual"] for d in details), default=0.0),
+                                eigenvalue_min_estimate=min(low, default=math.nan),
+                                eigenvalue_max_estimate=max(high, default=math.nan))
+        return SolveResult(x, state, details)
 
 
 class LissaSolver(InverseHessianSolver):
@@ -172,11 +239,12 @@ class LissaSolver(InverseHessianSolver):
     depth J, scale σ (a number, or `auto` = `scale_factor`·|λ_max(H + δI)| by power iteration),
     averaged over `repeats` runs. It converges only if σ > λ_max(H + δI): an iterate that turns
     non-finite or grows past `divergence_factor`·depth·‖v‖ is reported "diverged", never returned.
+    All right-hand sides run together (one batched product per step, the same minibatch for all).
     """
 
     name = "lissa"
 
-    def solve(self, vectors, damping):
+    def _solve(self, vectors, damping):
         depth = int(self.options.get("depth", 1000))
         scale_option = self.options.get("scale", "auto")
         repeats = int(self.options.get("repeats", 1))
@@ -190,37 +258,128 @@ class LissaSolver(InverseHessianSolver):
                              iterations=int(self.options.get("power_iterations", 50)))
         # "auto": σ = scale_factor · |λ_max(H + δI)| from power iteration (a safe margin)
         scale = float(self.options.get("scale_factor", 1.5)) * abs(top) if scale_option == "auto" else float(scale_option)
-        self.diagnostics.update(top_eigenvalue_damped=top, scale=scale, scale_exceeds_top_eigenvalue=bool(scale > abs(top)),
-                                depth=depth, repeats=repeats)
-        out, status, details = [], [], []
-        for v in vectors:
-            estimates, state, last_change = [], "ok", math.nan
-            for _ in range(repeats):
-                h = v.clone()
-                for j in range(depth):
-                    rows = None
-                    if batch_size and batch_size < n:
-                        rows = torch.randint(0, n, (int(batch_size),), generator=gen).to(v.device)
-                    new_h = v + h - (obj.hvp(theta, h, rows) + damping * h) / scale
-                    last_change = float((new_h - h).norm() / new_h.norm().clamp_min(1e-30))
-                    h = new_h
-                    if not torch.isfinite(h).all() or h.norm() > blowup * max(v.norm(), 1e-30) * max(depth, 1):
-                        state = "diverged"
-                        break
-                if state != "ok":
+        self.diagnostics.update(top_eigenvalue_damped=top, eigenvalue_max_estimate=top - damping, scale=scale,
+                                scale_exceeds_top_eigenvalue=bool(scale > abs(top)), depth=depth, repeats=repeats,
+                                iterations=depth * repeats)
+        t_count = len(vectors)
+        limit = blowup * vectors.norm(dim=1).clamp_min(1e-30) * max(depth, 1)
+        alive = torch.ones(t_count, dtype=torch.bool, device=vectors.device)
+        diverged_at = [None] * t_count
+        total = torch.zeros_like(vectors)
+        last_change = torch.full((t_count,), math.nan, dtype=torch.float64)
+        for _ in range(repeats):
+            h = vectors.clone()
+            for j in range(depth):
+                rows = None
+                if batch_size and batch_size < n:
+                    rows = torch.randint(0, n, (int(batch_size),), generator=gen).to(vectors.device)
+                idx = torch.nonzero(alive).flatten()
+                if len(idx) == 0:
                     break
-                estimates.append(h / scale)
-            details.append({"status": state, "last_relative_change": last_change})
-            status.append(state)
-            out.append(torch.stack(estimates).mean(0) if state == "ok" else torch.full_like(v, math.nan))
+                hi = h[idx]
+                new_h = vectors[idx] + hi - self._damped_hvp_many(hi, damping, rows) / scale
+                last_change[idx.cpu()] = ((new_h - hi).norm(dim=1) / new_h.norm(dim=1).clamp_min(1e-30)).double().cpu()
+                h[idx] = new_h
+                bad = ~torch.isfinite(new_h).all(dim=1) | (new_h.norm(dim=1) > limit[idx])
+                for t in idx[bad].tolist():
+                    alive[t] = False
+                    diverged_at[t] = j + 1
+            total += torch.where(alive[:, None], h / scale, torch.zeros_like(h))
+        status = ["ok" if bool(a) else "diverged" for a in alive]
+        solutions = total / repeats
+        solutions[~alive] = math.nan
+        details = [{"status": status[t], "iterations": depth * repeats if diverged_at[t] is None else diverged_at[t],
+                    "diverged_at_step": diverged_at[t], "last_relative_change": float(last_change[t])}
+                   for t in range(t_count)]
         self.diagnostics.update(solves=details)
-        return SolveResult(torch.stack(out), status, details)
+        return SolveResult(solutions, status, details)
+
+
+class ArnoldiSolver(InverseHessianSolver):
+    """Arnoldi (Schioppa et al. 2022): `iterations` steps of Arnoldi with Hessian-vector products
+    build an orthonormal Krylov basis Q_m and the projected matrix T = Q_mᵀ H Q_m (Hessenberg,
+    symmetrised since H is symmetric); its eigenpairs T = W Λ Wᵀ give Ritz vectors U = Q_m W.
+    Keeping the top-`rank` pairs by |λ|,
+
+        (H + δI)⁻¹ v ≈ U_r diag(1/(λ_r + δ)) U_rᵀ v.
+
+    A breakdown (the new direction lies in the span, relative norm < `tol`) restarts from a fresh
+    random vector orthogonal to the basis, so `iterations = rank = p` recovers the exact solve.
+    The Ritz residual ‖HU_i − λ_i U_i‖ = |T_{m+1,m}|·|W_{m,i}| is recorded for every kept pair.
+    """
+
+    name = "arnoldi"
+    supports_norms = True
+
+    def _fit(self):
+        theta = self.theta
+        p = theta.numel()
+        m = min(int(self.options.get("iterations", 100)), p)
+        rank = min(int(self.options.get("rank", 50)), m)
+        tol = float(self.options.get("tol", 1e-6))
+        gen = torch.Generator(device="cpu").manual_seed(int(self.options.get("seed", 0)))
+
+        def random_unit():
+            v = torch.randn(p, generator=gen, dtype=theta.dtype).to(theta.device)
+            return v / v.norm()
+
+        basis = torch.zeros(m, p, dtype=theta.dtype, device=theta.device)
+        hess = torch.zeros(m + 1, m, dtype=torch.float64)
+        basis[0] = random_unit()
+        restarts = 0
+        for j in range(m):
+            w = self.objective.hvp(theta, basis[j])
+            w_norm = w.norm()
+            for _ in range(2):  # orthogonalise twice: "twice is enough"
+                coeffs = basis[: j + 1] @ w
+                w = w - coeffs @ basis[: j + 1]
+                hess[: j + 1, j] += coeffs.double().cpu()
+            beta = w.norm()
+            hess[j + 1, j] = float(beta)
+            if j + 1 == m:
+                break
+            if beta > tol * max(float(w_norm), 1e-30):
+                basis[j + 1] = w / beta
+                continue
+            restarts += 1  # invariant subspace found: continue from a new orthogonal direction
+            hess[j + 1, j] = 0.0
+            r = random_unit()
+            for _ in range(2):
+                r = r - (basis[: j + 1] @ r) @ basis[: j + 1]
+            basis[j + 1] = r / r.norm()
+        projected = hess[:m, :m]
+        projected = 0.5 * (projected + projected.T)
+        values, vectors = torch.linalg.eigh(projected)
+        keep = torch.argsort(values.abs(), descending=True)[:rank]
+        values, vectors = values[keep], vectors[:, keep]
+        self.eigenvalues = values
+        self.ritz_vectors = vectors.T.to(device=theta.device) @ basis.double()  # [rank, p]
+        ritz_residuals = hess[m, m - 1].abs() * vectors[m - 1].abs()
+        self.diagnostics.update(
+            num_parameters=p, iterations=m, rank=len(values), restarts=restarts,
+            eigenvalue_min=float(values.min()), eigenvalue_max=float(values.max()),
+            top_eigenvalue=float(values.abs().max()), negative_eigenvalues=int((values < 0).sum()),
+            ritz_residual_max=float(ritz_residuals.max()),
+        )
+
+    def _solve(self, vectors, damping):
+        inv = _inverse_shifted(self.eigenvalues, damping)
+        u = self.ritz_vectors
+        sol = ((vectors.double() @ u.T) * inv) @ u
+        return SolveResult(sol.to(vectors.dtype), ["ok"] * len(vectors),
+                           [{"iterations": self.diagnostics["iterations"]} for _ in vectors])
+
+    def solution_norms(self, vectors, damping) -> torch.Tensor:
+        """‖U diag(1/(λ+δ)) Uᵀ g‖ = ‖diag(1/(λ+δ)) Uᵀ g‖ (U has orthonormal rows)."""
+        inv = _inverse_shifted(self.eigenvalues, damping)
+        return ((vectors.double() @ self.ritz_vectors.T) * inv).norm(dim=1).to(vectors.dtype)
 
 
 SOLVERS: dict[str, type[InverseHessianSolver]] = {
     "exact": ExactSolver,
     "cg": ConjugateGradientSolver,
     "lissa": LissaSolver,
+    "arnoldi": ArnoldiSolver,
 }
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, grad, jvp, vmap
+from torch.func import functional_call, grad, jvp, vjp, vmap
 
 
 class FlatModel:
@@ -55,17 +55,46 @@ def _chunks(n: int, size: int | None):
         yield slice(start, min(start + size, n))
 
 
-class Objective:
-    """R(θ) on data (x, y) with weight decay λ, evaluated in chunks of `chunk_size` rows."""
+HESSIANS = ("full", "gauss_newton")
 
-    def __init__(self, net: FlatModel, x: torch.Tensor, y: torch.Tensor, decay: float, chunk_size: int | None = None):
+
+class Objective:
+    """R(θ) on data (x, y) with weight decay λ, evaluated in chunks of `chunk_size` rows.
+
+    `hessian` picks the curvature matrix that `hvp`, `hvp_many` and `hessian()` multiply by:
+
+        full:          H = ∇²R(θ) = (1/n) Σ_i ∇²ℓ(z_i, θ) + λI
+        gauss_newton:  G = (1/n) Σ_i J_iᵀ H_out,i J_i + λI,   H_out,i = diag(p_i) − p_i p_iᵀ,
+
+    with J_i = ∂logits(x_i)/∂θ and p_i = softmax(logits(x_i)); G is positive semi-definite (positive
+    definite for λ > 0). `full_hvp_many` and `gnh_vp` give either one regardless of the choice.
+    """
+
+    def __init__(self, net: FlatModel, x: torch.Tensor, y: torch.Tensor, decay: float, chunk_size: int | None = None,
+                 hessian: str = "full"):
+        if hessian not in HESSIANS:
+            raise ValueError(f"influence method option 'hessian' must be one of {list(HESSIANS)}, got '{hessian}'")
         self.net, self.x, self.y, self.decay = net, x, y, float(decay)
         self.n = len(y)
         self.chunk_size = chunk_size
+        self.hessian_kind = hessian
+
+    def with_hessian(self, hessian: str) -> "Objective":
+        """The same objective, multiplying by another curvature matrix (`full` or `gauss_newton`)."""
+        return Objective(self.net, self.x, self.y, self.decay, self.chunk_size, hessian=hessian)
 
     def _mean_loss_sum(self, theta, rows):
         """(1/n) Σ_{i in rows} ℓ(z_i, θ): one chunk's share of the data term."""
         return self.net.per_sample_losses(theta, self.x[rows], self.y[rows]).sum() / self.n
+
+    def _blocks(self, rows=None):
+        """(rows of one chunk, weight) pairs covering the data term: all n rows with weight 1, or a
+        minibatch `rows` of m rows with weight n/m (an unbiased estimate of the full data term)."""
+        if rows is None:
+            return [(r, 1.0) for r in _chunks(self.n, self.chunk_size)]
+        index = torch.arange(self.n, device=self.y.device)[rows]
+        scale = self.n / len(index)
+        return [(index[r], scale) for r in _chunks(len(index), self.chunk_size)]
 
     def value(self, theta: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -77,26 +106,62 @@ class Objective:
         g = sum(grad(self._mean_loss_sum)(theta, rows) for rows in _chunks(self.n, self.chunk_size))
         return g + self.decay * theta
 
-    def hvp(self, theta: torch.Tensor, v: torch.Tensor, rows=None) -> torch.Tensor:
-        """(∇²R(θ)) v by forward-over-reverse differentiation; `rows` restricts the data term
-        to a minibatch (rescaled to an unbiased estimate of the full data term)."""
-        if rows is not None:
-            scale = self.n / len(self.y[rows])
-            hv = jvp(lambda t: grad(self._mean_loss_sum)(t, rows), (theta,), (v,))[1] * scale
-            return hv + self.decay * v
-        hv = sum(jvp(lambda t: grad(self._mean_loss_sum)(t, r), (theta,), (v,))[1] for r in _chunks(self.n, self.chunk_size))
-        return hv + self.decay * v
-
-    def hvp_many(self, theta: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
-        """H V for V of shape [k, p] in one vectorised pass; returns [k, p]."""
-        def data_hvp(v, rows):
-            return jvp(lambda t: grad(self._mean_loss_sum)(t, rows), (theta,), (v,))[1]
-
-        out = sum(vmap(data_hvp, in_dims=(0, None))(vectors, rows) for rows in _chunks(self.n, self.chunk_size))
+    # ------------------------------------------------------------------ curvature products
+    def full_hvp_many(self, theta: torch.Tensor, vectors: torch.Tensor, rows=None) -> torch.Tensor:
+        """(∇²R(θ)) V for V of shape [k, p]; returns [k, p]. Reverse-over-reverse per chunk: the
+        gradient's graph is built once and differentiated along all k vectors in one batched
+        backward pass (`is_grads_batched`)."""
+        t = theta.detach().requires_grad_(True)
+        out = torch.zeros_like(vectors)
+        with torch.enable_grad():
+            for block, scale in self._blocks(rows):
+                (g,) = torch.autograd.grad(self._mean_loss_sum(t, block) * scale, t, create_graph=True)
+                out += torch.autograd.grad(g, t, vectors, is_grads_batched=True)[0]
         return out + self.decay * vectors
 
+    def gnh_vp_many(self, theta: torch.Tensor, vectors: torch.Tensor, rows=None) -> torch.Tensor:
+        """G V = (1/n) Σ_i J_iᵀ H_out,i J_i V + λV for V of shape [k, p]; returns [k, p]. Per chunk:
+        one forward z = logits(θ); J V by the double-backward trick (J V = ∂(Jᵀu · V)/∂u, Jᵀu being
+        linear in u); H_out u = p ⊙ u − p (pᵀu); Jᵀ(·) by one batched backward pass."""
+        t = theta.detach().requires_grad_(True)
+        out = torch.zeros_like(vectors)
+        with torch.enable_grad():
+            for block, scale in self._blocks(rows):
+                logits = self.net.logits(t, self.x[block])
+                prob = torch.softmax(logits.detach(), dim=-1)
+                dummy = torch.zeros_like(logits, requires_grad=True)
+                (jt_u,) = torch.autograd.grad(logits, t, dummy, create_graph=True)
+                (jv,) = torch.autograd.grad(jt_u, dummy, vectors, is_grads_batched=True)  # [k, m, C]
+                u = prob * jv - prob * (prob * jv).sum(-1, keepdim=True)
+                out += torch.autograd.grad(logits, t, u, is_grads_batched=True)[0] * (scale / self.n)
+        return out + self.decay * vectors
+
+    def hvp_many(self, theta: torch.Tensor, vectors: torch.Tensor, rows=None) -> torch.Tensor:
+        """H V (or G V, see `hessian`) for V of shape [k, p] in one vectorised pass; returns [k, p].
+        `rows` restricts the data term to a minibatch, rescaled by n/m."""
+        if self.hessian_kind == "gauss_newton":
+            return self.gnh_vp_many(theta, vectors, rows)
+        return self.full_hvp_many(theta, vectors, rows)
+
+    def hvp(self, theta: torch.Tensor, v: torch.Tensor, rows=None) -> torch.Tensor:
+        """H v (or G v, see `hessian`) for one vector v ∈ R^p. The full Hessian's product is
+        reverse-over-reverse, ∇(∇R · v), chunk by chunk: for one vector it has the least overhead."""
+        if self.hessian_kind == "gauss_newton":
+            return self.gnh_vp(theta, v, rows)
+        t = theta.detach().requires_grad_(True)
+        out = torch.zeros_like(v)
+        with torch.enable_grad():
+            for block, scale in self._blocks(rows):
+                (g,) = torch.autograd.grad(self._mean_loss_sum(t, block) * scale, t, create_graph=True)
+                out += torch.autograd.grad(g @ v, t)[0]
+        return out + self.decay * v
+
+    def gnh_vp(self, theta: torch.Tensor, v: torch.Tensor, rows=None) -> torch.Tensor:
+        """G v, the Gauss-Newton product, whatever `hessian` says."""
+        return self.gnh_vp_many(theta, v[None], rows)[0]
+
     def hessian(self, theta: torch.Tensor, block: int = 256) -> torch.Tensor:
-        """The full p × p Hessian ∇²R(θ), built from batched HVPs on blocks of basis vectors."""
+        """The full p × p matrix H (or G), built from batched products with blocks of basis vectors."""
         p = theta.numel()
         eye = torch.eye(p, dtype=theta.dtype, device=theta.device)
         cols = [self.hvp_many(theta, eye[s]) for s in _chunks(p, block)]

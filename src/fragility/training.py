@@ -10,12 +10,21 @@ are stacked into one leaf tensor Θ ∈ R^{k×p}, their objectives are evaluated
 `torch.func.vmap` and summed; because the optimisers used here (gradient descent, SGD with
 momentum, Adam) act element-wise and decay is part of the loss, one optimiser step on Θ is
 exactly k independent steps. Decay is in the loss, not the optimiser, so θ* minimises R(θ).
+
+BatchNorm in train mode normalises with the statistics of the minibatch rows copy c may see,
+
+    μ_c = Σ_b w_cb x_b / Σ_b w_cb,   σ²_c = Σ_b w_cb (x_b − μ_c)² / Σ_b w_cb,
+
+so a removed point leaves no trace in the batch statistics either, and every copy keeps its own
+running statistics (buffers stacked [k, ...], updated in place under vmap).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,6 +89,52 @@ def _make_schedule(optimizer, settings: TrainSettings):
     raise ValueError(f"train.schedule must be constant or cosine, got '{settings.schedule}'")
 
 
+class _RowWeights:
+    """Holds the row weights of the copy being evaluated, for the masked BatchNorm below."""
+
+    value: torch.Tensor | None = None
+
+
+def _masked_batch_norm_forward(module: torch.nn.modules.batchnorm._BatchNorm, x: torch.Tensor, holder: _RowWeights):
+    """BatchNorm with weighted batch statistics (weights = the copy's row weights), the running
+    statistics updated as torch does (momentum, or a cumulative average when momentum is None;
+    unbiased variance for the running estimate)."""
+    if not module.training or holder.value is None:
+        return type(module).forward(module, x)
+    dims = [0] + list(range(2, x.dim()))
+    w = holder.value.reshape(-1, *[1] * (x.dim() - 1)).to(x.dtype)
+    per_row = x[0, 0].numel() if x.dim() > 2 else 1
+    count = w.sum() * per_row
+    mean = (w * x).sum(dims) / count
+    shape = [1, -1] + [1] * (x.dim() - 2)
+    centred = x - mean.reshape(shape)
+    var = (w * centred.pow(2)).sum(dims) / count
+    if module.track_running_stats and module.running_mean is not None:
+        with torch.no_grad():
+            module.num_batches_tracked.add_(1)
+            factor = module.momentum if module.momentum is not None else 1.0 / module.num_batches_tracked.to(x.dtype)
+            unbiased = var.detach() * count / (count - 1).clamp_min(1.0)
+            module.running_mean.mul_(1 - factor).add_(factor * mean.detach())
+            module.running_var.mul_(1 - factor).add_(factor * unbiased)
+    out = centred / torch.sqrt(var.reshape(shape) + module.eps)
+    if module.affine:
+        out = out * module.weight.reshape(shape) + module.bias.reshape(shape)
+    return out
+
+
+@contextlib.contextmanager
+def _masked_batch_norm(model: torch.nn.Module, holder: _RowWeights):
+    """Route every BatchNorm layer of `model` through `_masked_batch_norm_forward` for the duration."""
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for m in layers:
+        m.forward = types.MethodType(lambda self, x: _masked_batch_norm_forward(self, x, holder), m)
+    try:
+        yield
+    finally:
+        for m in layers:
+            del m.forward
+
+
 @dataclass
 class TrainResult:
     thetas: torch.Tensor  # [k, p] final parameters
@@ -126,7 +181,10 @@ def train_copies(
         start_step, history = int(state["step"]), state.get("history", [])
         log(f"resuming from checkpoint {checkpoint_path} at step {start_step}")
 
+    row_weights = _RowWeights()
+
     def copy_objective(theta, bufs, w, xb, yb):
+        row_weights.value = w
         logits = functional_call(model, (net.unflatten(theta), bufs), (xb,))
         losses = torch.nn.functional.cross_entropy(logits, yb, reduction="none")
         return (losses * w).sum() / w.sum().clamp_min(1.0) + 0.5 * decay * theta.pow(2).sum()
@@ -134,28 +192,29 @@ def train_copies(
     batched = vmap(copy_objective, in_dims=(0, 0, 0, None, None))
     began = time.perf_counter()
     losses = torch.full((k,), math.nan)
-    for step in range(start_step, settings.steps):
-        rows = batch_rows(step, n, settings.batch_size, settings.order_seed, x.device)
-        xb, yb, wb = (x, y, weights) if rows is None else (x[rows], y[rows], weights[:, rows])
-        optimizer.zero_grad(set_to_none=True)
-        losses = batched(thetas, buffers, wb, xb, yb)
-        losses.sum().backward()
-        optimizer.step()
-        schedule.step()
-        done = step + 1
-        if done % settings.check_every == 0 or done == settings.steps:
-            values = losses.detach().cpu()
-            if not torch.isfinite(values).all():
-                bad = torch.nonzero(~torch.isfinite(values)).flatten().tolist()
-                raise NonFiniteLossError(
-                    f"training loss became non-finite ({values[bad[0]].item()}) at step {done} for copy {bad[0]}; "
-                    f"lower train.lr (now {settings.lr}) or check the data"
-                )
-            history.append({"step": done, "loss_mean": float(values.mean()), "loss_max": float(values.max())})
-        if checkpoint_path and settings.checkpoint_every and done % settings.checkpoint_every == 0 and done < settings.steps:
-            save_torch({"step": done, "thetas": thetas.detach().cpu(), "optimizer": optimizer.state_dict(),
-                        "schedule": schedule.state_dict(), "buffers": {n_: b.cpu() for n_, b in buffers.items()},
-                        "history": history}, checkpoint_path)
+    with _masked_batch_norm(model, row_weights):
+        for step in range(start_step, settings.steps):
+            rows = batch_rows(step, n, settings.batch_size, settings.order_seed, x.device)
+            xb, yb, wb = (x, y, weights) if rows is None else (x[rows], y[rows], weights[:, rows])
+            optimizer.zero_grad(set_to_none=True)
+            losses = batched(thetas, buffers, wb, xb, yb)
+            losses.sum().backward()
+            optimizer.step()
+            schedule.step()
+            done = step + 1
+            if done % settings.check_every == 0 or done == settings.steps:
+                values = losses.detach().cpu()
+                if not torch.isfinite(values).all():
+                    bad = torch.nonzero(~torch.isfinite(values)).flatten().tolist()
+                    raise NonFiniteLossError(
+                        f"training loss became non-finite ({values[bad[0]].item()}) at step {done} for copy {bad[0]}; "
+                        f"lower train.lr (now {settings.lr}) or check the data"
+                    )
+                history.append({"step": done, "loss_mean": float(values.mean()), "loss_max": float(values.max())})
+            if checkpoint_path and settings.checkpoint_every and done % settings.checkpoint_every == 0 and done < settings.steps:
+                save_torch({"step": done, "thetas": thetas.detach().cpu(), "optimizer": optimizer.state_dict(),
+                            "schedule": schedule.state_dict(), "buffers": {n_: b.cpu() for n_, b in buffers.items()},
+                            "history": history}, checkpoint_path)
     model.eval()
     return TrainResult(thetas.detach(), {n_: b.detach() for n_, b in buffers.items()},
                        [float(v) for v in losses.detach().cpu()], time.perf_counter() - began, history)
