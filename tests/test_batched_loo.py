@@ -1,0 +1,154 @@
+"""Batched leave-one-out re-training: k copies under vmap give the numbers of k separate runs,
+BatchNorm copies keep their own statistics and never see their removed point, and a run resumed
+from its checkpoint ends where an uninterrupted run ends (float64)."""
+
+import pytest
+import torch
+from torch import nn
+
+import fragility.training as training
+from fragility.models import build_model
+from fragility.objective import FlatModel
+from fragility.training import TrainSettings, train_copies
+
+QUIET = dict(log=lambda message: None)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def mlp():
+    torch.manual_seed(3)
+    return build_model("mlp-d1-w6", (4,), 3).double()
+
+
+def bn_net():
+    torch.manual_seed(3)
+    return nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(3, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 3)).double()
+
+
+def data(kind, n=24):
+    gen = torch.Generator().manual_seed(0)
+    shape = (n, 4) if kind == "mlp" else (n, 1, 6, 6)
+    return torch.randn(*shape, dtype=torch.float64, generator=gen), torch.randint(0, 3, (n,), generator=gen)
+
+
+def removal_weights(n, removed):
+    w = torch.ones(len(removed), n, dtype=torch.float64)
+    for c, i in enumerate(removed):
+        if i >= 0:
+            w[c, i] = 0.0
+    return w
+
+
+SETTINGS = {
+    "sgd": TrainSettings(steps=12, lr=0.05, optimizer="sgd", momentum=0.9, batch_size=7, schedule="cosine", order_seed=5),
+    "adam": TrainSettings(steps=12, lr=0.01, optimizer="adam", batch_size=10, order_seed=2),
+    "gd": TrainSettings(steps=8, lr=0.2, optimizer="gd"),
+}
+
+
+@pytest.mark.parametrize("kind", ["mlp", "bn"])
+@pytest.mark.parametrize("optimizer", sorted(SETTINGS))
+def test_batched_copies_equal_separate_runs(kind, optimizer):
+    make = mlp if kind == "mlp" else bn_net
+    x, y = data(kind)
+    removed = [-1, 0, 5, 17]
+    weights = removal_weights(len(y), removed)
+    net = FlatModel(make())
+    batched = train_copies(net, x, y, 0.01, net.flatten().repeat(len(removed), 1), weights, SETTINGS[optimizer], **QUIET)
+    for c in range(len(removed)):
+        single_net = FlatModel(make())
+        single = train_copies(single_net, x, y, 0.01, single_net.flatten()[None], weights[c : c + 1], SETTINGS[optimizer], **QUIET)
+        assert (single.thetas[0] - batched.thetas[c]).abs().max() < 1e-10
+        for name, value in single.buffers.items():
+            assert (value[0].double() - batched.buffers[name][c].double()).abs().max() < 1e-10
+    assert not torch.allclose(batched.thetas[0], batched.thetas[2])  # removals matter
+
+
+def test_batchnorm_copies_keep_their_own_running_statistics():
+    x, y = data("bn")
+    net = FlatModel(bn_net())
+    result = train_copies(net, x, y, 0.0, net.flatten().repeat(3, 1), removal_weights(len(y), [-1, 2, 9]), SETTINGS["sgd"], **QUIET)
+    means = result.buffers["1.running_mean"]
+    assert means.shape == (3, 3) and (means != 0).all()
+    assert not torch.allclose(means[0], means[1]) and not torch.allclose(means[1], means[2])
+    assert (result.buffers["1.num_batches_tracked"] == SETTINGS["sgd"].steps).all()
+
+
+def test_full_copy_with_batchnorm_equals_plain_torch_training():
+    """All-ones weights: the weighted batch statistics are torch's BatchNorm, running stats included."""
+    x, y = data("bn")
+    decay, settings = 0.01, SETTINGS["gd"]
+    net = FlatModel(bn_net())
+    ours = train_copies(net, x, y, decay, net.flatten()[None], torch.ones(1, len(y), dtype=torch.float64), settings, **QUIET)
+    model = bn_net().train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=settings.lr)
+    for _ in range(settings.steps):
+        optimizer.zero_grad()
+        theta = torch.cat([p.reshape(-1) for p in model.parameters()])
+        (nn.functional.cross_entropy(model(x), y) + 0.5 * decay * theta.pow(2).sum()).backward()
+        optimizer.step()
+    assert torch.allclose(ours.thetas[0], FlatModel(model).flatten(), atol=1e-12)
+    for name, value in model.named_buffers():
+        assert torch.allclose(ours.buffers[name][0].to(value.dtype), value, atol=1e-12)
+
+
+def test_a_removed_point_leaves_no_trace_in_batchnorm_statistics():
+    """Full-batch training with weight 0 at i equals training on the data without row i."""
+    x, y = data("bn")
+    i, settings = 6, SETTINGS["gd"]
+    net = FlatModel(bn_net())
+    weighted = train_copies(net, x, y, 0.01, net.flatten()[None], removal_weights(len(y), [i]), settings, **QUIET)
+    keep = torch.arange(len(y)) != i
+    net_without = FlatModel(bn_net())
+    without = train_copies(net_without, x[keep], y[keep], 0.01, net_without.flatten()[None],
+                           torch.ones(1, int(keep.sum()), dtype=torch.float64), settings, **QUIET)
+    assert torch.allclose(weighted.thetas, without.thetas, atol=1e-12)
+    for name, value in without.buffers.items():
+        assert torch.allclose(weighted.buffers[name], value, atol=1e-12)
+
+
+class Interrupted(Exception):
+    pass
+
+
+@pytest.mark.parametrize("kind", ["mlp", "bn"])
+def test_resume_from_checkpoint_equals_an_uninterrupted_run(kind, tmp_path, monkeypatch):
+    make = mlp if kind == "mlp" else bn_net
+    x, y = data(kind)
+    weights = removal_weights(len(y), [-1, 4])
+    settings = TrainSettings(steps=12, lr=0.01, optimizer="adam", batch_size=7, schedule="cosine", order_seed=1,
+                             checkpoint_every=4)
+    net = FlatModel(make())
+    uninterrupted = train_copies(net, x, y, 0.01, net.flatten().repeat(2, 1), weights, settings, **QUIET)
+
+    checkpoint = tmp_path / "loo.ckpt"
+    real_batch_rows = training.batch_rows
+
+    def crash_at_step_7(step, *args):
+        if step == 7:
+            raise Interrupted
+        return real_batch_rows(step, *args)
+
+    monkeypatch.setattr(training, "batch_rows", crash_at_step_7)
+    net = FlatModel(make())
+    with pytest.raises(Interrupted):
+        train_copies(net, x, y, 0.01, net.flatten().repeat(2, 1), weights, settings, checkpoint_path=checkpoint, **QUIET)
+    assert checkpoint.exists()
+    monkeypatch.setattr(training, "batch_rows", real_batch_rows)
+    messages = []
+    net = FlatModel(make())
+    resumed = train_copies(net, x, y, 0.01, net.flatten().repeat(2, 1), weights, settings, checkpoint_path=checkpoint,
+                           log=messages.append)
+    assert any("resuming" in m and "step 4" in m for m in messages)
+    assert torch.equal(resumed.thetas, uninterrupted.thetas)
+    for name, value in uninterrupted.buffers.items():
+        assert torch.equal(resumed.buffers[name], value)
+    assert resumed.history == uninterrupted.history
