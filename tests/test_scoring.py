@@ -34,11 +34,12 @@ def mlp_problem(arch="mlp-d2-w6", n=29):
     return net, net.flatten(), torch.randn(n, 4, dtype=torch.float64), torch.randint(0, 3, (n,))
 
 
-def test_directional_derivatives_equal_the_per_sample_loop():
+@pytest.mark.parametrize("count", [1, 2, 4])  # forward mode for one or two directions, gradient blocks beyond
+def test_directional_derivatives_equal_the_per_sample_loop(count):
     net, theta, x, y = mlp_problem()
-    directions = torch.randn(3, theta.numel(), dtype=torch.float64)
+    directions = torch.randn(count, theta.numel(), dtype=torch.float64)
     fast = directional_derivatives(net, theta, x, y, directions, chunk_size=8)  # 29 rows: ragged last chunk
-    assert fast.shape == (3, 29)
+    assert fast.shape == (count, 29)
     assert torch.allclose(fast, directions @ gradient_loop(net, theta, x, y).T, atol=1e-12)
 
 

@@ -177,14 +177,25 @@ def per_sample_gradients(net: FlatModel, theta: torch.Tensor, x: torch.Tensor, y
     return torch.cat([vmap(single)(x[s], y[s]) for s in _chunks(len(y), chunk_size)])
 
 
-def directional_derivatives(net: FlatModel, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, directions: torch.Tensor, chunk_size: int | None = 1024) -> torch.Tensor:
-    """∇ℓ(z_i, θ) · s_t for every training row i and direction s_t, shape [T, n].
+def directional_derivatives(net: FlatModel, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, directions: torch.Tensor,
+                            chunk_size: int | None = 1024, gradient_chunk_bytes: float = 2**27) -> torch.Tensor:
+    """∇ℓ(z_i, θ) · s_t for every training row i and direction s_t, shape [T, n], chunk by chunk.
 
-    One forward-mode pass per chunk: jvp of the per-sample losses along s_t gives all n dot
-    products at once, without materialising any per-sample gradient.
+    Two exact ways, whichever costs less; neither forms an n × p matrix:
+    - forward mode: jvp of the per-sample losses along s_t gives all n dot products at once
+      (the T tangents share one primal pass; used for up to two directions or when p is large);
+    - per-sample gradients of m rows (vmap(grad), one m × p block of at most
+      `gradient_chunk_bytes`) times the T directions (a cost that does not grow with T).
     """
+    n, p, t_count = len(y), theta.numel(), len(directions)
+    gradient_rows = int(gradient_chunk_bytes // max(1, p * theta.element_size()))
+    if t_count >= 3 and gradient_rows >= 32:
+        rows = min(gradient_rows, chunk_size or n)
+        out = [directions @ per_sample_gradients(net, theta, x[r], y[r], chunk_size=None).T for r in _chunks(n, rows)]
+        return torch.cat(out, dim=1)
+
     def along(s, rows):
         return jvp(lambda t: net.per_sample_losses(t, x[rows], y[rows]), (theta,), (s,))[1]
 
-    out = [vmap(along, in_dims=(0, None))(directions, rows) for rows in _chunks(len(y), chunk_size)]
+    out = [vmap(along, in_dims=(0, None))(directions, rows) for rows in _chunks(n, chunk_size)]
     return torch.cat(out, dim=1)
