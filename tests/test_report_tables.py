@@ -65,6 +65,11 @@ def test_estimator_table_compares_with_exact_on_the_same_points():
     assert set(table.pearson_text) == {"0.80 [0.70, 0.90]"}
     # a cell without exact is not part of the estimator study
     assert report_tables.estimator_table(corr[corr.estimator != "exact"], rows).empty
+    # the exact estimator may carry another name in the config (e.g. `primary: {method: exact}`)
+    renamed = report_tables.estimator_table(corr.replace({"estimator": {"exact": "primary"}}),
+                                            rows.replace({"estimator": {"exact": "primary"}}), [("mlp-d1-w5", "primary")])
+    assert dict(zip(renamed.estimator, renamed.agreement_with_exact))["lissa"] == pytest.approx(1.0)
+    assert set(renamed.reference) == {"primary"}
 
 
 def test_benchmarks_are_gathered_with_logged_gpu_memory(tmp_path):

@@ -216,13 +216,17 @@ def correlation_sweeps(corr: pd.DataFrame, outdir, estimator: str, options: dict
         if frame[x].nunique() < 2:
             _note_figure(outdir, name, f"fewer than two values of {x} in this study: no sweep to draw")
             continue
+        values = sorted(frame[x].unique())
+        # decays span orders of magnitude and include 0: equally spaced positions, labelled by value
+        position = {v: k for k, v in enumerate(values)} if x == "decay" else {v: v for v in values}
+        frame = frame.assign(position=frame[x].map(position), series=list(zip(*[frame[g] for g in group])))
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
         for ax, method in zip(axes, ("pearson", "spearman")):
-            _sweep_with_bands(ax, frame.assign(series=list(zip(*[frame[g] for g in group]))), x, method, "series", label_of)
+            _sweep_with_bands(ax, frame, "position", method, "series", label_of)
             ax.set_xlabel(xlabel)
             ax.set_ylabel(f"{method.capitalize()}(Δ̂, Δ), {estimator}")
-            if x == "decay" and (frame.decay > 0).any():
-                ax.set_xscale("symlog", linthresh=float(frame.decay[frame.decay > 0].min()))
+            ax.set_xticks([position[v] for v in values])
+            ax.set_xticklabels([f"{v:g}" for v in values])
         axes[1].legend(fontsize=7)
         fig.tight_layout()
         save(fig, outdir, name)

@@ -120,31 +120,40 @@ def noise_table(correlations: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
-def estimator_table(correlations: pd.DataFrame, rows: pd.DataFrame, reference: str = "exact", digits: int = 2) -> pd.DataFrame:
-    """Every estimator's correlation with the same ground truth, in cells where `reference` (the exact
-    Hessian) was computed without failure; `agreement_with_<reference>` is the Pearson correlation of
-    the estimator's Δ̂ with the reference's Δ̂ over the re-trained points."""
+def estimator_table(correlations: pd.DataFrame, rows: pd.DataFrame, reference="exact", digits: int = 2) -> pd.DataFrame:
+    """Every estimator's correlation with the same ground truth, in cells where an exact-Hessian
+    estimator ran without failure; `agreement_with_exact` is the Pearson correlation of the
+    estimator's Δ̂ with the exact Δ̂ over the re-trained points.
+
+    `reference` names the exact estimator: one name for every architecture, or a collection of
+    (arch, estimator name) pairs (the config may call it anything, e.g. `primary: {method: exact}`).
+    """
+    is_reference = ((lambda arch, name: name == reference) if isinstance(reference, str)
+                    else (lambda arch, name, pairs={tuple(p) for p in reference}: (arch, name) in pairs))
     corr = correlations[(correlations.subset == "all") & correlations.target.isin(["loss_change", "loss_change_vs_drift"])]
-    has_reference = corr[(corr.estimator == reference) & ~corr.flag.fillna("").str.contains("estimator_failed")]
-    cells = has_reference[CELL_KEYS + ["test_point"]].drop_duplicates()
-    corr = corr.merge(cells, on=CELL_KEYS + ["test_point"])
-    ref = rows[rows.estimator == reference][CELL_KEYS + ["test_point", "train_index", "predicted_loss_change"]]
-    joined = rows.merge(ref, on=CELL_KEYS + ["test_point", "train_index"], suffixes=("", "_ref"))
+    ok = ~corr.flag.fillna("").str.contains("estimator_failed")
+    chosen = corr[ok & np.array([is_reference(a, e) for a, e in zip(corr.arch, corr.estimator)], dtype=bool)]
+    keys = CELL_KEYS + ["test_point"]
+    refs = chosen[keys + ["estimator"]].drop_duplicates(keys).rename(columns={"estimator": "reference"})
+    corr = corr.merge(refs, on=keys)
+    ref_rows = rows.merge(refs, on=keys)
+    ref_rows = ref_rows[ref_rows.estimator == ref_rows.reference][keys + ["train_index", "predicted_loss_change"]]
+    joined = rows.merge(ref_rows, on=keys + ["train_index"], suffixes=("", "_ref"))
     agreement = {}
-    for key, part in joined.groupby(CELL_KEYS + ["test_point", "estimator"], sort=False):
+    for key, part in joined.groupby(keys + ["estimator"], sort=False):
         a, b = part.predicted_loss_change.to_numpy(float), part.predicted_loss_change_ref.to_numpy(float)
-        ok = np.isfinite(a) & np.isfinite(b)
-        agreement[key] = float(np.corrcoef(a[ok], b[ok])[0, 1]) if ok.sum() > 2 and np.ptp(a[ok]) > 0 and np.ptp(b[ok]) > 0 else math.nan
+        good = np.isfinite(a) & np.isfinite(b)
+        defined = good.sum() > 2 and np.ptp(a[good]) > 0 and np.ptp(b[good]) > 0
+        agreement[key] = float(np.corrcoef(a[good], b[good])[0, 1]) if defined else math.nan
     out = corr.copy()
-    out[f"agreement_with_{reference}"] = [agreement.get(tuple(r[k] for k in CELL_KEYS + ["test_point", "estimator"]), math.nan)
-                                          for r in out.to_dict("records")]
+    out["agreement_with_exact"] = [agreement.get(tuple(r[k] for k in keys + ["estimator"]), math.nan) for r in out.to_dict("records")]
     flags = out.flag.fillna("")
     for col in METHODS:
         out[f"{col}_text"] = [format_interval(v, a, b, f, digits) for v, a, b, f in
                               zip(out[col], out[f"{col}_lo"], out[f"{col}_hi"], flags)]
-    keep = CELL_KEYS + ["test_point", "target", "estimator", "n", "pearson_text", "spearman_text", f"agreement_with_{reference}",
-                        "pearson", "pearson_lo", "pearson_hi", "spearman", "spearman_lo", "spearman_hi", "flag"]
-    return out[keep].sort_values(CELL_KEYS + ["test_point", "target", "estimator"]).reset_index(drop=True)
+    keep = keys + ["target", "estimator", "reference", "n", "pearson_text", "spearman_text", "agreement_with_exact",
+                   "pearson", "pearson_lo", "pearson_hi", "spearman", "spearman_lo", "spearman_hi", "flag"]
+    return out[keep].sort_values(keys + ["target", "estimator"]).reset_index(drop=True)
 
 
 # --------------------------------------------------------------------------- benchmarks
@@ -204,7 +213,7 @@ def gather_benchmarks(benchmark_dir, log_dir, jobs_out, summary_out) -> pd.DataF
 # --------------------------------------------------------------------------- study aggregation
 def aggregate_study(correlation_paths, row_paths, metric_paths, diagnostic_paths,
                     correlations_out, summary_out, rows_out, training_out, diagnostics_out,
-                    by_seed_out=None, noise_out=None, estimators_out=None, reference: str = "exact") -> pd.DataFrame:
+                    by_seed_out=None, noise_out=None, estimators_out=None, reference="exact") -> pd.DataFrame:
     correlations = pd.concat([pd.read_parquet(p) for p in correlation_paths], ignore_index=True)
     write_parquet(correlations, correlations_out)
     write_csv(summary_table(correlations), summary_out)

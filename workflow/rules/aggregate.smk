@@ -11,6 +11,7 @@ rule correlate:
         selected=CELL + "/selected.json",
         chunks=loo_chunks,
         drift=CELL + "/loo/drift.parquet",
+        repeat=loo_repeat_input,
         metrics=CELL + "/train_metrics.json",
     output:
         rows=CELL + "/rows.parquet",
@@ -18,6 +19,7 @@ rule correlate:
     params:
         estimators=lambda w: list(grid.estimators(config, w.study, w.arch)),
         cell=lambda w: {**cell_of(w), "decay": decay_of(w), "seed": int(w.seed)},
+        correlation=lambda w: arch_cfg(w).get("correlation", {}),
     log:
         LOGS + "/correlate.log",
     resources:
@@ -34,6 +36,8 @@ rule correlate:
             input.metrics,
             output.rows,
             output.correlations,
+            repeat_path=input.repeat[0] if input.repeat else None,
+            options=params.correlation,
         )
         file_logger(log[0])("correlations written")
 
@@ -54,6 +58,11 @@ rule aggregate:
         rows=RESULTS + "/{study}/rows.parquet",
         training=RESULTS + "/{study}/training.csv",
         diagnostics=RESULTS + "/{study}/influence_diagnostics.csv",
+        by_seed=RESULTS + "/{study}/summary_by_seed.csv",
+        noise=RESULTS + "/{study}/noise.csv",
+        estimators=RESULTS + "/{study}/estimators.csv",
+    params:
+        exact=lambda w: exact_estimators(w.study),
     log:
         RESULTS + "/logs/{study}/aggregate.log",
     resources:
@@ -70,6 +79,10 @@ rule aggregate:
             output.rows,
             output.training,
             output.diagnostics,
+            by_seed_out=output.by_seed,
+            noise_out=output.noise,
+            estimators_out=output.estimators,
+            reference=params.exact,
         )
         file_logger(log[0])("study tables written")
 

@@ -17,7 +17,17 @@ rule plot_iris:
         diagnostics=RESULTS + "/iris/influence_diagnostics.csv",
         training=RESULTS + "/iris/training.csv",
     output:
-        STUDY_FIGURES["iris"],
+        [
+            report(
+                f"{RESULTS}/iris/figures/{name}.png",
+                caption=f"../report/iris_{name}.rst",
+                category="Study iris",
+                subcategory="Figures of the paper",
+                labels={"study": "iris", "figure": name},
+            )
+            for name in IRIS_FIGURES
+        ],
+        [f"{RESULTS}/iris/figures/{name}.pdf" for name in IRIS_FIGURES],
     params:
         figures=lambda w: config["studies"]["iris"].get("figures", {}),
         outdir=RESULTS + "/iris/figures",

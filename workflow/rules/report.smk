@@ -1,0 +1,157 @@
+# What `snakemake --report report.html` shows: every study's tables (as HTML views of the CSVs),
+# the overview figures, per-rule run time and memory, and the configuration used.
+
+
+report: "../report/workflow.rst"
+
+
+OVERVIEW_FIGURES = [
+    "predicted_vs_actual",
+    "correlation_vs_depth",
+    "correlation_vs_width",
+    "correlation_vs_decay",
+    "estimator_comparison",
+]
+REPORT_PAGES = ["summary", "summary_by_seed", "noise", "estimators", "config"]
+
+
+def report_targets(study):
+    """A study's report-only outputs: overview figures, HTML tables, gathered benchmarks."""
+    return (
+        [f"{RESULTS}/{study}/figures/overview/{name}.png" for name in OVERVIEW_FIGURES]
+        + [f"{RESULTS}/{study}/report/{name}.html" for name in REPORT_PAGES]
+        + [
+            f"{RESULTS}/{study}/benchmarks.csv",
+            f"{RESULTS}/{study}/report/benchmarks.html",
+        ]
+    )
+
+
+def exact_estimators(study):
+    """(arch, estimator) pairs computed with the exact Hessian: the estimator study's reference."""
+    return [
+        (arch, name)
+        for arch in grid.study_block(config, study)["architectures"]
+        for name, method in grid.estimators(config, study, arch).items()
+        if method.get("method", name) == "exact"
+    ]
+
+
+for _study in config["studies"]:
+    STUDY_FIGURES[_study] = STUDY_FIGURES.get(_study, []) + report_targets(_study)
+
+
+rule study_figures:
+    input:
+        correlations=RESULTS + "/{study}/correlations.parquet",
+        rows=RESULTS + "/{study}/rows.parquet",
+        estimators=RESULTS + "/{study}/estimators.csv",
+    output:
+        [
+            report(
+                RESULTS + f"/{{study}}/figures/overview/{name}.png",
+                caption=f"../report/{name}.rst",
+                category="Study {study}",
+                subcategory="Figures",
+                labels={"study": "{study}", "figure": name},
+            )
+            for name in OVERVIEW_FIGURES
+        ],
+        [
+            RESULTS + f"/{{study}}/figures/overview/{name}.pdf"
+            for name in OVERVIEW_FIGURES
+        ],
+    log:
+        RESULTS + "/logs/{study}/study_figures.log",
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        figures=lambda w: grid.study_block(config, w.study).get("figures", {}),
+        outdir=RESULTS + "/{study}/figures/overview",
+    run:
+        from fragility.plots import study_figures
+
+        study_figures(
+            input.correlations,
+            input.rows,
+            input.estimators,
+            params.outdir,
+            params.figures,
+        )
+        file_logger(log[0])("overview figures written")
+
+
+rule study_report_pages:
+    input:
+        summary=RESULTS + "/{study}/summary.csv",
+        by_seed=RESULTS + "/{study}/summary_by_seed.csv",
+        noise=RESULTS + "/{study}/noise.csv",
+        estimators=RESULTS + "/{study}/estimators.csv",
+    output:
+        [
+            report(
+                RESULTS + f"/{{study}}/report/{name}.html",
+                caption=f"../report/{name}.rst",
+                category="Study {study}",
+                subcategory="Tables",
+                labels={"study": "{study}", "table": name},
+            )
+            for name in REPORT_PAGES
+        ],
+    log:
+        RESULTS + "/logs/{study}/study_report_pages.log",
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    params:
+        study_dir=RESULTS + "/{study}",
+        outdir=RESULTS + "/{study}/report",
+        config_text=lambda w: yaml_dump(config),
+    run:
+        report_tables.study_report_pages(
+            params.study_dir, params.outdir, params.config_text
+        )
+        file_logger(log[0])("report pages written")
+
+
+rule gather_benchmarks:
+    input:
+        # every benchmarked job of the study has run once its correlations exist
+        RESULTS + "/{study}/correlations.parquet",
+    output:
+        jobs=RESULTS + "/{study}/benchmarks.csv",
+        by_rule=RESULTS + "/{study}/benchmarks_by_rule.csv",
+        page=report(
+            RESULTS + "/{study}/report/benchmarks.html",
+            caption="../report/benchmarks.rst",
+            category="Study {study}",
+            subcategory="Run time and memory",
+            labels={"study": "{study}", "table": "benchmarks"},
+        ),
+    log:
+        RESULTS + "/logs/{study}/gather_benchmarks.log",
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    params:
+        benchmarks=RESULTS + "/benchmarks/{study}",
+        logs=RESULTS + "/logs/{study}",
+    run:
+        jobs = report_tables.gather_benchmarks(
+            params.benchmarks, params.logs, output.jobs, output.by_rule
+        )
+        report_tables.write_benchmark_page(jobs, output.page)
+        file_logger(log[0])(f"{len(jobs)} benchmark files gathered")
+
+
+def yaml_dump(value):
+    import yaml
+
+    return yaml.safe_dump(value, sort_keys=False, default_flow_style=None, width=100)
+
+
+localrules:
+    study_figures,
+    study_report_pages,
+    gather_benchmarks,

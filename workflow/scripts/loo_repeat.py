@@ -1,0 +1,14 @@
+"""Repeat of some leave-one-out re-trainings (and the drift control) with another minibatch order."""
+
+from fragility.noise import repeat_loo
+from fragility.runtime import peak_gpu_memory_mb, resolve_device, start_job
+
+log = start_job(snakemake.log[0], snakemake.threads)
+p = snakemake.params
+seconds, indices = repeat_loo(snakemake.input.model, snakemake.input.data, snakemake.input.test_points,
+                              snakemake.input.selected, p.repeats, p.loo, p.train, snakemake.output[0], device_name=p.device,
+                              order_seed=p.order_seed, checkpoint_prefix=p.checkpoint, log=log)
+log(f"repeated {len(indices)} re-trainings and the drift control with order seed {p.order_seed} in {seconds:.1f}s")
+peak = peak_gpu_memory_mb(resolve_device(p.device))
+if peak is not None:
+    log(f"peak_gpu_memory_mb={peak:.1f}")  # read by the benchmarks table
