@@ -203,10 +203,13 @@ def benchmark_summary(jobs: pd.DataFrame) -> pd.DataFrame:
     }).reset_index().sort_values("total_seconds", ascending=False)
 
 
-def gather_benchmarks(benchmark_dir, log_dir, jobs_out, summary_out) -> pd.DataFrame:
+def gather_benchmarks(benchmark_dir, log_dir, jobs_out, summary_out, page_out=None) -> pd.DataFrame:
+    """benchmarks.csv (every job), benchmarks_by_rule.csv (per step) and, optionally, their HTML page."""
     jobs = benchmark_table(benchmark_dir, log_dir)
     write_csv(jobs, jobs_out)
     write_csv(benchmark_summary(jobs), summary_out)
+    if page_out:
+        write_benchmark_page(jobs, page_out)
     return jobs
 
 

@@ -68,7 +68,7 @@ rule study_figures:
         runtime=10,
     params:
         figures=lambda w: grid.study_block(config, w.study).get("figures", {}),
-        outdir=RESULTS + "/{study}/figures/overview",
+        outdir=lambda w, output: str(Path(output[0]).parent),
     run:
         from fragility.plots import study_figures
 
@@ -105,8 +105,8 @@ rule study_report_pages:
         mem_mb=1000,
         runtime=5,
     params:
-        study_dir=RESULTS + "/{study}",
-        outdir=RESULTS + "/{study}/report",
+        study_dir=lambda w, input: str(Path(input.summary).parent),
+        outdir=lambda w, output: str(Path(output[0]).parent),
         config_text=lambda w: yaml_dump(config),
     run:
         report_tables.study_report_pages(
@@ -138,10 +138,7 @@ rule gather_benchmarks:
         benchmarks=RESULTS + "/benchmarks/{study}",
         logs=RESULTS + "/logs/{study}",
     run:
-        jobs = report_tables.gather_benchmarks(
-            params.benchmarks, params.logs, output.jobs, output.by_rule
-        )
-        report_tables.write_benchmark_page(jobs, output.page)
+        jobs = report_tables.gather_benchmarks(params.benchmarks, params.logs, *output)
         file_logger(log[0])(f"{len(jobs)} benchmark files gathered")
 
 
