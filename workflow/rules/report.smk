@@ -138,7 +138,9 @@ rule gather_benchmarks:
         benchmarks=RESULTS + "/benchmarks/{study}",
         logs=RESULTS + "/logs/{study}",
     run:
-        jobs = report_tables.gather_benchmarks(params.benchmarks, params.logs, *output)
+        jobs = report_tables.gather_benchmarks(
+            params.benchmarks, params.logs, *output
+        )
         file_logger(log[0])(f"{len(jobs)} benchmark files gathered")
 
 
