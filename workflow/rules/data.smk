@@ -1,4 +1,10 @@
 rule prepare_data:
+    input:
+        lambda w: image_data.required_files(
+            w.dataset,
+            grid.study_block(config, w.study)["datasets"][w.dataset],
+            DATA_DIR,
+        ),
     output:
         RESULTS + "/{study}/{dataset}/data.pt",
     params:
