@@ -25,7 +25,7 @@ def problem():
     net = FlatModel(build_model("mlp-d1-w5", (4,), 3).double())
     x = torch.randn(36, 4, dtype=torch.float64)
     y = torch.randint(0, 3, (36,))
-    obj = Objective(net, x, y, decay=0.01, chunk_size=16)
+    obj = Objective(net, x, y, decay=0.01, chunk_size=None)
     theta = net.flatten()
     rhs = torch.randn(3, theta.numel(), dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     return obj, theta, rhs

@@ -115,3 +115,16 @@ def test_per_sample_gradients_match_an_autograd_loop():
         loss = obj.net.per_sample_losses(t, obj.x[i : i + 1], obj.y[i : i + 1]).sum()
         loop.append(torch.autograd.grad(loss, t)[0])
     assert torch.allclose(fast, torch.stack(loop), atol=1e-13)
+
+
+@pytest.mark.parametrize("hessian", ["full", "gauss_newton"])
+@pytest.mark.parametrize("chunk_size", [None, 7])
+def test_operator_keeps_the_graph_and_matches_hvp_many(hessian, chunk_size):
+    obj, theta = tiny_problem()
+    obj = Objective(obj.net, obj.x, obj.y, obj.decay, chunk_size=chunk_size, hessian=hessian)
+    product = obj.operator(theta)
+    vectors = torch.randn(4, theta.numel(), dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    expected = obj.hvp_many(theta, vectors)
+    for _ in range(2):  # a second call reuses the kept graph
+        assert torch.allclose(product(vectors), expected, atol=1e-13)
+    assert torch.allclose(product(vectors[:1])[0], obj.hvp(theta, vectors[0]), atol=1e-13)

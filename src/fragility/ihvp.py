@@ -54,6 +54,7 @@ class InverseHessianSolver:
     def fit(self, objective: Objective, theta: torch.Tensor) -> "InverseHessianSolver":
         start = time.perf_counter()
         self.objective, self.theta = objective.with_hessian(self.hessian), theta
+        self._product = None
         self._fit()
         self.diagnostics["fit_seconds"] = time.perf_counter() - start
         return self
@@ -72,7 +73,12 @@ class InverseHessianSolver:
         raise NotImplementedError
 
     def _damped_hvp_many(self, vectors: torch.Tensor, damping: float, rows=None) -> torch.Tensor:
-        return self.objective.hvp_many(self.theta, vectors, rows) + damping * vectors
+        """(H + δI) V; on all the data through the objective's cached operator."""
+        if rows is not None:
+            return self.objective.hvp_many(self.theta, vectors, rows) + damping * vectors
+        if self._product is None:
+            self._product = self.objective.operator(self.theta)
+        return self._product(vectors) + damping * vectors
 
 
 def top_eigenvalue(hvp, p: int, like: torch.Tensor, iterations: int = 100, tol: float = 1e-6, seed: int = 0) -> float:
@@ -254,7 +260,7 @@ class LissaSolver(InverseHessianSolver):
         obj, theta = self.objective, self.theta
         n = obj.n
         gen = torch.Generator(device="cpu").manual_seed(seed)
-        top = top_eigenvalue(lambda u: obj.hvp(theta, u) + damping * u, theta.numel(), theta,
+        top = top_eigenvalue(lambda u: self._damped_hvp_many(u[None], damping)[0], theta.numel(), theta,
                              iterations=int(self.options.get("power_iterations", 50)))
         # "auto": σ = scale_factor · |λ_max(H + δI)| from power iteration (a safe margin)
         scale = float(self.options.get("scale_factor", 1.5)) * abs(top) if scale_option == "auto" else float(scale_option)
@@ -328,7 +334,7 @@ class ArnoldiSolver(InverseHessianSolver):
         basis[0] = random_unit()
         restarts = 0
         for j in range(m):
-            w = self.objective.hvp(theta, basis[j])
+            w = self._damped_hvp_many(basis[j][None], 0.0)[0]
             w_norm = w.norm()
             for _ in range(2):  # orthogonalise twice: "twice is enough"
                 coeffs = basis[: j + 1] @ w

@@ -160,11 +160,40 @@ class Objective:
         """G v, the Gauss-Newton product, whatever `hessian` says."""
         return self.gnh_vp_many(theta, v[None], rows)[0]
 
+    def operator(self, theta: torch.Tensor):
+        """V ↦ H V (or G V) at a fixed θ, for solvers that multiply many times. When the data fit in
+        one chunk the graph of ∇R (or of the logits) is built once and kept between calls, so each
+        product costs one batched backward pass; otherwise it is `hvp_many`."""
+        if len(self._blocks()) > 1:
+            return lambda vectors: self.hvp_many(theta, vectors)
+        t = theta.detach().requires_grad_(True)
+        rows = self._blocks()[0][0]
+        with torch.enable_grad():
+            if self.hessian_kind == "full":
+                (g,) = torch.autograd.grad(self._mean_loss_sum(t, rows), t, create_graph=True)
+
+                def product(vectors):
+                    hv = torch.autograd.grad(g, t, vectors, is_grads_batched=True, retain_graph=True)[0]
+                    return hv + self.decay * vectors
+                return product
+            logits = self.net.logits(t, self.x[rows])
+            prob = torch.softmax(logits.detach(), dim=-1)
+            dummy = torch.zeros_like(logits, requires_grad=True)
+            (jt_u,) = torch.autograd.grad(logits, t, dummy, create_graph=True)
+
+        def gauss_newton_product(vectors):
+            (jv,) = torch.autograd.grad(jt_u, dummy, vectors, is_grads_batched=True, retain_graph=True)
+            u = prob * jv - prob * (prob * jv).sum(-1, keepdim=True)
+            gv = torch.autograd.grad(logits, t, u, is_grads_batched=True, retain_graph=True)[0] / self.n
+            return gv + self.decay * vectors
+        return gauss_newton_product
+
     def hessian(self, theta: torch.Tensor, block: int = 256) -> torch.Tensor:
         """The full p × p matrix H (or G), built from batched products with blocks of basis vectors."""
         p = theta.numel()
         eye = torch.eye(p, dtype=theta.dtype, device=theta.device)
-        cols = [self.hvp_many(theta, eye[s]) for s in _chunks(p, block)]
+        product = self.operator(theta)
+        cols = [product(eye[s]) for s in _chunks(p, block)]
         h = torch.cat(cols, dim=0)
         return 0.5 * (h + h.T)
 
