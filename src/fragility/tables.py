@@ -8,10 +8,10 @@ Spearman (S) of Δ̂ against Δ for
     A, no decay   test point A, decay 0
 
 Each value comes from the estimator that selected the re-trained points (`select.by` of the
-architecture), on all selected points (`subset == "all"`), for one ground truth (`target`:
-`loss_change` is the paper's Δ = ℓ(θ₋z) − ℓ(θ*), `loss_change_vs_drift` subtracts the
-no-removal drift control instead). With several seeds the value is their mean; a cell is shown by
-its flag's name when any seed is flagged, or `not_run` when the grid has no such cell. Every cell
+architecture), on all selected points (`subset == "all"`), for the paper's ground truth
+Δ = ℓ(θ₋z) − ℓ(θ*) (`target`; Δ against the no-removal drift control differs from it by one
+constant per test point, so its correlations are the same numbers). With several seeds the value
+is their mean; a cell is shown by its flag's name when any seed is flagged, or `not_run` when the grid has no such cell. Every cell
 is written by `metrics.format_interval` as `value [lo, hi]`: the bootstrap percentile interval of
 the correlation over the re-trained points (`correlation:` in the config); with several seeds,
 [lowest lo, highest hi] over the seeds, which covers every seed's interval (the spread across seeds
@@ -169,17 +169,15 @@ def versus_paper(long: pd.DataFrame, paper: pd.DataFrame, family_of: dict) -> pd
 
 
 def write_table1(correlations_path, paper_path, family_of: dict, estimator_of: dict, decays: list[float],
-                 table_out, drift_table_out, versus_out, chosen_decay: float | None = None,
+                 table_out, versus_out, chosen_decay: float | None = None,
                  row_order: list[tuple[str, str]] | None = None, method_of: dict | None = None) -> pd.DataFrame:
-    """Table 1 (paper's Δ), the same with Δ against the drift control, and ours-vs-paper (long)."""
+    """Table 1 (wide, as text) and ours-vs-paper (long, with numbers)."""
     correlations = pd.read_parquet(correlations_path)
     paper = read_paper(paper_path)
     decay = table_decay(decays, chosen_decay)
     names = dict(zip(paper.arch, paper.model))
     long = table1_long(correlations, estimator_of, decay, "loss_change")
     write_csv(table1_wide(long, names, row_order, method_of), table_out)
-    drift = table1_long(correlations, estimator_of, decay, "loss_change_vs_drift")
-    write_csv(table1_wide(drift, names, row_order, method_of), drift_table_out)
     versus = versus_paper(long, paper, family_of)
     write_csv(versus, versus_out)
     return versus

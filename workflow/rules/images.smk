@@ -15,7 +15,7 @@ MNIST_SMALL_FIGURES = [
 for _study in TABLE1_STUDIES:
     STUDY_FIGURES[_study] = [
         f"{RESULTS}/{_study}/{name}"
-        for name in ("table1.csv", "table1_vs_drift.csv", "table1_vs_paper.csv")
+        for name in ("table1.csv", "table1_vs_paper.csv")
     ] + [f"{RESULTS}/{_study}/figures/table1_vs_paper.{ext}" for ext in ("png", "pdf")]
 for _study in MNIST_SMALL_STUDIES:
     STUDY_FIGURES[_study] = [
@@ -31,7 +31,6 @@ rule table1_tables:
         paper=PAPER_TABLE1,
     output:
         table=f"{RESULTS}/{{study}}/table1.csv",
-        drift=f"{RESULTS}/{{study}}/table1_vs_drift.csv",
         versus=f"{RESULTS}/{{study}}/table1_vs_paper.csv",
     log:
         f"{RESULTS}/logs/{{study}}/table1_tables.log",
@@ -47,7 +46,6 @@ rule table1_tables:
             input.correlations,
             input.paper,
             table_out=output.table,
-            drift_table_out=output.drift,
             versus_out=output.versus,
             **params.options,
         )
