@@ -13,7 +13,7 @@ sides computed the same numbers (max |difference|, or the Pearson correlation of
    `torch.autograd.functional.hessian` of the same objective.
 3. leave-one-out: k re-trainings as k stacked copies under vmap (`training.train_copies`) vs the
    same re-trainings one after another; throughput = re-trainings per second.
-4. dattri: our exact / CG influence (solve + scoring, `influence.influence_table`) vs dattri's
+4. dattri: our exact / CG influence (fit, solve, scoring: the engine under `influence_table`) vs dattri's
    `IFAttributorExplicit` / `IFAttributorCG` on the same model, data, Hessian and damping.
 """
 
@@ -34,9 +34,9 @@ import torch.nn.functional as F
 
 from fragility.data import load_iris
 from fragility.ihvp import make_solver
-from fragility.influence import influence_table
+from fragility.influence import test_gradients
 from fragility.models import build_model
-from fragility.objective import FlatModel, Objective, directional_derivatives, per_sample_gradients
+from fragility.objective import FlatModel, Objective, directional_derivatives
 from fragility.training import TrainSettings, train_copies
 
 QUIET = dict(log=lambda message: None)
@@ -157,11 +157,11 @@ def bench_scoring(quick, repeat):
 
 
 # --------------------------------------------------------------------------- 2. exact Hessian
-def bench_hessian(quick, repeat):
+def bench_hessian(quick, repeat, with_cnn=False):
     print("exact Hessian")
     cases = [("Iris net mlp-d1-w5", "mlp-d1-w5", None), ("Iris net mlp-d1-w50", "mlp-d1-w50", None),
              ("Iris net mlp-d8-w5", "mlp-d8-w5", None)]
-    if not quick:
+    if with_cnn:  # about 80 s a side on 2 busy cores: both sides are p = 2,616 products, compute-bound
         cases.append(("small CNN, 16 MNIST images", "smallcnn", 16))
     for case, arch, n_images in cases:
         if arch == "smallcnn":
@@ -248,10 +248,10 @@ def dattri_scores(attributor_cls, net, x, y, xt, yt, regularization, **kwargs):
 
 
 def ours_scores(solver, net, theta, x, y, xt, yt, decay, damping):
-    points = [{"name": str(t), "index": t} for t in range(len(yt))]
+    """Our g_iᵀ (H + δI)⁻¹ g_t for every (train, test) pair = n·Δ̂: fit, solve, one scoring pass."""
     solver.fit(Objective(net, x, y, decay), theta)
-    table, _ = influence_table(net, theta, x, y, points, xt, yt, solver, damping, param_change_norms=False)
-    return torch.tensor(table.predicted_loss_change.to_numpy()).reshape(len(yt), len(y)) * len(y)
+    result = solver.solve(test_gradients(net, theta, xt, yt), damping)
+    return directional_derivatives(net, theta, x, y, result.solutions, chunk_size=1024)
 
 
 def pearson(a, b):
@@ -270,23 +270,24 @@ def bench_dattri(quick, repeat):
     import dattri.algorithm.base
 
     dattri.algorithm.base.tqdm = lambda iterable, **kwargs: iterable  # no progress bars in the table
-    net, theta, (x, y, xt, yt), decay = trained_iris_net()
-    exact = make_solver("exact").fit(Objective(net, x, y, decay), theta)
-    damping = max(0.01, 0.01 - float(exact.eigenvalues[0]))  # H + δI positive definite, as CG needs
-    regularization = decay + damping  # dattri's loss has no decay term: it goes into its damping
-    cases = [("Iris net, exact", "exact", {}, IFAttributorExplicit, {}), ]
-    cg = make_solver("cg", tol=1e-10, max_iterations=500)
-    ours_scores(cg, net, theta, x, y, xt, yt, decay, damping)
-    iterations = cg.diagnostics["iterations"]
-    cases.append((f"Iris net, CG ({iterations} it.)", "cg", {"tol": 1e-10, "max_iterations": 500}, IFAttributorCG,
-                  {"max_iter": iterations}))
-    for case, method, options, cls, kwargs in cases:
-        ours_s, ours = timed(lambda: ours_scores(make_solver(method, **options), net, theta, x, y, xt, yt, decay, damping), repeat)
-        base_s, base = timed(lambda: dattri_scores(cls, net, x, y, xt, yt, regularization, **kwargs), 1)
-        record("dattri", case, f"ours ({method})", cls.__name__, ours_s, base_s, f"Pearson {pearson(ours, base):.6f}",
-               f"n={len(y)}, {len(yt)} test points, p={theta.numel()}")
+    for arch in ("mlp-d1-w5", "mlp-d1-w50"):
+        net, theta, (x, y, xt, yt), decay = trained_iris_net(arch)
+        exact = make_solver("exact").fit(Objective(net, x, y, decay), theta)
+        damping = max(0.01, 0.01 - float(exact.eigenvalues[0]))  # H + δI positive definite, as CG needs
+        regularization = decay + damping  # dattri's loss has no decay term: it goes into its damping
+        cg = make_solver("cg", tol=1e-10, max_iterations=1000)
+        ours_scores(cg, net, theta, x, y, xt, yt, decay, damping)
+        iterations = cg.diagnostics["iterations"]
+        cases = [(f"Iris net {arch}, exact", "exact", {}, IFAttributorExplicit, {}),
+                 (f"Iris net {arch}, CG ({iterations} it.)", "cg", {"tol": 1e-10, "max_iterations": 1000}, IFAttributorCG,
+                  {"max_iter": iterations})]
+        for case, method, options, cls, kwargs in cases:
+            ours_s, ours = timed(lambda: ours_scores(make_solver(method, **options), net, theta, x, y, xt, yt, decay, damping), repeat)
+            base_s, base = timed(lambda: dattri_scores(cls, net, x, y, xt, yt, regularization, **kwargs), repeat)
+            record("dattri", case, f"ours ({method})", cls.__name__, ours_s, base_s, f"Pearson {pearson(ours, base):.6f}",
+                   f"n={len(y)}, {len(yt)} test points, p={theta.numel()}, δ={damping:.3g}")
 
-    n_train, n_test = (500, 5) if quick else (1000, 10)
+    n_train, n_test = (300, 3) if quick else (500, 5)
     xm, ym, xmt, ymt = mnist(n_train, n_test)
     cnn, theta = trained_small_cnn(xm, ym)
     cnn_decay, cnn_damping = 0.001, 0.5  # λ_min(H) ≈ −0.4 here: CG needs H + δI positive definite
@@ -331,7 +332,8 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="smaller sizes (about a minute or two)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     parser.add_argument("--repeat", type=int, default=2, help="best of this many runs for the fast side")
-    parser.add_argument("--only", nargs="*", default=["scoring", "hessian", "loo", "dattri"])
+    parser.add_argument("--only", nargs="*", default=["scoring", "hessian", "loo", "dattri"],
+                        help="sections to run; 'hessian_cnn' adds the small CNN's exact Hessian (slow)")
     parser.add_argument("--markdown", help="also write the table as Markdown to this file")
     parser.add_argument("--json", help="also write the rows as JSON to this file")
     args = parser.parse_args(argv)
@@ -339,7 +341,8 @@ def main(argv=None) -> int:
     info = machine()
     print(json.dumps(info))
     began = time.perf_counter()
-    benches = {"scoring": bench_scoring, "hessian": bench_hessian, "loo": bench_loo, "dattri": bench_dattri}
+    benches = {"scoring": bench_scoring, "hessian": bench_hessian, "loo": bench_loo, "dattri": bench_dattri,
+               "hessian_cnn": lambda quick, repeat: bench_hessian(quick, 1, with_cnn=True)}
     for name in args.only:
         benches[name](args.quick, args.repeat)
     info.update(quick=args.quick, seconds=time.perf_counter() - began)

@@ -183,57 +183,60 @@ class ConjugateGradientSolver(InverseHessianSolver):
     def _solve(self, vectors, damping):
         tol = float(self.options.get("tol", 1e-8))
         max_iter = int(self.options.get("max_iterations", 1000))
-        t_count = len(vectors)
+        t_count, device = len(vectors), vectors.device
         x = torch.zeros_like(vectors)
         r = vectors.clone()
         p = r.clone()
         rs = (r * r).sum(1)
         v_norm = vectors.norm(dim=1)
-        state = ["ok" if float(n) == 0 else "not_converged" for n in v_norm]
-        active = [s == "not_converged" for s in state]
-        iterations = [0] * t_count
-        alphas: list[list[float]] = [[] for _ in range(t_count)]
-        betas: list[list[float]] = [[] for _ in range(t_count)]
+        codes = {"not_converged": 0, "ok": 1, "negative_curvature": 2}
+        state = torch.where(v_norm == 0, codes["ok"], codes["not_converged"])
+        active = state == codes["not_converged"]
+        iterations = torch.zeros(t_count, dtype=torch.long, device=device)
+        alphas, betas = [], []  # per iteration, [T] with NaN where a system was not iterated
         for it in range(1, max_iter + 1):
-            idx = [t for t in range(t_count) if active[t]]
-            if not idx:
+            idx = torch.nonzero(active).flatten()
+            if len(idx) == 0:
                 break
-            rows = torch.tensor(idx, device=vectors.device)
-            ap = self._damped_hvp_many(p[rows], damping)
-            curvature = (p[rows] * ap).sum(1)
-            alpha = rs[rows] / curvature
+            p_act = p[idx]
+            ap = self._damped_hvp_many(p_act, damping)
+            curvature = (p_act * ap).sum(1)
             good = curvature > 0
-            alpha = torch.where(good, alpha, torch.zeros_like(alpha))
-            x[rows] += alpha[:, None] * p[rows]
-            r[rows] -= alpha[:, None] * ap
-            rs_new = (r[rows] * r[rows]).sum(1)
-            beta = rs_new / rs[rows]
-            p[rows] = r[rows] + beta[:, None] * p[rows]
-            rs[rows] = rs_new
-            for j, t in enumerate(idx):
-                iterations[t] = it
-                if not bool(good[j]):
-                    state[t], active[t] = "negative_curvature", False
-                    continue
-                alphas[t].append(float(alpha[j]))
-                betas[t].append(float(beta[j]))
-                if float(rs_new[j].sqrt()) <= tol * float(v_norm[t]):
-                    state[t], active[t] = "ok", False
+            alpha = torch.where(good, rs[idx] / curvature, torch.zeros_like(curvature))
+            x[idx] += alpha[:, None] * p_act
+            r_act = r[idx] - alpha[:, None] * ap
+            r[idx] = r_act
+            rs_new = (r_act * r_act).sum(1)
+            beta = rs_new / rs[idx]
+            p[idx] = r_act + beta[:, None] * p_act
+            rs[idx] = rs_new
+            iterations[idx] = it
+            alphas.append(torch.full((t_count,), math.nan, dtype=torch.float64, device=device).index_put((idx[good],), alpha[good].double()))
+            betas.append(torch.full((t_count,), math.nan, dtype=torch.float64, device=device).index_put((idx[good],), beta[good].double()))
+            done = idx[good & (rs_new.sqrt() <= tol * v_norm[idx])]
+            state[idx[~good]] = codes["negative_curvature"]
+            state[done] = codes["ok"]
+            active[idx[~good]] = False
+            active[done] = False
+        names = {code: name for name, code in codes.items()}
+        status = [names[int(c)] for c in state.cpu()]
+        alpha_table = torch.stack(alphas, 1).cpu() if alphas else torch.zeros(t_count, 0, dtype=torch.float64)
+        beta_table = torch.stack(betas, 1).cpu() if betas else torch.zeros(t_count, 0, dtype=torch.float64)
+        residuals = torch.where(v_norm > 0, r.norm(dim=1) / v_norm.clamp_min(1e-300), torch.zeros_like(v_norm)).cpu()
         details, low, high = [], [], []
         for t in range(t_count):
-            ritz_min, ritz_max = _cg_ritz_values(alphas[t], betas[t])
-            residual = float(r[t].norm() / v_norm[t]) if float(v_norm[t]) > 0 else 0.0
-            details.append({"iterations": iterations[t], "relative_residual": residual, "status": state[t],
+            keep = ~torch.isnan(alpha_table[t])
+            ritz_min, ritz_max = _cg_ritz_values(alpha_table[t][keep].tolist(), beta_table[t][keep].tolist())
+            details.append({"iterations": int(iterations[t]), "relative_residual": float(residuals[t]), "status": status[t],
                             "eigenvalue_min_estimate": ritz_min - damping, "eigenvalue_max_estimate": ritz_max - damping})
             low.append(ritz_min - damping)
             high.append(ritz_max - damping)
-        failed = torch.tensor([s != "ok" for s in state], device=vectors.device)
-        x[failed] = math.nan
-        self.diagnostics.update(solves=details, iterations=max(iterations, default=0),
-                                relative_residual_max=max((d["relative_residual"] for d in details), default=0.0),
+        x[state != codes["ok"]] = math.nan
+        self.diagnostics.update(solves=details, iterations=int(iterations.max()) if t_count else 0,
+                                relative_residual_max=float(residuals.max()) if t_count else 0.0,
                                 eigenvalue_min_estimate=min(low, default=math.nan),
                                 eigenvalue_max_estimate=max(high, default=math.nan))
-        return SolveResult(x, state, details)
+        return SolveResult(x, status, details)
 
 
 class LissaSolver(InverseHessianSolver):
