@@ -10,7 +10,6 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 from fragility import grid, pipeline, report_tables  # noqa: E402
 from fragility.runtime import file_logger  # noqa: E402
 
-
 validate(config, schema="../schemas/config.schema.yaml")
 grid.check_config(config)
 
@@ -48,9 +47,26 @@ def decay_of(wildcards):
 
 def cell_paths(study, pattern):
     """`pattern` (relative to a cell directory) for every cell of `study`."""
-    return [grid.cell_dir(c, RESULTS) + "/" + pattern for c in grid.cells(config, study)]
+    return [
+        grid.cell_dir(c, RESULTS) + "/" + pattern for c in grid.cells(config, study)
+    ]
 
 
+# Cluster resources of the heavy rules, from the study block's `resources.<train|influence|loo>`
+# with the architecture's `overrides` merged in (so a ResNet asks for a GPU and hours while an Iris
+# net asks for one core and minutes). Keys the config leaves out take these values.
+RESOURCE_FALLBACKS = {
+    "train": {"mem_mb": 2000, "runtime": 60, "gpu": 0, "cpus_per_task": 1},
+    "influence": {"mem_mb": 4000, "runtime": 60, "gpu": 0, "cpus_per_task": 1},
+    "loo": {"mem_mb": 2000, "runtime": 60, "gpu": 0, "cpus_per_task": 1},
+}
+# A retried job gets attempt × the configured value of these:
+GROWS_WITH_ATTEMPT = ("mem_mb", "runtime")
+
+
+def rule_resources_cfg(wildcards, rule_key):
+    """`resources.<rule_key>` of the cell's merged config ({} when the config sets none)."""
+    return arch_cfg(wildcards).get("resources", {}).get(rule_key, {})
 
 
 def res(rule_key, key, fallback):
@@ -59,8 +75,55 @@ def res(rule_key, key, fallback):
     def get(wildcards, attempt):
         if "study" not in wildcards.keys():
             return fallback
-        value = arch_cfg(wildcards).get("resources", {}).get(rule_key, {}).get(key, fallback)
-        return value * attempt if key in ("mem_mb", "runtime") else value
+        value = rule_resources_cfg(wildcards, rule_key).get(key, fallback)
+        return value * attempt if key in GROWS_WITH_ATTEMPT else value
+
+    return get
+
+
+def gpu_model(rule_key):
+    """`gpu_model` for the SLURM plugin (`--gpus=<model>:<n>`), only for jobs that ask for a GPU."""
+
+    def get(wildcards):
+        cfg = rule_resources_cfg(wildcards, rule_key)
+        if cfg.get("gpu", 0) > 0 and cfg.get("gpu_model"):
+            return cfg["gpu_model"]
+        return None  # dropped: no --gpus model constraint
+
+    return get
+
+
+def cluster_resources(rule_key):
+    """All resources of a heavy rule: `resources: **cluster_resources("train")`.
+
+    mem_mb (MB) and runtime (minutes) grow with `attempt`; gpu and gpu_model become the slurm
+    plugin's `--gpus=[model:]n`; cpus_per_task its `--cpus-per-task` (also the rule's threads).
+    """
+    fallbacks = RESOURCE_FALLBACKS[rule_key]
+    resources = {key: res(rule_key, key, value) for key, value in fallbacks.items()}
+    resources["gpu_model"] = gpu_model(rule_key)
+    return resources
+
+
+def cluster_threads(rule_key):
+    """Threads of a heavy rule = its configured `cpus_per_task` (torch uses that many)."""
+    fallback = RESOURCE_FALLBACKS[rule_key]["cpus_per_task"]
+    return lambda wildcards: res(rule_key, "cpus_per_task", fallback)(wildcards, 1)
+
+
+def cluster_group(stage, rule_key):
+    """Group name of a CPU-only job when the cell's config sets `resources.group: true`.
+
+    Stage "fit" joins train → test_points → influence → drift control of a cell into one cluster
+    job; stage "loo" joins a cell's LOO chunks. `--group-components fit=N` (profiles/slurm) packs N
+    cells into one submission. GPU jobs are never grouped: parallel members would add up GPUs.
+    """
+
+    def get(wildcards):
+        cfg = arch_cfg(wildcards).get("resources", {})
+        if cfg.get("group", False) and cfg.get(rule_key, {}).get("gpu", 0) == 0:
+            return stage
+        return None
 
     return get
 

@@ -7,13 +7,19 @@ rule prepare_data:
         ),
     output:
         RESULTS + "/{study}/{dataset}/data.pt",
-    params:
-        dataset_cfg=lambda w: grid.study_block(config, w.study)["datasets"][w.dataset],
-        data_dir=config.get("data_dir", "data"),
     log:
         RESULTS + "/logs/{study}/{dataset}/prepare_data.log",
     resources:
         mem_mb=2000,
         runtime=10,
+    params:
+        dataset_cfg=lambda w: grid.study_block(config, w.study)["datasets"][w.dataset],
+        data_dir=config.get("data_dir", "data"),
     script:
         "../scripts/prepare_data.py"
+
+
+# Runs where Snakemake runs, never as a cluster job: image datasets are downloaded here, and
+# compute nodes are often offline.
+localrules:
+    prepare_data,

@@ -6,20 +6,20 @@ rule influence:
     output:
         table=CELL + "/influence/{estimator}.parquet",
         diagnostics=CELL + "/influence/{estimator}.json",
+    log:
+        LOGS + "/influence_{estimator}.log",
+    benchmark:
+        BENCH + "/influence_{estimator}.tsv"
+    group:
+        cluster_group("fit", "influence")
+    threads: cluster_threads("influence")
+    resources:
+        **cluster_resources("influence"),
     params:
         method=lambda w: grid.estimators(config, w.study, w.arch)[w.estimator],
         influence=lambda w: arch_cfg(w)["influence"],
         decay=decay_of,
         device=device(),
-    log:
-        LOGS + "/influence_{estimator}.log",
-    benchmark:
-        BENCH + "/influence_{estimator}.tsv"
-    threads: 1
-    resources:
-        mem_mb=res("influence", "mem_mb", 4000),
-        runtime=res("influence", "runtime", 60),
-        gpu=res("influence", "gpu", 0),
     script:
         "../scripts/influence.py"
 
@@ -29,13 +29,13 @@ checkpoint select:
         lambda w: CELL.format(**w) + f"/influence/{arch_cfg(w)['select']['by']}.parquet",
     output:
         CELL + "/selected.json",
-    params:
-        rules=lambda w: arch_cfg(w)["select"]["rules"],
     log:
         LOGS + "/select.log",
     resources:
         mem_mb=1000,
         runtime=5,
+    params:
+        rules=lambda w: arch_cfg(w)["select"]["rules"],
     run:
         pipeline.select(input[0], params.rules, output[0])
         file_logger(log[0])("selection written")

@@ -4,7 +4,9 @@ def loo_chunks(wildcards):
     indices = grid.read_selected(selected)
     size = arch_cfg(wildcards)["loo"]["chunk_size"]
     n_chunks = (len(indices) + size - 1) // size
-    return [CELL.format(**wildcards) + f"/loo/chunk{k:04d}.parquet" for k in range(n_chunks)]
+    return [
+        CELL.format(**wildcards) + f"/loo/chunk{k:04d}.parquet" for k in range(n_chunks)
+    ]
 
 
 rule loo_chunk:
@@ -16,21 +18,21 @@ rule loo_chunk:
         drift_theta=CELL + "/loo/drift_theta.pt",
     output:
         CELL + "/loo/chunk{chunk}.parquet",
+    log:
+        LOGS + "/loo_chunk{chunk}.log",
+    benchmark:
+        BENCH + "/loo_chunk{chunk}.tsv"
+    group:
+        cluster_group("loo", "loo")
+    threads: cluster_threads("loo")
+    resources:
+        **cluster_resources("loo"),
     params:
         loo=lambda w: arch_cfg(w)["loo"],
         train=lambda w: arch_cfg(w)["train"],
         order_seed=lambda w: int(w.seed) + 7919,
         device=device(),
         checkpoint=lambda w: CELL.format(**w) + f"/loo/chunk{w.chunk}.checkpoint.pt",
-    log:
-        LOGS + "/loo_chunk{chunk}.log",
-    benchmark:
-        BENCH + "/loo_chunk{chunk}.tsv"
-    threads: 1
-    resources:
-        mem_mb=res("loo", "mem_mb", 2000),
-        runtime=res("loo", "runtime", 60),
-        gpu=res("loo", "gpu", 0),
     script:
         "../scripts/loo.py"
 
@@ -43,20 +45,20 @@ rule loo_drift:
     output:
         table=CELL + "/loo/drift.parquet",
         theta=CELL + "/loo/drift_theta.pt",
+    log:
+        LOGS + "/loo_drift.log",
+    benchmark:
+        BENCH + "/loo_drift.tsv"
+    group:
+        cluster_group("fit", "loo")
+    threads: cluster_threads("loo")
+    resources:
+        **cluster_resources("loo"),
     params:
         loo=lambda w: arch_cfg(w)["loo"],
         train=lambda w: arch_cfg(w)["train"],
         order_seed=lambda w: int(w.seed) + 7919,
         device=device(),
         checkpoint=lambda w: CELL.format(**w) + "/loo/drift.checkpoint.pt",
-    log:
-        LOGS + "/loo_drift.log",
-    benchmark:
-        BENCH + "/loo_drift.tsv"
-    threads: 1
-    resources:
-        mem_mb=res("loo", "mem_mb", 2000),
-        runtime=res("loo", "runtime", 60),
-        gpu=res("loo", "gpu", 0),
     script:
         "../scripts/loo.py"
