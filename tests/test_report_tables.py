@@ -88,3 +88,14 @@ def test_benchmarks_are_gathered_with_logged_gpu_memory(tmp_path):
     summary = report_tables.benchmark_summary(jobs).set_index("step")
     assert summary.loc["loo_chunk", "jobs"] == 2 and summary.loc["loo_chunk", "total_seconds"] == 6.0
     assert summary.loc["loo_chunk", "max_rss_mb"] == 660.0 and math.isnan(summary.loc["loo_chunk", "peak_gpu_memory_mb"])
+
+
+def test_table1_page_shows_intervals_next_to_the_paper(tmp_path):
+    pd.DataFrame({"dataset": ["mnist"], "model": ["LeNet"], "A, decay P": ["0.80 [0.70, 0.90]"]}).to_csv(tmp_path / "t.csv", index=False)
+    pd.DataFrame({"dataset": ["mnist", "mnist"], "model": ["LeNet", "LeNet"], "column": ["A, decay P", "B, decay P"],
+                  "ours": ["0.80 [0.70, 0.90]", "constant_actual"], "paper": [0.83, 0.28], "paper_in_interval": [True, None],
+                  "difference": [-0.03, np.nan], "flag": ["", "constant_actual"]}).to_csv(tmp_path / "v.csv", index=False)
+    report_tables.table1_page(tmp_path / "t.csv", tmp_path / "v.csv", tmp_path / "t.html")
+    page = (tmp_path / "t.html").read_text()
+    assert page.count("0.80 [0.70, 0.90]") == 2 and "inside our interval in 1 of 1 cells" in page
+    assert '<td class="flag">constant_actual</td>' in page

@@ -315,6 +315,28 @@ def write_benchmark_page(jobs: pd.DataFrame, path) -> None:
                        f"</head><body>{body}</body></html>", encoding="utf-8")
 
 
+def write_pages(sections: list[tuple[pd.DataFrame, str, str]], path, title: str) -> None:
+    """Several (table, heading, note) sections on one HTML page."""
+    body = "".join(html_table(frame, heading, note).split("<body>")[1].split("</body>")[0] for frame, heading, note in sections)
+    with atomic_path(path) as tmp:
+        tmp.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+                       f"<style>{STYLE}</style></head><body>{body}</body></html>", encoding="utf-8")
+
+
+def table1_page(table_csv, versus_csv, path) -> None:
+    """Table 1 as we measured it (values with bootstrap intervals, or flags) and, per cell, ours next
+    to the paper's value, with whether the paper's value lies inside our interval."""
+    read = lambda p: pd.read_csv(p, keep_default_na=False, na_values=[""])  # noqa: E731
+    versus = read(versus_csv)
+    keep = [c for c in ["dataset", "model", "column", "ours", "paper", "paper_in_interval", "difference", "n", "seeds",
+                        "estimator", "flag"] if c in versus.columns]
+    inside = versus.get("paper_in_interval", pd.Series(dtype=object)).dropna()
+    note = (f"The paper's value lies inside our interval in {int((inside.astype(str) == 'True').sum())} of "
+            f"{len(inside)} cells that both have." if len(inside) else "")
+    write_pages([(read(table_csv), "Table 1 (ours): Pearson P and Spearman S of Δ̂ vs Δ, value [bootstrap interval]", ""),
+                 (versus[keep], "Ours next to the paper's Table 1", note)], path, "Table 1")
+
+
 def study_report_pages(study_dir, out_dir, config_text: str, main_targets=("loss_change", "loss_change_vs_drift")) -> list[str]:
     """HTML views of a study's tables for `snakemake --report` (the CSVs stay the data of record).
     The summary view keeps the subset `all` and the loss targets; the CSV holds every row."""

@@ -56,7 +56,13 @@ rule plot_table1:
     input:
         f"{RESULTS}/{{study}}/table1_vs_paper.csv",
     output:
-        f"{RESULTS}/{{study}}/figures/table1_vs_paper.png",
+        report(
+            f"{RESULTS}/{{study}}/figures/table1_vs_paper.png",
+            caption="../report/table1_vs_paper.rst",
+            category="Study {study}",
+            subcategory="Figures of the paper",
+            labels={"study": "{study}", "figure": "table1_vs_paper"},
+        ),
         f"{RESULTS}/{{study}}/figures/table1_vs_paper.pdf",
     log:
         f"{RESULTS}/logs/{{study}}/plot_table1.log",
@@ -80,10 +86,16 @@ rule plot_mnist_small:
         rows=f"{RESULTS}/{{study}}/rows.parquet",
     output:
         [
-            f"{RESULTS}/{{study}}/figures/{name}.{ext}"
+            report(
+                f"{RESULTS}/{{study}}/figures/{name}.png",
+                caption=f"../report/mnist_small_{name}.rst",
+                category="Study {study}",
+                subcategory="Figures of the paper",
+                labels={"study": "{study}", "figure": name},
+            )
             for name in MNIST_SMALL_FIGURES
-            for ext in ("png", "pdf")
         ],
+        [f"{RESULTS}/{{study}}/figures/{name}.pdf" for name in MNIST_SMALL_FIGURES],
     log:
         f"{RESULTS}/logs/{{study}}/plot_mnist_small.log",
     wildcard_constraints:

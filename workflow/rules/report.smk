@@ -1,5 +1,6 @@
 # What `snakemake --report report.html` shows: every study's tables (as HTML views of the CSVs),
 # the overview figures, per-rule run time and memory, and the configuration used.
+from fragility import tables  # noqa: E402
 
 
 report: "../report/workflow.rst"
@@ -25,6 +26,37 @@ def report_targets(study):
             f"{RESULTS}/{study}/report/benchmarks.html",
         ]
     )
+
+
+TABLE1_REPORT_STUDIES = tables.studies_of_kind(config, "table1")
+for _study in TABLE1_REPORT_STUDIES:
+    STUDY_FIGURES[_study] = STUDY_FIGURES.get(_study, []) + [
+        f"{RESULTS}/{_study}/report/table1.html"
+    ]
+
+
+rule table1_report_page:
+    input:
+        table=RESULTS + "/{study}/table1.csv",
+        versus=RESULTS + "/{study}/table1_vs_paper.csv",
+    output:
+        report(
+            RESULTS + "/{study}/report/table1.html",
+            caption="../report/table1.rst",
+            category="Study {study}",
+            subcategory="Tables",
+            labels={"study": "{study}", "table": "table1"},
+        ),
+    log:
+        RESULTS + "/logs/{study}/table1_report_page.log",
+    wildcard_constraints:
+        study="|".join(TABLE1_REPORT_STUDIES) or "(?!)",
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    run:
+        report_tables.table1_page(input.table, input.versus, output[0])
+        file_logger(log[0])("Table 1 page written")
 
 
 def exact_estimators(study):
@@ -151,6 +183,7 @@ def yaml_dump(value):
 
 
 localrules:
+    table1_report_page,
     study_figures,
     study_report_pages,
     gather_benchmarks,
