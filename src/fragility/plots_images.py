@@ -140,7 +140,8 @@ def mnist_small_figures(correlations_path, rows_path, outdir, decay: float, esti
 
 
 def table1_figure(versus_path, outdir, name: str = "table1_vs_paper") -> None:
-    """One panel per Table 1 column: our value next to the paper's for every (dataset, model)."""
+    """One panel per Table 1 column: our value (error bar: its bootstrap interval) next to the paper's
+    for every (dataset, model)."""
     versus = pd.read_csv(versus_path, keep_default_na=False, na_values=[""])
     versus["flag"] = versus["flag"].fillna("")
     columns = list(dict.fromkeys(versus.column))
@@ -149,7 +150,13 @@ def table1_figure(versus_path, outdir, name: str = "table1_vs_paper") -> None:
     for ax, column in zip(axes.flat, columns):
         part = versus[versus.column == column].assign(label=lambda f: f.dataset + " · " + f.model).set_index("label").reindex(labels)
         ys = np.arange(len(labels))
-        ax.barh(ys + 0.2, part.ours_value.astype(float).fillna(0), 0.4, label="ours")
+        ours = part.ours_value.astype(float)
+        if "ours_lo" in part:  # the bootstrap interval of our value (tables.table1_long)
+            xerr = np.vstack([(ours - part.ours_lo.astype(float)).clip(lower=0), (part.ours_hi.astype(float) - ours).clip(lower=0)])
+            xerr = np.nan_to_num(xerr)
+        else:
+            xerr = None
+        ax.barh(ys + 0.2, ours.fillna(0), 0.4, xerr=xerr, capsize=2, error_kw={"lw": 0.8}, label="ours")
         ax.barh(ys - 0.2, part.paper.astype(float).fillna(0), 0.4, label="paper", color="lightgrey", edgecolor="grey")
         for y, flag, paper in zip(ys, part.flag.fillna(""), part.paper.astype(float)):
             if flag:
