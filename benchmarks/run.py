@@ -134,7 +134,7 @@ def bench_scoring_case(case, net, theta, x, y, chunk, repeat):
     scale = float(slow.abs().max())
     matrix_gb = len(y) * theta.numel() * theta.element_size() / 2**30
     record("scoring", case, "jvp pass", "autograd.grad loop", ours_s, base_s,
-           f"max|diff|/max = {float((fast - slow).abs().max()) / scale:.1e}",
+           f"max abs diff / max = {float((fast - slow).abs().max()) / scale:.1e}",
            f"n={len(y)}, p={theta.numel()}, n×p matrix would be {matrix_gb:.2f} GiB; peak RSS so far {peak_rss_gb():.2f} GiB")
 
 
@@ -182,7 +182,7 @@ def bench_hessian(quick, repeat, with_cnn=False):
 
         base_s, base = timed(lambda: torch.autograd.functional.hessian(loss, theta), 1)
         record("exact Hessian", case, "batched HVPs", "autograd.functional.hessian", ours_s, base_s,
-               f"max|diff| = {float((ours - base).abs().max()):.1e}", f"p={theta.numel()}, n={len(y)}")
+               f"max abs diff = {float((ours - base).abs().max()):.1e}", f"p={theta.numel()}, n={len(y)}")
 
 
 # --------------------------------------------------------------------------- 3. leave-one-out
@@ -203,7 +203,7 @@ def bench_loo_case(case, make_net, x, y, decay, settings, k, k_sequential):
     # throughput: re-trainings per second; the ratio is per re-training
     ours_per, base_per = ours_s / k, base_s / k_sequential
     record("leave-one-out", case, f"{k} copies under vmap", f"{k_sequential} runs one by one", ours_per, base_per,
-           f"max|diff| = {diff:.1e}", f"seconds per re-training of {settings.steps} steps")
+           f"max abs diff = {diff:.1e}", f"seconds per re-training of {settings.steps} steps")
 
 
 def bench_loo(quick, repeat):
