@@ -20,9 +20,9 @@ include: "workflow/rules/report.smk"
 
 
 rule all:
+    default_target: True
     input:
         [study_targets(study) for study in enabled_studies(config)],
-    default_target: True
 
 
 rule iris:

@@ -11,11 +11,11 @@ Each value comes from the estimator that selected the re-trained points (`select
 architecture), on all selected points (`subset == "all"`), for the paper's ground truth
 Δ = ℓ(θ₋z) − ℓ(θ*) (`target`; Δ against the no-removal drift control differs from it by one
 constant per test point, so its correlations are the same numbers). With several seeds the value
-is their mean; a cell is shown by its flag's name when any seed is flagged, or `not_run` when the grid has no such cell. Every cell
-is written by `metrics.format_interval` as `value [lo, hi]`: the bootstrap percentile interval of
-the correlation over the re-trained points (`correlation:` in the config); with several seeds,
-[lowest lo, highest hi] over the seeds, which covers every seed's interval (the spread across seeds
-is in summary_by_seed.csv).
+is their mean; a cell is shown by its flag's name when any seed is flagged, or `not_run` when the
+grid has no such cell. Every cell is written by `metrics.format_interval` as `value [lo, hi]`:
+the bootstrap percentile interval of the correlation over the re-trained points (`correlation:` in
+the config); with several seeds, [lowest lo, highest hi] over the seeds, which covers every seed's
+interval (the spread across seeds is in summary_by_seed.csv).
 """
 
 from __future__ import annotations

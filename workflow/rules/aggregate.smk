@@ -4,42 +4,29 @@
 rule correlate:
     input:
         influence=lambda w: [
-            CELL.format(**w) + f"/influence/{name}.parquet"
+            os.path.join(CELL.format(**w), f"influence/{name}.parquet")
             for name in grid.estimators(config, w.study, w.arch)
         ],
-        test_points=CELL + "/test_points.json",
-        selected=CELL + "/selected.json",
+        test_points=os.path.join(CELL, "test_points.json"),
+        selected=os.path.join(CELL, "selected.json"),
         chunks=loo_chunks,
-        drift=CELL + "/loo/drift.parquet",
+        drift=os.path.join(CELL, "loo/drift.parquet"),
         repeat=loo_repeat_input,
-        metrics=CELL + "/train_metrics.json",
+        metrics=os.path.join(CELL, "train_metrics.json"),
     output:
-        rows=CELL + "/rows.parquet",
-        correlations=CELL + "/correlations.parquet",
+        rows=os.path.join(CELL, "rows.parquet"),
+        correlations=os.path.join(CELL, "correlations.parquet"),
+    log:
+        os.path.join(LOGS, "correlate.log"),
+    resources:
+        mem_mb=2000,
+        runtime=10,
     params:
         estimators=lambda w: list(grid.estimators(config, w.study, w.arch)),
         cell=lambda w: {**cell_of(w), "decay": decay_of(w), "seed": int(w.seed)},
         correlation=lambda w: arch_cfg(w).get("correlation", {}),
-    log:
-        LOGS + "/correlate.log",
-    resources:
-        mem_mb=2000,
-        runtime=10,
     run:
-        pipeline.correlate_cell(
-            params.cell,
-            dict(zip(params.estimators, input.influence)),
-            input.test_points,
-            input.selected,
-            list(input.chunks),
-            input.drift,
-            input.metrics,
-            output.rows,
-            output.correlations,
-            repeat_path=input.repeat[0] if input.repeat else None,
-            options=params.correlation,
-        )
-        file_logger(log[0])("correlations written")
+        correlate_job(input, output, params, log)
 
 
 rule aggregate:
@@ -48,43 +35,28 @@ rule aggregate:
         rows=lambda w: cell_paths(w.study, "rows.parquet"),
         metrics=lambda w: cell_paths(w.study, "train_metrics.json"),
         diagnostics=lambda w: [
-            grid.cell_dir(c, RESULTS) + f"/influence/{name}.json"
+            os.path.join(grid.cell_dir(c, RESULTS), f"influence/{name}.json")
             for c in grid.cells(config, w.study)
             for name in grid.estimators(config, w.study, c["arch"])
         ],
     output:
-        correlations=RESULTS + "/{study}/correlations.parquet",
-        summary=RESULTS + "/{study}/summary.csv",
-        rows=RESULTS + "/{study}/rows.parquet",
-        training=RESULTS + "/{study}/training.csv",
-        diagnostics=RESULTS + "/{study}/influence_diagnostics.csv",
-        by_seed=RESULTS + "/{study}/summary_by_seed.csv",
-        noise=RESULTS + "/{study}/noise.csv",
-        estimators=RESULTS + "/{study}/estimators.csv",
-    params:
-        exact=lambda w: exact_estimators(w.study),
+        correlations=os.path.join(RESULTS, "{study}/correlations.parquet"),
+        summary=os.path.join(RESULTS, "{study}/summary.csv"),
+        rows=os.path.join(RESULTS, "{study}/rows.parquet"),
+        training=os.path.join(RESULTS, "{study}/training.csv"),
+        diagnostics=os.path.join(RESULTS, "{study}/influence_diagnostics.csv"),
+        by_seed=os.path.join(RESULTS, "{study}/summary_by_seed.csv"),
+        noise=os.path.join(RESULTS, "{study}/noise.csv"),
+        estimators=os.path.join(RESULTS, "{study}/estimators.csv"),
     log:
-        RESULTS + "/logs/{study}/aggregate.log",
+        os.path.join(RESULTS, "logs/{study}/aggregate.log"),
     resources:
         mem_mb=4000,
         runtime=10,
+    params:
+        exact=lambda w: exact_estimators(w.study),
     run:
-        report_tables.aggregate_study(
-            input.correlations,
-            input.rows,
-            input.metrics,
-            input.diagnostics,
-            output.correlations,
-            output.summary,
-            output.rows,
-            output.training,
-            output.diagnostics,
-            by_seed_out=output.by_seed,
-            noise_out=output.noise,
-            estimators_out=output.estimators,
-            reference=params.exact,
-        )
-        file_logger(log[0])("study tables written")
+        aggregate_job(input, output, params, log)
 
 
 localrules:

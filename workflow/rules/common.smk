@@ -1,3 +1,4 @@
+import os
 import sys
 from pathlib import Path
 
@@ -5,7 +6,9 @@ from snakemake.utils import min_version, validate
 
 min_version("8.0")
 
-sys.path.insert(0, str(Path(workflow.basedir) / "src"))
+SOURCE = os.path.join(workflow.basedir, "src")
+sys.path.insert(0, SOURCE)
+CONDA_ENV = "../../envs/environment.yaml"
 
 from fragility import grid, pipeline, report_tables  # noqa: E402
 from fragility.runtime import file_logger  # noqa: E402
@@ -14,9 +17,11 @@ validate(config, schema="../schemas/config.schema.yaml")
 grid.check_config(config)
 
 RESULTS = "results"
-CELL = RESULTS + "/{study}/{dataset}/{arch}/wd{decay}/seed{seed}"
-LOGS = RESULTS + "/logs/{study}/{dataset}/{arch}/wd{decay}/seed{seed}"
-BENCH = RESULTS + "/benchmarks/{study}/{dataset}/{arch}/wd{decay}/seed{seed}"
+CELL = os.path.join(RESULTS, "{study}/{dataset}/{arch}/wd{decay}/seed{seed}")
+LOGS = os.path.join(RESULTS, "logs/{study}/{dataset}/{arch}/wd{decay}/seed{seed}")
+BENCH = os.path.join(
+    RESULTS, "benchmarks/{study}/{dataset}/{arch}/wd{decay}/seed{seed}"
+)
 
 
 wildcard_constraints:
@@ -48,7 +53,8 @@ def decay_of(wildcards):
 def cell_paths(study, pattern):
     """`pattern` (relative to a cell directory) for every cell of `study`."""
     return [
-        grid.cell_dir(c, RESULTS) + "/" + pattern for c in grid.cells(config, study)
+        os.path.join(grid.cell_dir(c, RESULTS), "") + pattern
+        for c in grid.cells(config, study)
     ]
 
 
@@ -144,3 +150,108 @@ def study_targets(study):
 
 
 STUDY_FIGURES = {}
+
+
+def loo_chunks(wildcards):
+    """The re-training chunks of a cell, known once its `select` checkpoint has run."""
+    selected = checkpoints.select.get(**wildcards).output[0]
+    indices = grid.read_selected(selected)
+    size = arch_cfg(wildcards)["loo"]["chunk_size"]
+    n_chunks = (len(indices) + size - 1) // size
+    return [
+        os.path.join(CELL.format(**wildcards), f"loo/chunk{k:04d}.parquet")
+        for k in range(n_chunks)
+    ]
+
+
+def repeat_settings(wildcards):
+    """`loo.repeats` of a cell's merged config, with its defaults (count 0 disables)."""
+    return {
+        "count": 0,
+        "order_seed_offset": 1,
+        **arch_cfg(wildcards)["loo"].get("repeats", {}),
+    }
+
+
+def loo_repeat_input(wildcards):
+    """The repeat table of a cell, or nothing when `loo.repeats.count` is 0."""
+    if repeat_settings(wildcards)["count"] == 0:
+        return []
+    return [os.path.join(CELL.format(**wildcards), "loo/repeat.parquet")]
+
+
+def correlate_job(input, output, params, log):
+    """Adapter for rule correlate (runs inside the Snakemake process)."""
+    pipeline.correlate_cell(
+        params.cell,
+        dict(zip(params.estimators, input.influence)),
+        input.test_points,
+        input.selected,
+        list(input.chunks),
+        input.drift,
+        input.metrics,
+        output.rows,
+        output.correlations,
+        repeat_path=input.repeat[0] if input.repeat else None,
+        options=params.correlation,
+    )
+    file_logger(log[0])("correlations written")
+
+
+def aggregate_job(input, output, params, log):
+    """Adapter for rule aggregate (runs inside the Snakemake process)."""
+    report_tables.aggregate_study(
+        input.correlations,
+        input.rows,
+        input.metrics,
+        input.diagnostics,
+        output.correlations,
+        output.summary,
+        output.rows,
+        output.training,
+        output.diagnostics,
+        by_seed_out=output.by_seed,
+        noise_out=output.noise,
+        estimators_out=output.estimators,
+        reference=params.exact,
+    )
+    file_logger(log[0])("study tables written")
+
+
+# report (workflow/rules/report.smk)
+OVERVIEW_FIGURES = [
+    "predicted_vs_actual",
+    "correlation_vs_depth",
+    "correlation_vs_width",
+    "correlation_vs_decay",
+    "estimator_comparison",
+]
+REPORT_PAGES = ["summary", "summary_by_seed", "noise", "estimators", "config"]
+
+
+def report_targets(study):
+    """A study's report-only outputs: overview figures, HTML tables, gathered benchmarks."""
+    return (
+        [f"{RESULTS}/{study}/figures/overview/{name}.png" for name in OVERVIEW_FIGURES]
+        + [f"{RESULTS}/{study}/report/{name}.html" for name in REPORT_PAGES]
+        + [
+            f"{RESULTS}/{study}/benchmarks.csv",
+            f"{RESULTS}/{study}/report/benchmarks.html",
+        ]
+    )
+
+
+def exact_estimators(study):
+    """(arch, estimator) pairs computed with the exact Hessian: the estimator study's reference."""
+    return [
+        (arch, name)
+        for arch in grid.study_block(config, study)["architectures"]
+        for name, method in grid.estimators(config, study, arch).items()
+        if method.get("method", name) == "exact"
+    ]
+
+
+def yaml_dump(value):
+    import yaml
+
+    return yaml.safe_dump(value, sort_keys=False, default_flow_style=None, width=100)

@@ -6,9 +6,11 @@ rule prepare_data:
             DATA_DIR,
         ),
     output:
-        RESULTS + "/{study}/{dataset}/data.pt",
+        os.path.join(RESULTS, "{study}/{dataset}/data.pt"),
     log:
-        RESULTS + "/logs/{study}/{dataset}/prepare_data.log",
+        os.path.join(RESULTS, "logs/{study}/{dataset}/prepare_data.log"),
+    conda:
+        CONDA_ENV
     resources:
         mem_mb=2000,
         runtime=10,

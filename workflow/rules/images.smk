@@ -14,8 +14,7 @@ MNIST_SMALL_FIGURES = [
 ]
 for _study in TABLE1_STUDIES:
     STUDY_FIGURES[_study] = [
-        f"{RESULTS}/{_study}/{name}"
-        for name in ("table1.csv", "table1_vs_paper.csv")
+        f"{RESULTS}/{_study}/{name}" for name in ("table1.csv", "table1_vs_paper.csv")
     ] + [f"{RESULTS}/{_study}/figures/table1_vs_paper.{ext}" for ext in ("png", "pdf")]
 for _study in MNIST_SMALL_STUDIES:
     STUDY_FIGURES[_study] = [

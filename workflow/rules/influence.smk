@@ -1,17 +1,19 @@
 rule influence:
     input:
-        model=CELL + "/model.pt",
-        data=RESULTS + "/{study}/{dataset}/data.pt",
-        test_points=CELL + "/test_points.json",
+        model=os.path.join(CELL, "model.pt"),
+        data=os.path.join(RESULTS, "{study}/{dataset}/data.pt"),
+        test_points=os.path.join(CELL, "test_points.json"),
     output:
-        table=CELL + "/influence/{estimator}.parquet",
-        diagnostics=CELL + "/influence/{estimator}.json",
+        table=os.path.join(CELL, "influence/{estimator}.parquet"),
+        diagnostics=os.path.join(CELL, "influence/{estimator}.json"),
     log:
-        LOGS + "/influence_{estimator}.log",
+        os.path.join(LOGS, "influence_{estimator}.log"),
     benchmark:
-        BENCH + "/influence_{estimator}.tsv"
+        os.path.join(BENCH, "influence_{estimator}.tsv")
     group:
         cluster_group("fit", "influence")
+    conda:
+        CONDA_ENV
     threads: cluster_threads("influence")
     resources:
         **cluster_resources("influence"),
@@ -26,11 +28,13 @@ rule influence:
 
 checkpoint select:
     input:
-        lambda w: CELL.format(**w) + f"/influence/{arch_cfg(w)['select']['by']}.parquet",
+        lambda w: os.path.join(
+            CELL.format(**w), f"influence/{arch_cfg(w)['select']['by']}.parquet"
+        ),
     output:
-        CELL + "/selected.json",
+        os.path.join(CELL, "selected.json"),
     log:
-        LOGS + "/select.log",
+        os.path.join(LOGS, "select.log"),
     resources:
         mem_mb=1000,
         runtime=5,

@@ -1,29 +1,20 @@
-def loo_chunks(wildcards):
-    """The re-training chunks of a cell, known once its `select` checkpoint has run."""
-    selected = checkpoints.select.get(**wildcards).output[0]
-    indices = grid.read_selected(selected)
-    size = arch_cfg(wildcards)["loo"]["chunk_size"]
-    n_chunks = (len(indices) + size - 1) // size
-    return [
-        CELL.format(**wildcards) + f"/loo/chunk{k:04d}.parquet" for k in range(n_chunks)
-    ]
-
-
 rule loo_chunk:
     input:
-        model=CELL + "/model.pt",
-        data=RESULTS + "/{study}/{dataset}/data.pt",
-        test_points=CELL + "/test_points.json",
-        selected=CELL + "/selected.json",
-        drift_theta=CELL + "/loo/drift_theta.pt",
+        model=os.path.join(CELL, "model.pt"),
+        data=os.path.join(RESULTS, "{study}/{dataset}/data.pt"),
+        test_points=os.path.join(CELL, "test_points.json"),
+        selected=os.path.join(CELL, "selected.json"),
+        drift_theta=os.path.join(CELL, "loo/drift_theta.pt"),
     output:
-        CELL + "/loo/chunk{chunk}.parquet",
+        os.path.join(CELL, "loo/chunk{chunk}.parquet"),
     log:
-        LOGS + "/loo_chunk{chunk}.log",
+        os.path.join(LOGS, "loo_chunk{chunk}.log"),
     benchmark:
-        BENCH + "/loo_chunk{chunk}.tsv"
+        os.path.join(BENCH, "loo_chunk{chunk}.tsv")
     group:
         cluster_group("loo", "loo")
+    conda:
+        CONDA_ENV
     threads: cluster_threads("loo")
     resources:
         **cluster_resources("loo"),
@@ -32,25 +23,29 @@ rule loo_chunk:
         train=lambda w: arch_cfg(w)["train"],
         order_seed=lambda w: int(w.seed) + 7919,
         device=device(),
-        checkpoint=lambda w: CELL.format(**w) + f"/loo/chunk{w.chunk}.checkpoint.pt",
+        checkpoint=lambda w: os.path.join(
+            CELL.format(**w), f"loo/chunk{w.chunk}.checkpoint.pt"
+        ),
     script:
         "../scripts/loo.py"
 
 
 rule loo_drift:
     input:
-        model=CELL + "/model.pt",
-        data=RESULTS + "/{study}/{dataset}/data.pt",
-        test_points=CELL + "/test_points.json",
+        model=os.path.join(CELL, "model.pt"),
+        data=os.path.join(RESULTS, "{study}/{dataset}/data.pt"),
+        test_points=os.path.join(CELL, "test_points.json"),
     output:
-        table=CELL + "/loo/drift.parquet",
-        theta=CELL + "/loo/drift_theta.pt",
+        table=os.path.join(CELL, "loo/drift.parquet"),
+        theta=os.path.join(CELL, "loo/drift_theta.pt"),
     log:
-        LOGS + "/loo_drift.log",
+        os.path.join(LOGS, "loo_drift.log"),
     benchmark:
-        BENCH + "/loo_drift.tsv"
+        os.path.join(BENCH, "loo_drift.tsv")
     group:
         cluster_group("fit", "loo")
+    conda:
+        CONDA_ENV
     threads: cluster_threads("loo")
     resources:
         **cluster_resources("loo"),
@@ -59,6 +54,6 @@ rule loo_drift:
         train=lambda w: arch_cfg(w)["train"],
         order_seed=lambda w: int(w.seed) + 7919,
         device=device(),
-        checkpoint=lambda w: CELL.format(**w) + "/loo/drift.checkpoint.pt",
+        checkpoint=lambda w: os.path.join(CELL.format(**w), "loo/drift.checkpoint.pt"),
     script:
         "../scripts/loo.py"

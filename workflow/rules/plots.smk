@@ -6,16 +6,18 @@ IRIS_FIGURES = [
     "top_eigenvalue_vs_depth",
 ]
 STUDY_FIGURES["iris"] = [
-    f"{RESULTS}/iris/figures/{name}.{ext}" for name in IRIS_FIGURES for ext in ("png", "pdf")
+    f"{RESULTS}/iris/figures/{name}.{ext}"
+    for name in IRIS_FIGURES
+    for ext in ("png", "pdf")
 ]
 
 
 rule plot_iris:
     input:
-        correlations=RESULTS + "/iris/correlations.parquet",
-        rows=RESULTS + "/iris/rows.parquet",
-        diagnostics=RESULTS + "/iris/influence_diagnostics.csv",
-        training=RESULTS + "/iris/training.csv",
+        correlations=os.path.join(RESULTS, "iris/correlations.parquet"),
+        rows=os.path.join(RESULTS, "iris/rows.parquet"),
+        diagnostics=os.path.join(RESULTS, "iris/influence_diagnostics.csv"),
+        training=os.path.join(RESULTS, "iris/training.csv"),
     output:
         [
             report(
@@ -28,14 +30,14 @@ rule plot_iris:
             for name in IRIS_FIGURES
         ],
         [f"{RESULTS}/iris/figures/{name}.pdf" for name in IRIS_FIGURES],
-    params:
-        figures=lambda w: config["studies"]["iris"].get("figures", {}),
-        outdir=RESULTS + "/iris/figures",
     log:
-        RESULTS + "/logs/iris/plot_iris.log",
+        os.path.join(RESULTS, "logs/iris/plot_iris.log"),
     resources:
         mem_mb=2000,
         runtime=10,
+    params:
+        figures=lambda w: config["studies"]["iris"].get("figures", {}),
+        outdir=lambda w, output: os.path.dirname(output[0]),
     run:
         from fragility.plots import iris_figures
 

@@ -6,28 +6,6 @@ from fragility import tables  # noqa: E402
 report: "../report/workflow.rst"
 
 
-OVERVIEW_FIGURES = [
-    "predicted_vs_actual",
-    "correlation_vs_depth",
-    "correlation_vs_width",
-    "correlation_vs_decay",
-    "estimator_comparison",
-]
-REPORT_PAGES = ["summary", "summary_by_seed", "noise", "estimators", "config"]
-
-
-def report_targets(study):
-    """A study's report-only outputs: overview figures, HTML tables, gathered benchmarks."""
-    return (
-        [f"{RESULTS}/{study}/figures/overview/{name}.png" for name in OVERVIEW_FIGURES]
-        + [f"{RESULTS}/{study}/report/{name}.html" for name in REPORT_PAGES]
-        + [
-            f"{RESULTS}/{study}/benchmarks.csv",
-            f"{RESULTS}/{study}/report/benchmarks.html",
-        ]
-    )
-
-
 TABLE1_REPORT_STUDIES = tables.studies_of_kind(config, "table1")
 for _study in TABLE1_REPORT_STUDIES:
     STUDY_FIGURES[_study] = STUDY_FIGURES.get(_study, []) + [
@@ -37,18 +15,18 @@ for _study in TABLE1_REPORT_STUDIES:
 
 rule table1_report_page:
     input:
-        table=RESULTS + "/{study}/table1.csv",
-        versus=RESULTS + "/{study}/table1_vs_paper.csv",
+        table=os.path.join(RESULTS, "{study}/table1.csv"),
+        versus=os.path.join(RESULTS, "{study}/table1_vs_paper.csv"),
     output:
         report(
-            RESULTS + "/{study}/report/table1.html",
+            os.path.join(RESULTS, "{study}/report/table1.html"),
             caption="../report/table1.rst",
             category="Study {study}",
             subcategory="Tables",
             labels={"study": "{study}", "table": "table1"},
         ),
     log:
-        RESULTS + "/logs/{study}/table1_report_page.log",
+        os.path.join(RESULTS, "logs/{study}/table1_report_page.log"),
     wildcard_constraints:
         study="|".join(TABLE1_REPORT_STUDIES) or "(?!)",
     resources:
@@ -59,29 +37,19 @@ rule table1_report_page:
         file_logger(log[0])("Table 1 page written")
 
 
-def exact_estimators(study):
-    """(arch, estimator) pairs computed with the exact Hessian: the estimator study's reference."""
-    return [
-        (arch, name)
-        for arch in grid.study_block(config, study)["architectures"]
-        for name, method in grid.estimators(config, study, arch).items()
-        if method.get("method", name) == "exact"
-    ]
-
-
 for _study in config["studies"]:
     STUDY_FIGURES[_study] = STUDY_FIGURES.get(_study, []) + report_targets(_study)
 
 
 rule study_figures:
     input:
-        correlations=RESULTS + "/{study}/correlations.parquet",
-        rows=RESULTS + "/{study}/rows.parquet",
-        estimators=RESULTS + "/{study}/estimators.csv",
+        correlations=os.path.join(RESULTS, "{study}/correlations.parquet"),
+        rows=os.path.join(RESULTS, "{study}/rows.parquet"),
+        estimators=os.path.join(RESULTS, "{study}/estimators.csv"),
     output:
         [
             report(
-                RESULTS + f"/{{study}}/figures/overview/{name}.png",
+                os.path.join(RESULTS, f"{{study}}/figures/overview/{name}.png"),
                 caption=f"../report/{name}.rst",
                 category="Study {study}",
                 subcategory="Figures",
@@ -90,11 +58,11 @@ rule study_figures:
             for name in OVERVIEW_FIGURES
         ],
         [
-            RESULTS + f"/{{study}}/figures/overview/{name}.pdf"
+            os.path.join(RESULTS, f"{{study}}/figures/overview/{name}.pdf")
             for name in OVERVIEW_FIGURES
         ],
     log:
-        RESULTS + "/logs/{study}/study_figures.log",
+        os.path.join(RESULTS, "logs/{study}/study_figures.log"),
     resources:
         mem_mb=2000,
         runtime=10,
@@ -116,14 +84,14 @@ rule study_figures:
 
 rule study_report_pages:
     input:
-        summary=RESULTS + "/{study}/summary.csv",
-        by_seed=RESULTS + "/{study}/summary_by_seed.csv",
-        noise=RESULTS + "/{study}/noise.csv",
-        estimators=RESULTS + "/{study}/estimators.csv",
+        summary=os.path.join(RESULTS, "{study}/summary.csv"),
+        by_seed=os.path.join(RESULTS, "{study}/summary_by_seed.csv"),
+        noise=os.path.join(RESULTS, "{study}/noise.csv"),
+        estimators=os.path.join(RESULTS, "{study}/estimators.csv"),
     output:
         [
             report(
-                RESULTS + f"/{{study}}/report/{name}.html",
+                os.path.join(RESULTS, f"{{study}}/report/{name}.html"),
                 caption=f"../report/{name}.rst",
                 category="Study {study}",
                 subcategory="Tables",
@@ -132,7 +100,7 @@ rule study_report_pages:
             for name in REPORT_PAGES
         ],
     log:
-        RESULTS + "/logs/{study}/study_report_pages.log",
+        os.path.join(RESULTS, "logs/{study}/study_report_pages.log"),
     resources:
         mem_mb=1000,
         runtime=5,
@@ -150,36 +118,30 @@ rule study_report_pages:
 rule gather_benchmarks:
     input:
         # every benchmarked job of the study has run once its correlations exist
-        RESULTS + "/{study}/correlations.parquet",
+        os.path.join(RESULTS, "{study}/correlations.parquet"),
     output:
-        jobs=RESULTS + "/{study}/benchmarks.csv",
-        by_rule=RESULTS + "/{study}/benchmarks_by_rule.csv",
+        jobs=os.path.join(RESULTS, "{study}/benchmarks.csv"),
+        by_rule=os.path.join(RESULTS, "{study}/benchmarks_by_rule.csv"),
         page=report(
-            RESULTS + "/{study}/report/benchmarks.html",
+            os.path.join(RESULTS, "{study}/report/benchmarks.html"),
             caption="../report/benchmarks.rst",
             category="Study {study}",
             subcategory="Run time and memory",
             labels={"study": "{study}", "table": "benchmarks"},
         ),
     log:
-        RESULTS + "/logs/{study}/gather_benchmarks.log",
+        os.path.join(RESULTS, "logs/{study}/gather_benchmarks.log"),
     resources:
         mem_mb=1000,
         runtime=5,
     params:
-        benchmarks=RESULTS + "/benchmarks/{study}",
-        logs=RESULTS + "/logs/{study}",
+        benchmarks=os.path.join(RESULTS, "benchmarks/{study}"),
+        logs=os.path.join(RESULTS, "logs/{study}"),
     run:
         jobs = report_tables.gather_benchmarks(
             params.benchmarks, params.logs, *output
         )
         file_logger(log[0])(f"{len(jobs)} benchmark files gathered")
-
-
-def yaml_dump(value):
-    import yaml
-
-    return yaml.safe_dump(value, sort_keys=False, default_flow_style=None, width=100)
 
 
 localrules:

@@ -1,15 +1,17 @@
 rule train:
     input:
-        data=RESULTS + "/{study}/{dataset}/data.pt",
+        data=os.path.join(RESULTS, "{study}/{dataset}/data.pt"),
     output:
-        model=CELL + "/model.pt",
-        metrics=CELL + "/train_metrics.json",
+        model=os.path.join(CELL, "model.pt"),
+        metrics=os.path.join(CELL, "train_metrics.json"),
     log:
-        LOGS + "/train.log",
+        os.path.join(LOGS, "train.log"),
     benchmark:
-        BENCH + "/train.tsv"
+        os.path.join(BENCH, "train.tsv")
     group:
         cluster_group("fit", "train")
+    conda:
+        CONDA_ENV
     threads: cluster_threads("train")
     resources:
         **cluster_resources("train"),
@@ -18,21 +20,25 @@ rule train:
         dtype=lambda w: arch_cfg(w).get("dtype", "float32"),
         decay=decay_of,
         device=device(),
-        checkpoint=lambda w: grid.cell_dir(cell_of(w), RESULTS) + "/train_checkpoint.pt",
+        checkpoint=lambda w: os.path.join(
+            grid.cell_dir(cell_of(w), RESULTS), "train_checkpoint.pt"
+        ),
     script:
         "../scripts/train.py"
 
 
 rule test_points:
     input:
-        model=CELL + "/model.pt",
-        data=RESULTS + "/{study}/{dataset}/data.pt",
+        model=os.path.join(CELL, "model.pt"),
+        data=os.path.join(RESULTS, "{study}/{dataset}/data.pt"),
     output:
-        CELL + "/test_points.json",
+        os.path.join(CELL, "test_points.json"),
     log:
-        LOGS + "/test_points.log",
+        os.path.join(LOGS, "test_points.log"),
     group:
         cluster_group("fit", "train")
+    conda:
+        CONDA_ENV
     resources:
         mem_mb=lambda w, attempt: 2000 * attempt,
         runtime=lambda w, attempt: 10 * attempt,

@@ -1,5 +1,11 @@
 """Leave-one-out re-training of one chunk of selected points, or of the no-removal drift control."""
 
+import os
+import sys
+
+# the library in src/ (importable in any environment: venv, --sdm conda, cluster nodes)
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "src"))
+
 from fragility.grid import read_selected
 from fragility.pipeline import run_loo
 from fragility.runtime import start_job

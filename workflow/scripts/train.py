@@ -1,3 +1,9 @@
+import os
+import sys
+
+# the library in src/ (importable in any environment: venv, --sdm conda, cluster nodes)
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "src"))
+
 from fragility.pipeline import train
 from fragility.runtime import start_job
 
