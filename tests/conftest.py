@@ -13,4 +13,8 @@ def iris64():
 
 @pytest.fixture(autouse=True)
 def _single_thread():
+    """Every test on one thread: deterministic sums, and fair on a shared 2-core machine."""
+    previous = torch.get_num_threads()
     torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

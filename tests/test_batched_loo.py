@@ -14,14 +14,6 @@ from fragility.training import TrainSettings, train_copies
 QUIET = dict(log=lambda message: None)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def mlp():
     torch.manual_seed(3)
     return build_model("mlp-d1-w6", (4,), 3).double()

@@ -11,14 +11,6 @@ from fragility.models import build_model
 from fragility.objective import FlatModel, Objective
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def problem():
     torch.manual_seed(0)

@@ -8,14 +8,6 @@ from fragility.models import build_model
 from fragility.objective import FlatModel, Objective, per_sample_gradients
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def tiny_problem(arch="mlp-d1-w5", n=30, decay=0.01, seed=0):
     torch.manual_seed(seed)
     net = FlatModel(build_model(arch, (4,), 3).double())

@@ -11,14 +11,6 @@ from fragility.models import build_model
 from fragility.objective import FlatModel, Objective, directional_derivatives
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def gradient_loop(net, theta, x, y):
     """∇ℓ(z_i, θ) one sample at a time with torch.autograd.grad: the usual way."""
     rows = []
