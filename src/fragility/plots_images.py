@@ -57,7 +57,7 @@ def mnist_small_figures(correlations_path, rows_path, outdir, decay: float, esti
     rows = pd.read_parquet(rows_path)
     rows = rows[rows.estimator == estimator]
     actual_col = "actual_" + target
-    subsets = [s for s in corr.subset.unique() if s != "all"] or ["all"]
+    subsets = sorted((s for s in corr.subset.unique() if s != "all"), key=lambda s: (s != "top", s)) or ["all"]
     first_point = corr.sort_values("test_loss", ascending=False).test_point.iloc[0]
     decays = [decay, 0.0]
 
@@ -80,6 +80,7 @@ def mnist_small_figures(correlations_path, rows_path, outdir, decay: float, esti
             ax.set_ylabel("actual Δ (re-trained)")
             ax.grid(alpha=0.3)
     fig.suptitle(f"small MNIST, test point {first_point}, estimator {estimator} ({method or estimator})", fontsize=10)
+    fig.tight_layout()
     save(fig, outdir, "scatter_top_and_percentile")
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
