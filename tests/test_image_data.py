@@ -172,13 +172,11 @@ def test_offline_mnist_is_split_here_and_shuffled(offline):
 
 
 def test_offline_mnist_is_seeded_and_subsets(offline):
-    again = load_split("mnist_offline", {"test_fraction": 0.2, "split_seed": 0})
-    other = load_split("mnist_offline", {"test_fraction": 0.2, "split_seed": 1})
-    assert again.meta["train_rows"] == offline.meta["train_rows"]
-    assert other.meta["test_rows"] != offline.meta["test_rows"]
-    small = load_split("mnist_offline", {"subset_size": 300, "subset_seed": 2})
+    small = load_split("mnist_offline", {"test_fraction": 0.2, "split_seed": 0, "subset_size": 300, "subset_seed": 2})
+    assert small.meta["test_rows"] == offline.meta["test_rows"]  # same seed, same split, whatever the subset
     assert len(small.y_train) == 300 and set(small.meta["train_rows"]) <= set(offline.meta["train_rows"])
-    assert small.meta["test_rows"] == offline.meta["test_rows"]  # same test set whatever the subset
+    other = load_split("mnist_offline", {"test_fraction": 0.2, "split_seed": 1})
+    assert other.meta["test_rows"] != offline.meta["test_rows"]
 
 
 def test_training_subset_rules():
@@ -195,8 +193,8 @@ def test_training_subset_rules():
 # --------------------------------------------------------------------------- the workflow's download rules
 def _dry_run(tmp_path, *args) -> str:
     work = tmp_path / "wf"
-    work.mkdir()
-    for name in ["Snakefile", "config.yaml", "configs", "workflow", "profiles"]:
+    work.mkdir(parents=True)
+    for name in ["Snakefile", "config.yaml", "configs", "workflow", "profiles", "envs"]:
         src = REPO / name
         if src.is_dir():
             shutil.copytree(src, work / name, ignore=shutil.ignore_patterns("__pycache__"))
