@@ -194,7 +194,7 @@ def test_training_subset_rules():
 def _dry_run(tmp_path, *args) -> str:
     work = tmp_path / "wf"
     work.mkdir(parents=True)
-    for name in ["Snakefile", "config.yaml", "configs", "workflow", "profiles", "envs"]:
+    for name in ["Snakefile", "config.yaml", "configs", "workflow", "profiles", "envs", "src"]:
         src = REPO / name
         if src.is_dir():
             shutil.copytree(src, work / name, ignore=shutil.ignore_patterns("__pycache__"))

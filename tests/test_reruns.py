@@ -27,7 +27,7 @@ pytestmark = pytest.mark.slow  # minutes: real workflow runs
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
-WORKFLOW_FILES = ["Snakefile", "config.yaml", "configs", "workflow", "profiles"]
+WORKFLOW_FILES = ["Snakefile", "config.yaml", "configs", "workflow", "profiles", "envs", "src"]
 
 # 2 cells: mlp-d1-w5 and mlp-d2-w5 at decay 0. mlp-d1-w5 re-trains in chunks of 10, so its
 # ~20 selected points make two LOO jobs (chunk0000, chunk0001).

@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "tools" / "slurm" / "one_node_slurm.sh"
 BIN = Path(sys.executable).parent
 SNAKEMAKE = str(BIN / "snakemake")
-WORKFLOW_FILES = ["Snakefile", "config.yaml", "configs", "workflow", "profiles", "slurm"]
+WORKFLOW_FILES = ["Snakefile", "config.yaml", "configs", "workflow", "profiles", "slurm", "envs", "src"]
 OVERLAY = """
 studies:
   iris:

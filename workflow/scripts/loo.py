@@ -8,7 +8,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "src"))
 
 from fragility.grid import read_selected
 from fragility.pipeline import run_loo
-from fragility.runtime import start_job
+from fragility.runtime import peak_gpu_memory_mb, resolve_device, start_job
 from fragility.selection import chunk
 
 log = start_job(snakemake.log[0], snakemake.threads)
@@ -24,3 +24,6 @@ seconds = run_loo(snakemake.input.model, snakemake.input.data, snakemake.input.t
                   table_out, device_name=p.device, order_seed=p.order_seed, checkpoint_path=p.checkpoint,
                   drift_theta_path=drift_theta, theta_out=theta_out, log=log)
 log(f"re-trained {len(removed)} copies in {seconds:.1f}s")
+peak = peak_gpu_memory_mb(resolve_device(snakemake.params.device))
+if peak is not None:
+    log(f"peak_gpu_memory_mb={peak:.1f}")  # read by the benchmarks table
