@@ -1,8 +1,6 @@
 """Unit tests of the workflow's building blocks: data split, test-point and training-point
 selection, grid and config checks, safe I/O, training failures and model-health flags."""
 
-import json
-
 import numpy as np
 import pytest
 import torch

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from fragility import noise, pipeline
-from fragility.io import read_json, write_json
+from fragility.io import read_json
 
 
 def loo_table(removed, test_index, losses, distances, to_drift):

@@ -6,11 +6,9 @@ one of these, so every step can be run and tested without Snakemake.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 
@@ -20,7 +18,7 @@ from .ihvp import make_solver
 from .influence import influence_table
 from .io import load_torch, read_json, save_torch, write_json, write_parquet, write_csv
 from .metrics import correlate
-from .models import count_parameters, init_model
+from .models import init_model
 from .objective import FlatModel, Objective
 from .runtime import resolve_device, resolve_dtype
 from .selection import choose_test_points, select_training_points

@@ -3,7 +3,6 @@ grey cross on the axis with the flag's name next to it."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import matplotlib
