@@ -1,6 +1,6 @@
 """Speed of the influence engine against the usual way, side by side in one process on the same data.
 
-    .venv/bin/python benchmarks/run.py [--quick] [--threads 1] [--markdown benchmarks/last_run.md]
+    .venv/bin/python benchmarks/run.py [--quick] [--threads 1] [--device cpu|cuda] [--markdown benchmarks/last_run.md]
 
 Each row is one measurement: what our code does, what it is compared with, both times (seconds,
 best of `--repeat` runs) and the ratio baseline/ours (> 1: ours is faster), plus a check that both
@@ -37,10 +37,17 @@ from fragility.ihvp import make_solver
 from fragility.influence import test_gradients
 from fragility.models import build_model
 from fragility.objective import FlatModel, Objective, directional_derivatives
+from fragility.runtime import resolve_device
 from fragility.training import TrainSettings, train_copies
 
 QUIET = dict(log=lambda message: None)
 ROWS: list[dict] = []
+DEVICE = torch.device("cpu")  # set by --device; every model and tensor of a case lives there
+
+
+def synchronize():
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -48,8 +55,10 @@ def timed(fn, repeat: int = 1):
     """(best wall-clock seconds over `repeat` runs, the last result)."""
     best, out = float("inf"), None
     for _ in range(repeat):
+        synchronize()
         start = time.perf_counter()
         out = fn()
+        synchronize()
         best = min(best, time.perf_counter() - start)
     return best, out
 
@@ -63,13 +72,18 @@ def record(section, case, ours_name, base_name, ours_s, base_s, agreement, note=
           flush=True)
 
 
-def peak_rss_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+def peak_memory() -> str:
+    """Peak resident memory of this process (and peak GPU memory on CUDA) so far."""
+    text = f"peak RSS so far {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB"
+    if DEVICE.type == "cuda":
+        text += f", peak GPU memory so far {torch.cuda.max_memory_allocated(DEVICE) / 2**30:.2f} GiB"
+    return text
 
 
 def iris(dtype=torch.float64):
     split = load_iris()
-    return (split.x_train.to(dtype), split.y_train, split.x_test.to(dtype), split.y_test)
+    return tuple(t.to(DEVICE, dtype if t.is_floating_point() else None)
+                 for t in (split.x_train, split.y_train, split.x_test, split.y_test))
 
 
 def mnist(n_train: int, n_test: int, dtype=torch.float32):
@@ -80,20 +94,22 @@ def mnist(n_train: int, n_test: int, dtype=torch.float32):
     order = np.random.default_rng(0).permutation(len(y))
     x = torch.tensor(x[order] / 255.0, dtype=dtype).reshape(-1, 1, 28, 28)
     y = torch.tensor(y[order], dtype=torch.long)
+    x, y = x.to(DEVICE), y.to(DEVICE)
     return x[:n_train], y[:n_train], x[n_train : n_train + n_test], y[n_train : n_train + n_test]
 
 
 def small_cnn(dtype=torch.float32):
     torch.manual_seed(0)
-    return build_model("smallcnn", (1, 28, 28), 10).to(dtype)
+    return build_model("smallcnn", (1, 28, 28), 10).to(DEVICE, dtype)
 
 
 def trained_iris_net(arch="mlp-d1-w5", decay=0.005, steps=3000):
     x, y, xt, yt = iris()
     torch.manual_seed(0)
-    net = FlatModel(build_model(arch, (4,), 3).double())
+    net = FlatModel(build_model(arch, (4,), 3).to(DEVICE, torch.float64))
     settings = TrainSettings(steps=steps, lr=0.5, optimizer="gd", check_every=steps)
-    result = train_copies(net, x, y, decay, net.flatten()[None], torch.ones(1, len(y), dtype=torch.float64), settings, **QUIET)
+    result = train_copies(net, x, y, decay, net.flatten()[None], torch.ones(1, len(y), dtype=torch.float64, device=DEVICE),
+                          settings, **QUIET)
     theta = result.thetas[0]
     net.load_into_model(theta)
     net.model.eval()
@@ -103,7 +119,7 @@ def trained_iris_net(arch="mlp-d1-w5", decay=0.005, steps=3000):
 def trained_small_cnn(x, y, decay=0.001, steps=150):
     net = FlatModel(small_cnn())
     settings = TrainSettings(steps=steps, lr=3e-3, optimizer="adam", batch_size=100, check_every=steps)
-    result = train_copies(net, x, y, decay, net.flatten()[None], torch.ones(1, len(y)), settings, **QUIET)
+    result = train_copies(net, x, y, decay, net.flatten()[None], torch.ones(1, len(y), device=DEVICE), settings, **QUIET)
     theta = result.thetas[0]
     net.load_into_model(theta)
     net.model.eval()
@@ -116,7 +132,7 @@ def scores_by_loop(model, x, y, directions):
     params = [p for p in model.parameters()]
     sizes = [p.numel() for p in params]
     split = [d.split(sizes) for d in directions]
-    out = torch.empty(len(directions), len(y), dtype=directions.dtype)
+    out = torch.empty(len(directions), len(y), dtype=directions.dtype, device=directions.device)
     for i in range(len(y)):
         loss = F.cross_entropy(model(x[i : i + 1]), y[i : i + 1])
         grads = torch.autograd.grad(loss, params)
@@ -128,14 +144,14 @@ def scores_by_loop(model, x, y, directions):
 def bench_scoring_case(case, net, theta, x, y, chunk, repeat):
     net.model.eval()
     gen = torch.Generator().manual_seed(0)
-    directions = torch.randn(2, theta.numel(), generator=gen, dtype=theta.dtype)
+    directions = torch.randn(2, theta.numel(), generator=gen, dtype=theta.dtype).to(DEVICE)
     ours_s, fast = timed(lambda: directional_derivatives(net, theta, x, y, directions, chunk_size=chunk), repeat)
     base_s, slow = timed(lambda: scores_by_loop(net.model, x, y, directions), 1)
     scale = float(slow.abs().max())
     matrix_gb = len(y) * theta.numel() * theta.element_size() / 2**30
     record("scoring", case, "jvp pass", "autograd.grad loop", ours_s, base_s,
            f"max abs diff / max = {float((fast - slow).abs().max()) / scale:.1e}",
-           f"n={len(y)}, p={theta.numel()}, n×p matrix would be {matrix_gb:.2f} GiB; peak RSS so far {peak_rss_gb():.2f} GiB")
+           f"n={len(y)}, p={theta.numel()}, n×p matrix would be {matrix_gb:.2f} GiB; {peak_memory()}")
 
 
 def bench_scoring(quick, repeat):
@@ -148,11 +164,11 @@ def bench_scoring(quick, repeat):
     import torchvision
 
     torch.manual_seed(0)
-    model = torchvision.models.resnet18(num_classes=10).eval()
+    model = torchvision.models.resnet18(num_classes=10).eval().to(DEVICE)
     net = FlatModel(model)
     n = 64 if quick else 256
-    xc = torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-    yc = torch.randint(0, 10, (n,), generator=torch.Generator().manual_seed(2))
+    xc = torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(1)).to(DEVICE)
+    yc = torch.randint(0, 10, (n,), generator=torch.Generator().manual_seed(2)).to(DEVICE)
     bench_scoring_case("ResNet18, CIFAR-shaped random", net, net.flatten(), xc, yc, 64, 1)
 
 
@@ -171,7 +187,7 @@ def bench_hessian(quick, repeat, with_cnn=False):
         else:
             x, y, _, _ = iris()
             torch.manual_seed(0)
-            net = FlatModel(build_model(arch, (4,), 3).double())
+            net = FlatModel(build_model(arch, (4,), 3).to(DEVICE, torch.float64))
             block = 256
         theta = net.flatten()
         obj = Objective(net, x, y, 0.005)
@@ -188,7 +204,7 @@ def bench_hessian(quick, repeat, with_cnn=False):
 # --------------------------------------------------------------------------- 3. leave-one-out
 def bench_loo_case(case, make_net, x, y, decay, settings, k, k_sequential):
     removed = list(range(k))
-    weights = torch.ones(k, len(y), dtype=x.dtype)
+    weights = torch.ones(k, len(y), dtype=x.dtype, device=DEVICE)
     weights[torch.arange(k), torch.tensor(removed)] = 0.0
     net = make_net()
     theta0 = net.flatten()
@@ -213,7 +229,7 @@ def bench_loo(quick, repeat):
 
     def make_iris():
         torch.manual_seed(0)
-        return FlatModel(build_model("mlp-d1-w5", (4,), 3).double())
+        return FlatModel(build_model("mlp-d1-w5", (4,), 3).to(DEVICE, torch.float64))
 
     settings = TrainSettings(steps=300 if quick else 1000, lr=0.1, optimizer="gd", check_every=10**9)
     bench_loo_case("Iris net mlp-d1-w5, full-batch GD", make_iris, x, y, 0.005, settings, k=32, k_sequential=8)
@@ -240,7 +256,7 @@ def dattri_scores(attributor_cls, net, x, y, xt, yt, regularization, **kwargs):
 
     params = {name: p.detach() for name, p in model.named_parameters()}
     task = AttributionTask(loss_func=loss_func, model=model, checkpoints=params)
-    attributor = attributor_cls(task=task, device="cpu", regularization=regularization, **kwargs)
+    attributor = attributor_cls(task=task, device=str(DEVICE), regularization=regularization, **kwargs)
     train = DataLoader(TensorDataset(x, y), batch_size=len(y), shuffle=False)
     test = DataLoader(TensorDataset(xt, yt), batch_size=len(yt), shuffle=False)
     attributor.cache(train)
@@ -311,12 +327,14 @@ def machine() -> dict:
             cpu = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
+    gpu = torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else None
     return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version(), "load_average": os.getloadavg()}
+            "python": platform.python_version(), "load_average": os.getloadavg(), "device": str(DEVICE), "gpu": gpu}
 
 
 def markdown(info: dict) -> str:
-    lines = [f"Machine: {info['cpu']}, {info['cores']} cores, torch {info['torch']} with {info['torch_threads']} thread(s), "
+    where = f"GPU {info['gpu']} (timed on {info['device']}); " if info["gpu"] else ""
+    lines = [f"Machine: {where}{info['cpu']}, {info['cores']} cores, torch {info['torch']} with {info['torch_threads']} thread(s), "
              f"load average at start {info['load_average'][0]:.1f}; {'--quick' if info['quick'] else 'full'} run, "
              f"{info['seconds']:.0f} s in all.", "",
              "| section | case | ours | baseline | ours (s) | baseline (s) | ratio | agreement | note |",
@@ -334,10 +352,13 @@ def main(argv=None) -> int:
     parser.add_argument("--repeat", type=int, default=2, help="best of this many runs for the fast side")
     parser.add_argument("--only", nargs="*", default=["scoring", "hessian", "loo", "dattri"],
                         help="sections to run; 'hessian_cnn' adds the small CNN's exact Hessian (slow)")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, or auto (CUDA when present)")
     parser.add_argument("--markdown", help="also write the table as Markdown to this file")
     parser.add_argument("--json", help="also write the rows as JSON to this file")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    global DEVICE
+    DEVICE = resolve_device(args.device)
     info = machine()
     print(json.dumps(info))
     began = time.perf_counter()

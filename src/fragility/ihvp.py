@@ -372,7 +372,7 @@ class ArnoldiSolver(InverseHessianSolver):
         )
 
     def _solve(self, vectors, damping):
-        inv = _inverse_shifted(self.eigenvalues, damping)
+        inv = _inverse_shifted(self.eigenvalues, damping).to(vectors.device)
         u = self.ritz_vectors
         sol = ((vectors.double() @ u.T) * inv) @ u
         return SolveResult(sol.to(vectors.dtype), ["ok"] * len(vectors),
@@ -380,7 +380,7 @@ class ArnoldiSolver(InverseHessianSolver):
 
     def solution_norms(self, vectors, damping) -> torch.Tensor:
         """‖U diag(1/(λ+δ)) Uᵀ g‖ = ‖diag(1/(λ+δ)) Uᵀ g‖ (U has orthonormal rows)."""
-        inv = _inverse_shifted(self.eigenvalues, damping)
+        inv = _inverse_shifted(self.eigenvalues, damping).to(vectors.device)
         return ((vectors.double() @ self.ritz_vectors.T) * inv).norm(dim=1).to(vectors.dtype)
 
 

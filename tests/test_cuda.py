@@ -1,0 +1,119 @@
+"""The CUDA paths compute what the CPU paths compute (float64, so only summation order differs).
+
+Skipped where no CUDA device is present (CI); run on a GPU machine with `pytest tests/test_cuda.py`.
+"""
+
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from fragility import pipeline
+from fragility.ihvp import make_solver
+from fragility.io import read_json
+from fragility.models import build_model
+from fragility.objective import FlatModel, Objective, directional_derivatives
+from fragility.training import TrainSettings, train_copies
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+QUIET = dict(log=lambda message: None)
+CLOSE = dict(rtol=1e-7, atol=1e-10)
+
+
+def on(device, *tensors):
+    return [t.to(device) for t in tensors]
+
+
+def iris_like(n=40):
+    gen = torch.Generator().manual_seed(0)
+    return torch.randn(n, 4, dtype=torch.float64, generator=gen), torch.randint(0, 3, (n,), generator=gen)
+
+
+@pytest.mark.parametrize(
+    "method, options",
+    [("exact", {}), ("cg", {"tol": 1e-12, "max_iterations": 500}), ("arnoldi", {"iterations": 43, "rank": 43}),
+     ("lissa", {"depth": 3000, "scale": "auto", "repeats": 1}), ("exact", {"hessian": "gauss_newton"})],
+)
+def test_inverse_hessian_solvers_agree_across_devices(method, options):
+    x, y = iris_like()
+    rhs = torch.randn(3, 43, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    solutions, statuses, norms = {}, {}, {}
+    for device in ("cpu", "cuda"):
+        torch.manual_seed(0)
+        net = FlatModel(build_model("mlp-d1-w5", (4,), 3).to(device, torch.float64))
+        xd, yd, rd = on(device, x, y, rhs)
+        solver = make_solver(method, **options).fit(Objective(net, xd, yd, decay=0.01, chunk_size=None), net.flatten())
+        result = solver.solve(rd, 1.0)  # H + I is positive definite for this net: every method converges
+        solutions[device], statuses[device] = result.solutions.cpu(), result.status
+        if solver.supports_norms:  # ‖(H + δI)⁻¹ g‖ for many g: the predicted parameter-change norms
+            norms[device] = solver.solution_norms(rd, 1.0).cpu()
+    assert statuses["cuda"] == statuses["cpu"] == ["ok"] * 3
+    assert torch.allclose(solutions["cuda"], solutions["cpu"], **CLOSE)
+    if norms:
+        assert torch.allclose(norms["cuda"], norms["cpu"], **CLOSE)
+
+
+def test_batched_batchnorm_training_agrees_across_devices():
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(24, 1, 6, 6, dtype=torch.float64, generator=gen), torch.randint(0, 3, (24,), generator=gen)
+    settings = TrainSettings(steps=15, lr=0.01, optimizer="adam", batch_size=10, order_seed=2)
+    thetas = {}
+    for device in ("cpu", "cuda"):
+        torch.manual_seed(3)
+        model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                              nn.Linear(3, 3)).to(device, torch.float64)
+        net = FlatModel(model)
+        weights = torch.ones(3, 24, dtype=torch.float64, device=device)
+        weights[1, 0] = weights[2, 7] = 0.0
+        xd, yd = on(device, x, y)
+        result = train_copies(net, xd, yd, 0.01, net.flatten().repeat(3, 1), weights, settings, **QUIET)
+        thetas[device] = result.thetas.cpu()
+        assert all(b.device.type == device for b in result.buffers.values())
+    assert torch.allclose(thetas["cuda"], thetas["cpu"], **CLOSE)
+    assert not torch.allclose(thetas["cpu"][0], thetas["cpu"][1])  # removing a point changed that copy
+
+
+def test_small_cnn_scoring_agrees_across_devices():
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.rand(50, 1, 28, 28, dtype=torch.float64, generator=gen), torch.randint(0, 10, (50,), generator=gen)
+    scores = {}
+    for device in ("cpu", "cuda"):
+        torch.manual_seed(0)
+        net = FlatModel(build_model("smallcnn", (1, 28, 28), 10).to(device, torch.float64).eval())
+        theta = net.flatten()
+        directions = torch.randn(4, theta.numel(), dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+        xd, yd, dd = on(device, x, y, directions)
+        scores[device] = torch.cat([directional_derivatives(net, theta, xd, yd, dd[:2], chunk_size=16),  # forward mode
+                                    directional_derivatives(net, theta, xd, yd, dd, chunk_size=16)]).cpu()  # gradient blocks
+    assert torch.allclose(scores["cuda"], scores["cpu"], **CLOSE)
+
+
+def test_iris_pipeline_agrees_across_devices(tmp_path):
+    """train → test point → exact and LiSSA influence → leave-one-out, once per device."""
+    train_cfg = {"optimizer": "gd", "lr": 0.05, "steps": 400, "check_every": 100}
+    data = str(tmp_path / "data.pt")
+    pipeline.prepare_data("iris", {"test_fraction": 0.2, "split_seed": 0}, str(tmp_path), data)
+    out = {}
+    for device in ("cpu", "cuda"):
+        d = tmp_path / device
+        d.mkdir()
+        p = {name: str(d / name) for name in ("model.pt", "metrics.json", "tp.json", "exact.parquet", "exact.json",
+                                                "lissa.parquet", "lissa.json", "loo.parquet")}
+        pipeline.train(data, "mlp-d2-w5", 0.005, 0, train_cfg, "float64", device, p["model.pt"], p["metrics.json"], log=QUIET["log"])
+        pipeline.pick_test_points(p["model.pt"], data, ["max", "median"], p["tp.json"], device)
+        for method, options in (("exact", {}), ("lissa", {"depth": 2000, "scale": "auto", "repeats": 1})):
+            pipeline.compute_influence(p["model.pt"], data, p["tp.json"], method, options, 0.01, p[f"{method}.parquet"],
+                                       p[f"{method}.json"], device_name=device, log=QUIET["log"])
+        pipeline.run_loo(p["model.pt"], data, p["tp.json"], [-1, 3, 50], {"steps": 200}, train_cfg, p["loo.parquet"],
+                         device_name=device, log=QUIET["log"])
+        out[device] = p
+    assert read_json(out["cuda"]["metrics.json"])["device"].startswith("cuda")
+    points = {device: [(tp["name"], tp["index"]) for tp in read_json(p["tp.json"])["test_points"]] for device, p in out.items()}
+    assert points["cuda"] == points["cpu"]
+    for name, columns in (("exact.parquet", ["predicted_loss_change", "predicted_param_change_norm", "train_grad_norm"]),
+                          ("lissa.parquet", ["predicted_loss_change"]), ("loo.parquet", ["test_loss", "param_distance"])):
+        cpu, cuda = pd.read_parquet(out["cpu"][name]), pd.read_parquet(out["cuda"][name])
+        assert len(cpu) == len(cuda) > 0
+        for column in columns:
+            a, b = torch.tensor(cuda[column].to_numpy()), torch.tensor(cpu[column].to_numpy())
+            assert torch.isfinite(b).all() and torch.allclose(a, b, **CLOSE), (name, column)
