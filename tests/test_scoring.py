@@ -60,13 +60,15 @@ def explicit_influence(net, theta, x, y, xt, yt, decay, damping):
     return g_test @ torch.linalg.solve(damped, g_train.T) / n, torch.linalg.solve(damped, g_train.T).norm(dim=0) / n
 
 
-def test_influence_table_matches_explicit_formula():
+@pytest.mark.parametrize("scoring_chunk_size", [None, 7])  # the device default (one pass here), ragged chunks
+def test_influence_table_matches_explicit_formula(scoring_chunk_size):
     net, theta, x, y = mlp_problem()
     xt, yt = torch.randn(5, 4, dtype=torch.float64), torch.randint(0, 3, (5,))
     decay, damping = 0.01, 0.3
     solver = make_solver("exact").fit(Objective(net, x, y, decay), theta)
     points = [{"name": "A", "index": 3}, {"name": "B", "index": 0}]
-    table, outcomes = influence.influence_table(net, theta, x, y, points, xt, yt, solver, damping, chunk_size=10)
+    table, outcomes = influence.influence_table(net, theta, x, y, points, xt, yt, solver, damping, chunk_size=10,
+                                                scoring_chunk_size=scoring_chunk_size)
     expected, norms = explicit_influence(net, theta, x, y, xt[[3, 0]], yt[[3, 0]], decay, damping)
     for t, name in enumerate(["A", "B"]):
         rows = table[table.test_point == name].sort_values("train_index")

@@ -114,7 +114,7 @@ def damping_for(influence_cfg: dict, decay: float) -> float:
 
 
 def compute_influence(model_path, data_path, test_points_path, method_name, method_cfg, damping, table_out, diagnostics_out,
-                      device_name="auto", chunk_size=1024, log=print):
+                      device_name="auto", chunk_size=1024, scoring_chunk_size=None, log=print):
     device = resolve_device(device_name)
     net, theta, record = load_trained(model_path, device)
     split = Split.load(data_path)
@@ -123,7 +123,8 @@ def compute_influence(model_path, data_path, test_points_path, method_name, meth
     options = {k: v for k, v in method_cfg.items() if k != "method"}
     solver = make_solver(method_cfg.get("method", method_name), **options)
     solver.fit(Objective(net, x, y, record["decay"], chunk_size=chunk_size), theta)
-    table, outcomes = influence_table(net, theta, x, y, points, xt, yt, solver, damping, chunk_size=chunk_size)
+    table, outcomes = influence_table(net, theta, x, y, points, xt, yt, solver, damping, chunk_size=chunk_size,
+                                      scoring_chunk_size=scoring_chunk_size)
     diagnostics = {**solver.diagnostics, "estimator": method_name, "damping": damping, "test_points": outcomes,
                    "num_parameters": net.num_parameters, "n_train": len(y)}
     diagnostics.pop("solves", None)
