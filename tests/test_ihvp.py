@@ -50,13 +50,19 @@ def test_exact_solve_inverts_the_damped_hessian(problem):
     assert d["eigenvalue_min"] < 0 < d["eigenvalue_max"] and d["fit_seconds"] >= 0 and d["solve_seconds"] >= 0
 
 
+# products by Hessian-vector products over the data, or by H formed once (small p, the default here)
+PRODUCTS = {"hvp": {"dense_max_parameters": 0}, "dense": {}}
+
+
+@pytest.mark.parametrize("products", sorted(PRODUCTS))
 @pytest.mark.parametrize("hessian", ["full", "gauss_newton"])
-def test_conjugate_gradients_match_exact(problem, hessian):
+def test_conjugate_gradients_match_exact(problem, hessian, products):
     obj, theta, rhs = problem
     reference = exact(problem, hessian)
     damping = positive_damping(reference)
-    solver = make_solver("cg", tol=1e-12, max_iterations=500, hessian=hessian).fit(obj, theta)
+    solver = make_solver("cg", tol=1e-12, max_iterations=500, hessian=hessian, **PRODUCTS[products]).fit(obj, theta)
     result = solver.solve(rhs, damping)
+    assert solver.diagnostics["products"] == products
     assert result.status == ["ok"] * 3
     assert relative_error(result.solutions, reference.solve(rhs, damping).solutions) < 1e-9
     d = solver.diagnostics
@@ -66,14 +72,16 @@ def test_conjugate_gradients_match_exact(problem, hessian):
     assert d["eigenvalue_min_estimate"] >= float(reference.eigenvalues[0]) - 1e-9
 
 
+@pytest.mark.parametrize("products", sorted(PRODUCTS))
 @pytest.mark.parametrize("hessian", ["full", "gauss_newton"])
-def test_arnoldi_at_full_rank_matches_exact(problem, hessian):
+def test_arnoldi_at_full_rank_matches_exact(problem, hessian, products):
     obj, theta, rhs = problem
     p = theta.numel()
     reference = exact(problem, hessian)
     damping = positive_damping(reference)
-    solver = make_solver("arnoldi", iterations=p, rank=p, hessian=hessian).fit(obj, theta)
+    solver = make_solver("arnoldi", iterations=p, rank=p, hessian=hessian, **PRODUCTS[products]).fit(obj, theta)
     result = solver.solve(rhs, damping)
+    assert solver.diagnostics["products"] == products
     assert result.status == ["ok"] * 3
     assert relative_error(result.solutions, reference.solve(rhs, damping).solutions) < 1e-9
     assert torch.allclose(solver.solution_norms(rhs, damping), reference.solution_norms(rhs, damping), rtol=1e-9)
@@ -94,13 +102,15 @@ def test_arnoldi_low_rank_finds_the_top_eigenvalues(problem):
     assert torch.allclose(solver.solve(rhs, damping).solutions, expected, atol=1e-12)
 
 
+@pytest.mark.parametrize("products", sorted(PRODUCTS))
 @pytest.mark.parametrize("hessian", ["full", "gauss_newton"])
-def test_lissa_converges_to_exact_when_scale_exceeds_the_top_eigenvalue(problem, hessian):
+def test_lissa_converges_to_exact_when_scale_exceeds_the_top_eigenvalue(problem, hessian, products):
     obj, theta, rhs = problem
     reference = exact(problem, hessian)
     damping = positive_damping(reference) + 0.25
-    solver = make_solver("lissa", depth=200, scale="auto", scale_factor=1.5, hessian=hessian).fit(obj, theta)
-    result = solver.solve(rhs, damping)
+    solver = make_solver("lissa", depth=200, scale="auto", scale_factor=1.5, hessian=hessian, **PRODUCTS[products])
+    result = solver.fit(obj, theta).solve(rhs, damping)
+    assert solver.diagnostics["products"] == products
     assert result.status == ["ok"] * 3
     assert relative_error(result.solutions, reference.solve(rhs, damping).solutions) < 1e-4
     assert solver.diagnostics["scale_exceeds_top_eigenvalue"]

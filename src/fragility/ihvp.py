@@ -73,11 +73,20 @@ class InverseHessianSolver:
         raise NotImplementedError
 
     def _damped_hvp_many(self, vectors: torch.Tensor, damping: float, rows=None) -> torch.Tensor:
-        """(H + δI) V; on all the data through the objective's cached operator."""
+        """(H + δI) V; on all the data through a cached operator: for p ≤ `dense_max_parameters`
+        (default 256) H itself, formed once from ⌈p/256⌉ batched products (each later product is
+        then a p × p matrix product instead of a pass over the data); else the objective's
+        Hessian-vector product. Minibatch products (`rows`) always go through the data."""
         if rows is not None:
             return self.objective.hvp_many(self.theta, vectors, rows) + damping * vectors
         if self._product is None:
-            self._product = self.objective.operator(self.theta)
+            if self.theta.numel() <= int(self.options.get("dense_max_parameters", 256)):
+                matrix = self.objective.hessian(self.theta)  # symmetric: V H = (H V)ᵀ row by row
+                self._product = lambda v: v @ matrix
+                self.diagnostics["products"] = "dense"
+            else:
+                self._product = self.objective.operator(self.theta)
+                self.diagnostics["products"] = "hvp"
         return self._product(vectors) + damping * vectors
 
 
