@@ -203,30 +203,29 @@ class ConjugateGradientSolver(InverseHessianSolver):
         active = state == codes["not_converged"]
         iterations = torch.zeros(t_count, dtype=torch.long, device=device)
         alphas, betas = [], []  # per iteration, [T] with NaN where a system was not iterated
-        for it in range(1, max_iter + 1):
-            idx = torch.nonzero(active).flatten()
-            if len(idx) == 0:
+        nan = torch.full((t_count,), math.nan, dtype=torch.float64, device=device)
+        for _ in range(max_iter):
+            if not bool(active.any()):  # the loop's only host synchronisation
                 break
-            p_act = p[idx]
-            ap = self._damped_hvp_many(p_act, damping)
-            curvature = (p_act * ap).sum(1)
+            # every system takes the step; masks keep finished ones where they are (no re-indexing)
+            ap = self._damped_hvp_many(p, damping)
+            curvature = (p * ap).sum(1)
             good = curvature > 0
-            alpha = torch.where(good, rs[idx] / curvature, torch.zeros_like(curvature))
-            x[idx] += alpha[:, None] * p_act
-            r_act = r[idx] - alpha[:, None] * ap
-            r[idx] = r_act
-            rs_new = (r_act * r_act).sum(1)
-            beta = rs_new / rs[idx]
-            p[idx] = r_act + beta[:, None] * p_act
-            rs[idx] = rs_new
-            iterations[idx] = it
-            alphas.append(torch.full((t_count,), math.nan, dtype=torch.float64, device=device).index_put((idx[good],), alpha[good].double()))
-            betas.append(torch.full((t_count,), math.nan, dtype=torch.float64, device=device).index_put((idx[good],), beta[good].double()))
-            done = idx[good & (rs_new.sqrt() <= tol * v_norm[idx])]
-            state[idx[~good]] = codes["negative_curvature"]
-            state[done] = codes["ok"]
-            active[idx[~good]] = False
-            active[done] = False
+            step = active & good
+            alpha = torch.where(step, rs / torch.where(good, curvature, 1.0), 0.0)
+            x += alpha[:, None] * p
+            r -= alpha[:, None] * ap
+            rs_new = (r * r).sum(1)
+            beta = torch.where(step, rs_new / torch.where(rs > 0, rs, 1.0), 0.0)
+            p = torch.where(step[:, None], r + beta[:, None] * p, p)
+            rs = torch.where(step, rs_new, rs)
+            iterations += active.long()
+            alphas.append(torch.where(step, alpha.double(), nan))
+            betas.append(torch.where(step, beta.double(), nan))
+            converged = step & (rs_new.sqrt() <= tol * v_norm)
+            state = torch.where(active & ~good, codes["negative_curvature"], state)
+            state = torch.where(converged, codes["ok"], state)
+            active = step & ~converged
         names = {code: name for name, code in codes.items()}
         status = [names[int(c)] for c in state.cpu()]
         alpha_table = torch.stack(alphas, 1).cpu() if alphas else torch.zeros(t_count, 0, dtype=torch.float64)
