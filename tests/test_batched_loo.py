@@ -144,3 +144,28 @@ def test_resume_from_checkpoint_equals_an_uninterrupted_run(kind, tmp_path, monk
     for name, value in uninterrupted.buffers.items():
         assert torch.equal(resumed.buffers[name], value)
     assert resumed.history == uninterrupted.history
+
+
+@pytest.mark.parametrize("per_pass", [2, 3])  # 5 copies: passes of 2+2+1 and 3+2
+def test_a_job_trained_pass_by_pass_equals_one_pass(tmp_path, per_pass):
+    """`loo.copies_per_pass` changes only how a job's copies share the processor, not the numbers;
+    each pass keeps its own checkpoint, all of them removed at the end."""
+    import pandas as pd
+
+    from fragility import pipeline
+
+    data, model, points = (str(tmp_path / name) for name in ("data.pt", "model.pt", "tp.json"))
+    train_cfg = {"optimizer": "sgd", "lr": 0.05, "steps": 30, "batch_size": 16, "check_every": 10}
+    pipeline.prepare_data("iris", {"test_fraction": 0.2, "split_seed": 0}, str(tmp_path), data)
+    pipeline.train(data, "mlp-d1-w4", 0.01, 0, train_cfg, "float64", "cpu", model, str(tmp_path / "m.json"), **QUIET)
+    pipeline.pick_test_points(model, data, ["max", "median"], points, "cpu")
+    tables = {}
+    for mode in (None, per_pass):
+        out, ckpt = str(tmp_path / f"loo_{mode}.parquet"), str(tmp_path / f"loo_{mode}.ckpt")
+        loo_cfg = {"steps": 12, "chunk_size": 5, "checkpoint_every": 4, "copies_per_pass": mode}
+        pipeline.run_loo(model, data, points, [-1, 0, 7, 33, 90], loo_cfg, train_cfg, out, device_name="cpu",
+                         checkpoint_path=ckpt, **QUIET)
+        tables[mode] = pd.read_parquet(out)
+        assert not list(tmp_path.glob(f"loo_{mode}.ckpt*"))
+    pd.testing.assert_frame_equal(tables[None], tables[per_pass])
+    assert tables[None].test_loss.nunique() > 2  # the copies differ from one another

@@ -22,7 +22,7 @@ from .models import init_model
 from .objective import FlatModel, Objective
 from .runtime import resolve_device, resolve_dtype
 from .selection import choose_test_points, select_training_points
-from .training import TrainSettings, train_copies
+from .training import TrainSettings, train_copies, train_in_passes
 
 MODEL_KEYS = ("arch", "input_shape", "n_classes", "dtype", "theta", "buffers", "decay", "seed")
 
@@ -173,7 +173,8 @@ def run_loo(model_path, data_path, test_points_path, removed, loo_cfg, train_cfg
     retrain_cfg = {**train_cfg, **{key: v for key, v in loo_cfg.items() if key in ("lr", "optimizer", "momentum", "batch_size", "schedule")}}
     settings = TrainSettings.from_config(retrain_cfg, steps=int(loo_cfg["steps"]), order_seed=order_seed)
     log(f"re-training {k} copies of {record['arch']} for {settings.steps} steps (removed: {removed})")
-    result = train_copies(net, x, y, record["decay"], theta.repeat(k, 1), weights, settings, checkpoint_path=checkpoint_path, log=log)
+    result, checkpoints = train_in_passes(net, x, y, record["decay"], theta.repeat(k, 1), weights, settings,
+                                          loo_cfg.get("copies_per_pass"), checkpoint_path=checkpoint_path, log=log)
     rows = []
     idx = torch.tensor(test_idx, device=device)
     drift_theta = None
@@ -194,8 +195,9 @@ def run_loo(model_path, data_path, test_points_path, removed, loo_cfg, train_cfg
                          "param_distance": distance, "param_distance_vs_drift": to_drift,
                          "final_objective": result.final_losses[c]})
     write_parquet(pd.DataFrame(rows), out_path)
-    if checkpoint_path and Path(checkpoint_path).exists():
-        Path(checkpoint_path).unlink()
+    for ckpt in checkpoints:
+        if ckpt and Path(ckpt).exists():
+            Path(ckpt).unlink()
     return result.seconds
 
 

@@ -224,3 +224,22 @@ def train_copies(
     model.eval()
     return TrainResult(thetas.detach(), {n_: b.detach() for n_, b in buffers.items()},
                        [float(v) for v in losses.detach().cpu()], time.perf_counter() - began, history)
+
+
+def train_in_passes(net: FlatModel, x, y, decay: float, theta_init, weights, settings: TrainSettings,
+                    copies_per_pass: int | None, checkpoint_path: str | Path | None = None, log=print):
+    """`train_copies` on groups of `copies_per_pass` copies, one group after another (None: all at
+    once). The copies are independent, so the numbers are those of one pass; on CPU a few copies
+    per pass keep the work in cache. Returns the joined result and the checkpoint path of each pass."""
+    k = len(weights)
+    per_pass = int(copies_per_pass or k)
+    starts = range(0, k, per_pass)
+    checkpoints = [checkpoint_path if per_pass >= k or not checkpoint_path else f"{checkpoint_path}.pass{i}"
+                   for i in range(len(starts))]
+    passes = [train_copies(net, x, y, decay, theta_init[s : s + per_pass], weights[s : s + per_pass], settings,
+                           checkpoint_path=ckpt, log=log) for s, ckpt in zip(starts, checkpoints)]
+    joined = TrainResult(torch.cat([r.thetas for r in passes]),
+                         {name: torch.cat([r.buffers[name] for r in passes]) for name in passes[0].buffers},
+                         [loss for r in passes for loss in r.final_losses], sum(r.seconds for r in passes),
+                         [h for r in passes for h in r.history])
+    return joined, checkpoints
