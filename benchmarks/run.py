@@ -276,7 +276,7 @@ def ours_scores(solver, net, theta, x, y, xt, yt, decay, damping):
 
 
 def pearson(a, b):
-    a, b = a.flatten().double(), b.flatten().double()
+    a, b = a.detach().flatten().double(), b.detach().flatten().double()
     return float(torch.corrcoef(torch.stack([a, b]))[0, 1])
 
 

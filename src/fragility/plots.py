@@ -32,16 +32,26 @@ def decay_name(decay: float) -> str:
 
 
 def plot_sweep(ax, frame: pd.DataFrame, x: str, value: str, group: str, label_of=str) -> None:
-    """Mean ± std over seeds of `value` against `x`, one line per `group`; flagged cells by name."""
+    """Mean of `value` over seeds against `x`, one line per `group`; error bars: the standard deviation
+    over seeds where there are several, else that seed's bootstrap interval; flagged cells by name."""
+    notes = []
     for key, part in frame.groupby(group, sort=False):
         ok = part[part.flag == ""]
-        stats = ok.groupby(x)[value].agg(["mean", "std", "count"]).reset_index().sort_values(x)
-        line = ax.errorbar(stats[x], stats["mean"], yerr=stats["std"].fillna(0), marker="o", capsize=3, label=label_of(key))
+        bounds = [f"{value}_lo", f"{value}_hi"] if f"{value}_lo" in ok else [value, value]
+        stats = ok.groupby(x).agg(mean=(value, "mean"), std=(value, "std"), count=(value, "count"),
+                                  lo=(bounds[0], "first"), hi=(bounds[1], "first")).reset_index().sort_values(x)
+        single = stats["count"] == 1
+        below = np.where(single, stats["mean"] - stats["lo"], stats["std"])
+        above = np.where(single, stats["hi"] - stats["mean"], stats["std"])
+        yerr = np.nan_to_num(np.vstack([below, above]).astype(float)).clip(min=0)
+        line = ax.errorbar(stats[x], stats["mean"], yerr=yerr, marker="o", capsize=3, label=label_of(key))
         bad = part[part.flag != ""].drop_duplicates(x)
         for _, row in bad.iterrows():
             ax.plot(row[x], 0, marker="x", color=line[0].get_color(), markersize=9)
-            ax.annotate(row["flag"].replace(";", "\n"), (row[x], 0), fontsize=6, rotation=60,
-                        color=line[0].get_color(), xytext=(3, 3), textcoords="offset points")
+            notes.append((line[0].get_color(), f"× {label_of(key)}, {x} {row[x]:g}: {row['flag'].replace(';', ', ')}"))
+    for i, (colour, note) in enumerate(notes):  # flagged cells: a cross at 0 on the plot, named below it
+        ax.annotate(note, (0, 0), xycoords="axes fraction", xytext=(0, -30 - 8 * i), textcoords="offset points",
+                    fontsize=6, color=colour, va="top")
     ax.axhline(0, color="grey", lw=0.5)
     ax.grid(alpha=0.3)
 
