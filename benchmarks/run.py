@@ -37,7 +37,7 @@ from fragility.ihvp import make_solver
 from fragility.influence import default_scoring_chunk, test_gradients
 from fragility.models import build_model
 from fragility.objective import FlatModel, Objective, directional_derivatives
-from fragility.runtime import resolve_device
+from fragility.runtime import full_precision_on_gpu, resolve_device
 from fragility.training import TrainSettings, train_copies, train_in_passes
 
 QUIET = dict(log=lambda message: None)
@@ -362,6 +362,7 @@ def main(argv=None) -> int:
     parser.add_argument("--json", help="also write the rows as JSON to this file")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    full_precision_on_gpu()  # as every workflow job does: no TF32 on CUDA
     global DEVICE
     DEVICE = resolve_device(args.device)
     info = machine()

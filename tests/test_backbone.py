@@ -144,3 +144,20 @@ def test_training_is_deterministic(iris64):
         runs.append(train_copies(net, x, y, 0.005, net.flatten()[None], torch.ones(1, len(y), dtype=torch.float64),
                                  TrainSettings(steps=50, lr=0.1, batch_size=32, order_seed=1)).thetas)
     assert torch.equal(runs[0], runs[1])
+
+
+def test_every_job_keeps_gpu_float32_at_full_precision(monkeypatch):
+    """`runtime.configure` (run by every compute job) turns TF32 off: cuDNN's default would round
+    float32 convolutions to a 10-bit mantissa on the GPU."""
+    import torch
+
+    from fragility import runtime
+
+    monkeypatch.setattr(torch, "use_deterministic_algorithms", lambda *args, **kwargs: None)
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+        runtime.configure(threads=None)
+        assert torch.backends.cudnn.allow_tf32 is False and torch.backends.cuda.matmul.allow_tf32 is False
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved

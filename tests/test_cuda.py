@@ -32,6 +32,7 @@ def iris_like(n=40):
 @pytest.mark.parametrize(
     "method, options",
     [("exact", {}), ("cg", {"tol": 1e-12, "max_iterations": 500}), ("arnoldi", {"iterations": 43, "rank": 43}),
+     ("cg", {"tol": 1e-12, "max_iterations": 500, "dense_max_parameters": 0}),  # products through the data
      ("lissa", {"depth": 3000, "scale": "auto", "repeats": 1}), ("exact", {"hessian": "gauss_newton"})],
 )
 def test_inverse_hessian_solvers_agree_across_devices(method, options):
@@ -51,6 +52,26 @@ def test_inverse_hessian_solvers_agree_across_devices(method, options):
     assert torch.allclose(solutions["cuda"], solutions["cpu"], **CLOSE)
     if norms:
         assert torch.allclose(norms["cuda"], norms["cpu"], **CLOSE)
+
+
+@pytest.mark.parametrize("hessian", ["full", "gauss_newton"])
+def test_curvature_products_agree_across_devices(hessian):
+    """The cached operator (torch.func's vjp of ∇R on CUDA, the autograd engine on CPU), the
+    chunked products and the full matrix, on a small CNN with tanh (float64)."""
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.rand(12, 1, 28, 28, dtype=torch.float64, generator=gen), torch.randint(0, 10, (12,), generator=gen)
+    vectors = torch.randn(3, 2616, dtype=torch.float64, generator=gen)
+    products = {}
+    for device in ("cpu", "cuda"):
+        torch.manual_seed(0)
+        net = FlatModel(build_model("smallcnn", (1, 28, 28), 10).to(device, torch.float64).eval())
+        xd, yd, vd = on(device, x, y, vectors)
+        theta = net.flatten()
+        whole = Objective(net, xd, yd, decay=0.01, hessian=hessian)
+        chunked = Objective(net, xd, yd, decay=0.01, chunk_size=5, hessian=hessian)
+        products[device] = torch.stack([whole.operator(theta)(vd), chunked.hvp_many(theta, vd)]).cpu()
+    assert torch.allclose(products["cuda"], products["cpu"], **CLOSE)
+    assert torch.allclose(products["cpu"][0], products["cpu"][1], **CLOSE)
 
 
 def test_batched_batchnorm_training_agrees_across_devices():
