@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -23,22 +22,16 @@ import pandas as pd
 import pytest
 import torch
 
+from workflow_files import REPO, TWO_CELLS
+from workflow_files import copy_workflow as copy_files
+
 pytestmark = pytest.mark.slow  # minutes: real workflow runs
 
-REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
-WORKFLOW_FILES = ["Snakefile", "config.yaml", "configs", "workflow", "profiles", "envs", "src"]
 
 # 2 cells: mlp-d1-w5 and mlp-d2-w5 at decay 0. mlp-d1-w5 re-trains in chunks of 10, so its
 # ~20 selected points make two LOO jobs (chunk0000, chunk0001).
-OVERLAY = """
-studies:
-  iris:
-    architectures: [mlp-d1-w5, mlp-d2-w5]
-    decays: [0.0]
-    overrides:
-      mlp-d1-w5: {loo: {chunk_size: 10}}
-"""
+OVERLAY = TWO_CELLS + "      mlp-d1-w5: {loo: {chunk_size: 10}}\n"
 CONFIG_ARGS = ["--configfile", "configs/tiny.yaml", "configs/rerun.yaml"]
 TARGET = "results/iris/correlations.parquet"  # the study tables (aggregate), no figures
 CELL_A = "results/iris/iris/mlp-d1-w5/wd0/seed0"
@@ -47,18 +40,10 @@ RUN_TIMEOUT = 900  # seconds; a tiny run takes 1-2 minutes on an idle 2-core mac
 
 
 def copy_workflow(dest: Path, source: Path = REPO, with_state: bool = False) -> Path:
-    """Copy the workflow (and, from a finished copy, its results/ and .snakemake/) into dest."""
-    dest.mkdir(parents=True, exist_ok=True)
-    names = WORKFLOW_FILES + (["results", ".snakemake"] if with_state else [])
-    for name in names:
-        src = source / name
-        if src.is_dir():
-            shutil.copytree(src, dest / name, symlinks=True, ignore=shutil.ignore_patterns("__pycache__", "locks"))
-        elif src.exists():
-            shutil.copy2(src, dest / name)
-    if not with_state:
-        (dest / "configs" / "rerun.yaml").write_text(OVERLAY)
-    return dest
+    """The workflow with the rerun overlay, or a finished copy with its results/ and .snakemake/."""
+    if with_state:
+        return copy_files(dest, source, state=True)
+    return copy_files(dest, source, overlays={"rerun.yaml": OVERLAY})
 
 
 def snakemake(workdir: Path, *args, configs=(), timeout=RUN_TIMEOUT, check=True) -> subprocess.CompletedProcess:

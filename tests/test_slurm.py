@@ -24,21 +24,16 @@ import pandas as pd
 import pytest
 import torch
 
+from workflow_files import REPO, TWO_CELLS
+from workflow_files import copy_workflow as copy_files
+
 pytestmark = pytest.mark.slurm
 
-REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "tools" / "slurm" / "one_node_slurm.sh"
 BIN = Path(sys.executable).parent
 SNAKEMAKE = str(BIN / "snakemake")
-WORKFLOW_FILES = ["Snakefile", "config.yaml", "configs", "workflow", "profiles", "slurm", "envs", "src"]
-OVERLAY = """
-studies:
-  iris:
-    architectures: [mlp-d1-w5, mlp-d2-w5]
-    decays: [0.0]
-    overrides:
-      mlp-d2-w5: {train: {lr: 1.0e+30}}   # diverges: NonFiniteLossError (NaN at step 100), every attempt
-"""
+# mlp-d2-w5 diverges: NonFiniteLossError (NaN at step 100), every attempt
+OVERLAY = TWO_CELLS + "      mlp-d2-w5: {train: {lr: 1.0e+30}}\n"
 CONFIG_ARGS = ["--configfile", "configs/tiny.yaml", "configs/slurm_test.yaml"]
 GOOD = "results/iris/iris/mlp-d1-w5/wd0/seed0"
 BAD = "results/iris/iris/mlp-d2-w5/wd0/seed0"
@@ -47,17 +42,8 @@ RUN_TIMEOUT = 900
 
 
 def copy_workflow(dest: Path, overlay: bool = True) -> Path:
-    """The workflow files (and the `slurm` profile symlink) in a fresh directory."""
-    dest.mkdir(parents=True)
-    for name in WORKFLOW_FILES:
-        src = REPO / name
-        if src.is_symlink() or src.is_file():
-            shutil.copy2(src, dest / name, follow_symlinks=False)
-        elif src.is_dir():
-            shutil.copytree(src, dest / name, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
-    if overlay:
-        (dest / "configs" / "slurm_test.yaml").write_text(OVERLAY)
-    return dest
+    """The workflow files (and the `slurm` profile link) in a fresh directory, with the test overlay."""
+    return copy_files(dest, overlays={"slurm_test.yaml": OVERLAY} if overlay else None)
 
 
 def env() -> dict:

@@ -369,7 +369,7 @@ class ArnoldiSolver(InverseHessianSolver):
         values, vectors = torch.linalg.eigh(projected)
         keep = torch.argsort(values.abs(), descending=True)[:rank]
         values, vectors = values[keep], vectors[:, keep]
-        self.eigenvalues = values
+        self.eigenvalues = values.to(theta.device)  # on θ's device, like the exact solver's
         self.ritz_vectors = vectors.T.to(device=theta.device) @ basis.double()  # [rank, p]
         ritz_residuals = hess[m, m - 1].abs() * vectors[m - 1].abs()
         self.diagnostics.update(
@@ -380,7 +380,7 @@ class ArnoldiSolver(InverseHessianSolver):
         )
 
     def _solve(self, vectors, damping):
-        inv = _inverse_shifted(self.eigenvalues, damping).to(vectors.device)
+        inv = _inverse_shifted(self.eigenvalues, damping)
         u = self.ritz_vectors
         sol = ((vectors.double() @ u.T) * inv) @ u
         return SolveResult(sol.to(vectors.dtype), ["ok"] * len(vectors),
@@ -388,7 +388,7 @@ class ArnoldiSolver(InverseHessianSolver):
 
     def solution_norms(self, vectors, damping) -> torch.Tensor:
         """‖U diag(1/(λ+δ)) Uᵀ g‖ = ‖diag(1/(λ+δ)) Uᵀ g‖ (U has orthonormal rows)."""
-        inv = _inverse_shifted(self.eigenvalues, damping).to(vectors.device)
+        inv = _inverse_shifted(self.eigenvalues, damping)
         return ((vectors.double() @ self.ritz_vectors.T) * inv).norm(dim=1).to(vectors.dtype)
 
 

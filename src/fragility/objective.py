@@ -169,7 +169,6 @@ class Objective:
         backward; on CPU the latter is as fast or faster (benchmarks/README.md)."""
         if len(self._blocks()) > 1:
             return lambda vectors: self.hvp_many(theta, vectors)
-        t = theta.detach().requires_grad_(True)
         rows = self._blocks()[0][0]
         if self.hessian_kind == "full" and theta.device.type == "cuda":
             _, gradient_vjp = vjp(grad(lambda u: self._mean_loss_sum(u, rows)), theta.detach())
@@ -177,6 +176,7 @@ class Objective:
             def product_on_gpu(vectors):
                 return vmap(gradient_vjp)(vectors)[0] + self.decay * vectors
             return product_on_gpu
+        t = theta.detach().requires_grad_(True)
         with torch.enable_grad():
             if self.hessian_kind == "full":
                 (g,) = torch.autograd.grad(self._mean_loss_sum(t, rows), t, create_graph=True)
