@@ -72,10 +72,6 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def has_batchnorm(model: nn.Module) -> bool:
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-
-
 def _load_image_models() -> None:
     try:
         from . import image_models  # noqa: F401  (registers the image architectures)

@@ -1,10 +1,7 @@
-"""Device choice, seeding, threads and dtypes."""
+"""Device choice, threads, GPU precision and dtypes."""
 
 from __future__ import annotations
 
-import random
-
-import numpy as np
 import torch
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -18,12 +15,6 @@ def resolve_device(name: str = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device '{name}' was requested but CUDA is not available here")
     return device
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def full_precision_on_gpu() -> None:
