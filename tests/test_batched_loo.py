@@ -111,16 +111,8 @@ class Interrupted(Exception):
     pass
 
 
-@pytest.mark.parametrize("kind", ["mlp", "bn"])
-def test_resume_from_checkpoint_equals_an_uninterrupted_run(kind, tmp_path, monkeypatch):
-    make = mlp if kind == "mlp" else bn_net
-    x, y = data(kind)
-    weights = removal_weights(len(y), [-1, 4])
-    settings = TrainSettings(steps=12, lr=0.01, optimizer="adam", batch_size=7, schedule="cosine", order_seed=1,
-                             checkpoint_every=4)
-    net = FlatModel(make())
-    uninterrupted = train_copies(net, x, y, 0.01, net.flatten().repeat(2, 1), weights, settings, **QUIET)
-
+def crashed_run(tmp_path, monkeypatch, make, x, y, weights, settings):
+    """Start a run of the network `make()` that dies at step 7, after its checkpoint at step 4; return the checkpoint."""
     checkpoint = tmp_path / "loo.ckpt"
     real_batch_rows = training.batch_rows
 
@@ -133,8 +125,21 @@ def test_resume_from_checkpoint_equals_an_uninterrupted_run(kind, tmp_path, monk
     net = FlatModel(make())
     with pytest.raises(Interrupted):
         train_copies(net, x, y, 0.01, net.flatten().repeat(2, 1), weights, settings, checkpoint_path=checkpoint, **QUIET)
-    assert checkpoint.exists()
     monkeypatch.setattr(training, "batch_rows", real_batch_rows)
+    return checkpoint
+
+
+@pytest.mark.parametrize("kind", ["mlp", "bn"])
+def test_resume_from_checkpoint_equals_an_uninterrupted_run(kind, tmp_path, monkeypatch):
+    make = mlp if kind == "mlp" else bn_net
+    x, y = data(kind)
+    weights = removal_weights(len(y), [-1, 4])
+    settings = TrainSettings(steps=12, lr=0.01, optimizer="adam", batch_size=7, schedule="cosine", order_seed=1,
+                             checkpoint_every=4)
+    net = FlatModel(make())
+    uninterrupted = train_copies(net, x, y, 0.01, net.flatten().repeat(2, 1), weights, settings, **QUIET)
+    checkpoint = crashed_run(tmp_path, monkeypatch, make, x, y, weights, settings)
+    assert checkpoint.exists()
     messages = []
     net = FlatModel(make())
     resumed = train_copies(net, x, y, 0.01, net.flatten().repeat(2, 1), weights, settings, checkpoint_path=checkpoint,
@@ -144,6 +149,45 @@ def test_resume_from_checkpoint_equals_an_uninterrupted_run(kind, tmp_path, monk
     for name, value in uninterrupted.buffers.items():
         assert torch.equal(resumed.buffers[name], value)
     assert resumed.history == uninterrupted.history
+
+
+@pytest.mark.parametrize("change", ["learning rate", "removed points", "data"])
+def test_a_checkpoint_of_another_run_is_replaced_not_resumed(change, tmp_path, monkeypatch):
+    """A job killed with one configuration and re-run with another (a new learning rate, another
+    chunk of removed points, other data) must start over: resuming would mix the two runs."""
+    x, y = data("mlp")
+    weights = removal_weights(len(y), [-1, 4])
+    settings = TrainSettings(steps=12, lr=0.01, optimizer="adam", batch_size=7, order_seed=1, checkpoint_every=4)
+    checkpoint = crashed_run(tmp_path, monkeypatch, mlp, x, y, weights, settings)
+    if change == "learning rate":
+        settings = TrainSettings(steps=12, lr=0.02, optimizer="adam", batch_size=7, order_seed=1, checkpoint_every=4)
+    elif change == "removed points":
+        weights = removal_weights(len(y), [-1, 5])
+    else:
+        x = x.clone()
+        x[0, 0] += 1.0
+    net = FlatModel(mlp())
+    fresh = train_copies(net, x, y, 0.01, net.flatten().repeat(2, 1), weights, settings, **QUIET)
+    messages = []
+    net = FlatModel(mlp())
+    rerun = train_copies(net, x, y, 0.01, net.flatten().repeat(2, 1), weights, settings, checkpoint_path=checkpoint,
+                         log=messages.append)
+    assert any("another run" in m for m in messages)
+    assert not any("resuming" in m for m in messages)
+    assert torch.equal(rerun.thetas, fresh.thetas)
+
+
+def test_changing_only_the_logging_interval_still_resumes(tmp_path, monkeypatch):
+    x, y = data("mlp")
+    weights = removal_weights(len(y), [-1, 4])
+    settings = TrainSettings(steps=12, lr=0.01, optimizer="adam", batch_size=7, order_seed=1, checkpoint_every=4)
+    checkpoint = crashed_run(tmp_path, monkeypatch, mlp, x, y, weights, settings)
+    settings.check_every = 3
+    messages = []
+    net = FlatModel(mlp())
+    train_copies(net, x, y, 0.01, net.flatten().repeat(2, 1), weights, settings, checkpoint_path=checkpoint,
+                 log=messages.append)
+    assert any("resuming" in m and "step 4" in m for m in messages)
 
 
 @pytest.mark.parametrize("per_pass", [2, 3])  # 5 copies: passes of 2+2+1 and 3+2

@@ -22,10 +22,12 @@ running statistics (buffers stacked [k, ...], updated in place under vmap).
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import math
 import time
 import types
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -70,6 +72,22 @@ def batch_rows(step: int, n: int, batch_size: int | None, seed: int, device) -> 
     gen = torch.Generator(device="cpu").manual_seed(seed * 1_000_003 + epoch)
     perm = torch.randperm(n, generator=gen)
     return perm[position * batch_size : (position + 1) * batch_size].to(device)
+
+
+def run_fingerprint(x: torch.Tensor, y: torch.Tensor, decay: float, theta_init: torch.Tensor, weights: torch.Tensor,
+                    settings: TrainSettings) -> str:
+    """A digest of what determines a run's numbers: the settings (less the logging and checkpoint
+    intervals), the decay, the starting parameters, the row weights (which points each copy
+    leaves out), the labels, and the shape and 4,096 evenly spaced values of the inputs. A
+    checkpoint whose digest differs belongs to another run and is not resumed."""
+    fields = {key: value for key, value in asdict(settings).items() if key not in ("check_every", "checkpoint_every")}
+    digest = hashlib.sha256(json.dumps({"settings": fields, "decay": float(decay), "x": [list(x.shape), str(x.dtype)]},
+                                       sort_keys=True, default=str).encode())
+    flat_x = x.detach().reshape(-1)
+    sample = flat_x[:: max(1, flat_x.numel() // 4096)]
+    for tensor in (theta_init, weights, y, sample):
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _make_optimizer(params, settings: TrainSettings):
@@ -158,7 +176,9 @@ def train_copies(
     """Train k copies (rows of `theta_init` [k, p], weights [k, n]) for `settings.steps` steps.
 
     If `checkpoint_path` is set, the state is saved atomically every `checkpoint_every` steps and
-    a run that finds a checkpoint resumes from it (same result as an uninterrupted run).
+    a run that finds a checkpoint of the same run (`run_fingerprint`) resumes from it, with the
+    result of an uninterrupted run. A checkpoint of another run (say, the config's learning rate
+    changed after a killed job) is reported and replaced, never resumed.
     """
     k, n = weights.shape
     model = net.model
@@ -169,8 +189,15 @@ def train_copies(
     schedule = _make_schedule(optimizer, settings)
     start_step, history = 0, []
 
+    fingerprint = run_fingerprint(x, y, decay, theta_init, weights, settings) if checkpoint_path else None
+    state = None
     if checkpoint_path and Path(checkpoint_path).exists():
         state = load_torch(checkpoint_path, required_keys=("step", "thetas", "optimizer", "schedule", "buffers"))
+        if state.get("fingerprint") != fingerprint:
+            log(f"checkpoint {checkpoint_path} was written by another run (different settings, data, starting point "
+                "or removed points); starting from step 0 and replacing it")
+            state = None
+    if state is not None:
         if state["thetas"].shape != thetas.shape:
             raise RuntimeError(f"checkpoint {checkpoint_path} holds parameters of shape {tuple(state['thetas'].shape)}, expected {tuple(thetas.shape)}; delete it")
         with torch.no_grad():
@@ -218,7 +245,8 @@ def train_copies(
                     )
                 history.append({"step": done, "loss_mean": float(values.mean()), "loss_max": float(values.max())})
             if checkpoint_path and settings.checkpoint_every and done % settings.checkpoint_every == 0 and done < settings.steps:
-                save_torch({"step": done, "thetas": thetas.detach().cpu(), "optimizer": optimizer.state_dict(),
+                save_torch({"step": done, "fingerprint": fingerprint, "thetas": thetas.detach().cpu(),
+                            "optimizer": optimizer.state_dict(),
                             "schedule": schedule.state_dict(), "buffers": {n_: b.cpu() for n_, b in buffers.items()},
                             "history": history}, checkpoint_path)
     model.eval()
