@@ -191,15 +191,21 @@ def test_changing_only_the_logging_interval_still_resumes(tmp_path, monkeypatch)
 
 
 @pytest.mark.parametrize("per_pass", [2, 3])  # 5 copies: passes of 2+2+1 and 3+2
-def test_a_job_trained_pass_by_pass_equals_one_pass(tmp_path, per_pass):
+def test_a_job_trained_pass_by_pass_equals_one_pass(tmp_path, per_pass, monkeypatch):
     """`loo.copies_per_pass` changes only how a job's copies share the processor, not the numbers;
-    each pass keeps its own checkpoint, all of them removed at the end."""
+    each pass keeps its own checkpoint (every `loo.checkpoint_every` steps, not train's), all of
+    them removed at the end."""
     import pandas as pd
 
     from fragility import pipeline
 
+    saved = []
+    real_save = training.save_torch
+    monkeypatch.setattr(training, "save_torch", lambda state, path: (saved.append((str(path), state["step"])),
+                                                                      real_save(state, path)))
+
     data, model, points = (str(tmp_path / name) for name in ("data.pt", "model.pt", "tp.json"))
-    train_cfg = {"optimizer": "sgd", "lr": 0.05, "steps": 30, "batch_size": 16, "check_every": 10}
+    train_cfg = {"optimizer": "sgd", "lr": 0.05, "steps": 30, "batch_size": 16, "check_every": 10, "checkpoint_every": 5}
     pipeline.prepare_data("iris", {"test_fraction": 0.2, "split_seed": 0}, str(tmp_path), data)
     pipeline.train(data, "mlp-d1-w4", 0.01, 0, train_cfg, "float64", "cpu", model, str(tmp_path / "m.json"), **QUIET)
     pipeline.pick_test_points(model, data, ["max", "median"], points, "cpu")
@@ -210,6 +216,10 @@ def test_a_job_trained_pass_by_pass_equals_one_pass(tmp_path, per_pass):
         pipeline.run_loo(model, data, points, [-1, 0, 7, 33, 90], loo_cfg, train_cfg, out, device_name="cpu",
                          checkpoint_path=ckpt, **QUIET)
         tables[mode] = pd.read_parquet(out)
+        passes = 1 if mode is None else -(-5 // mode)
+        written = sorted({path for path, _ in saved if path.startswith(ckpt)})
+        assert len(written) == passes
+        assert sorted({step for path, step in saved if path.startswith(ckpt)}) == [4, 8]  # loo's interval
         assert not list(tmp_path.glob(f"loo_{mode}.ckpt*"))
     pd.testing.assert_frame_equal(tables[None], tables[per_pass])
     assert tables[None].test_loss.nunique() > 2  # the copies differ from one another
