@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from fragility import noise, pipeline
-from fragility.io import read_json
+from fragility.io import read_json, write_json
 
 
 def loo_table(removed, test_index, losses, distances, to_drift):
@@ -115,6 +115,24 @@ def test_correlate_cell_uses_the_drift_control_and_reports_noise(tiny_cell):
     assert loss.effect == pytest.approx(rows.actual_loss_change.std())
     assert math.isnan(loss.repeat_noise) and loss.repeat_n == 0
     assert (loss.noise_flag == noise.NOISE_FLAG) == (loss.drift_noise >= loss.effect)
+
+
+def test_a_test_point_without_selection_is_flagged_by_name(tiny_cell, tmp_path):
+    """When the selecting estimator failed for a test point, nothing was re-trained for it: every
+    correlation of that point carries `selection_failed:<status>`, never a number."""
+    root, paths, _, _ = tiny_cell
+    record = read_json(paths["selected.json"])
+    name = read_json(paths["tp.json"])["test_points"][0]["name"]
+    failed = {**paths, "selected.json": str(tmp_path / "selected.json")}
+    write_json({**record, "indices": [], "per_test_point": {name: {}}, "not_selected": {name: "diverged"}},
+               failed["selected.json"])
+    out = (str(tmp_path / "rows.parquet"), str(tmp_path / "corr.parquet"))
+    pipeline.correlate_cell({"arch": "mlp-d1-w3", "seed": 0}, {"exact": paths["exact.parquet"]}, paths["tp.json"],
+                            failed["selected.json"], [], paths["drift.parquet"], paths["metrics.json"], *out,
+                            options={"resamples": 50, "permutations": 50})
+    corr = pd.read_parquet(out[1])
+    assert len(corr) > 0 and (corr.flag == "selection_failed:diverged").all()
+    assert corr.pearson.isna().all() and corr.spearman.isna().all()
 
 
 def test_repeat_with_another_minibatch_order_measures_noise(tiny_cell):

@@ -135,19 +135,25 @@ def compute_influence(model_path, data_path, test_points_path, method_name, meth
     return diagnostics
 
 
-def select(influence_path, rules, out_path):
-    """Union over test points of the training points the rules pick from |Δ̂|."""
+def select(influence_path, rules, out_path, log=print):
+    """Union over test points of the training points the rules pick from |Δ̂|. A test point whose
+    estimator failed (status not ok: diverged, no positive-definite H + δI, ...) gets no points:
+    it is listed under `not_selected` with the status, its correlations carry the flag
+    `selection_failed:<status>`, and the rest of the cell and study go on."""
     table = pd.read_parquet(influence_path)
-    per_point, union = {}, {}
+    per_point, union, not_selected = {}, {}, {}
     for name, rows in table.groupby("test_point", sort=False):
         status = rows["status"].iloc[0]
         if status != "ok":
-            raise RuntimeError(f"cannot select training points for test point '{name}': the estimator in "
-                               f"{influence_path} reported '{status}'. Select by another method (select.by).")
+            per_point[name], not_selected[name] = {}, str(status)
+            log(f"test point '{name}': the estimator in {influence_path} reported '{status}'; no training points "
+                "selected for it (flagged selection_failed; select.by names another estimator)")
+            continue
         picked = select_training_points(rows["predicted_loss_change"].abs().to_numpy(), rules)
         per_point[name] = {str(i): label for i, label in sorted(picked.items())}
         union.update({i: True for i in picked})
-    write_json({"indices": sorted(int(i) for i in union), "per_test_point": per_point, "rules": rules}, out_path)
+    write_json({"indices": sorted(int(i) for i in union), "per_test_point": per_point, "not_selected": not_selected,
+                "rules": rules}, out_path)
 
 
 # --------------------------------------------------------------------------- leave-one-out
@@ -230,7 +236,8 @@ def correlate_cell(cell: dict, influence_paths: dict, test_points_path, selectio
     `repeat_loo` table, or None when no repeat was run)."""
     options = {**CORRELATION_DEFAULTS, **(options or {})}
     points = read_json(test_points_path)["test_points"]
-    selection = read_json(selection_path)["per_test_point"]
+    selection_record = read_json(selection_path)
+    selection, not_selected = selection_record["per_test_point"], selection_record.get("not_selected", {})
     metrics = read_json(metrics_path)
     model_flags = [f"model_not_trained:{f}" for f in metrics.get("flags", [])]
     loo = pd.concat([pd.read_parquet(p) for p in loo_paths], ignore_index=True) if loo_paths else pd.DataFrame(columns=LOO_COLUMNS)
@@ -261,6 +268,8 @@ def correlate_cell(cell: dict, influence_paths: dict, test_points_path, selectio
                     stats_ = correlate(part[pred_col], part[true_col], resamples=options["resamples"],
                                        permutations=options["permutations"], confidence=options["confidence"],
                                        seed=options["seed"])
+                    if tp["name"] in not_selected:  # nothing was re-trained for this test point
+                        stats_["flag"] = f"selection_failed:{not_selected[tp['name']]}"
                     flag = ";".join(filter(None, model_flags + [stats_["flag"]]))
                     effect = float(part[true_col].std()) if len(part) > 1 else math.nan
                     summary.append({**cell, "test_point": tp["name"], "test_index": tp["index"], "test_loss": tp["loss"],

@@ -257,7 +257,7 @@ td.noisy { background: #fff3cd; }
 p.note { max-width: 60em; }
 """
 FLAG_WORDS = ("constant_", "too_few_points", "estimator_failed", "ground_truth_missing", "model_not_trained",
-              "all seeds flagged")
+              "selection_failed", "all seeds flagged")
 
 
 def html_table(frame: pd.DataFrame, title: str, note: str = "", float_digits: int = 4) -> str:

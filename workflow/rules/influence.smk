@@ -41,8 +41,9 @@ checkpoint select:
     params:
         rules=lambda w: arch_cfg(w)["select"]["rules"],
     run:
-        pipeline.select(input[0], params.rules, output[0])
-        file_logger(log[0])("selection written")
+        logger = file_logger(log[0])
+        pipeline.select(input[0], params.rules, output[0], log=logger)
+        logger("selection written")
 
 
 localrules:
