@@ -46,6 +46,9 @@ def test_test_point_specs():
     assert points == {"max": 1, "median": 2, "p0": 6, "top1": 1, "top2": 5, "top3": 4}
     with pytest.raises(ValueError, match="unknown spec 'foo'"):
         choose_test_points(losses, ["foo"])
+    with pytest.raises(ValueError, match="'p150' is not a percentile"):
+        choose_test_points(losses, ["p150"])
+    assert choose_test_points(losses, ["p100"])[0]["index"] == 1
 
 
 def test_selection_rules():
@@ -88,6 +91,12 @@ def test_grid_cells_labels_and_overrides():
         (lambda b: b["select"].update(by="lissa"), "select.by: 'lissa' is not one of"),
         (lambda b: b.update(decays=[0.0, 0.0]), "decays: duplicate"),
         (lambda b: b["overrides"].update({"vgg13": {}}), "overrides.vgg13: not one of"),
+        (lambda b: b["datasets"]["iris"].update(subset_fracton=0.1), "datasets.iris: subset_fracton is not an option"),
+        (lambda b: b["datasets"]["iris"].update(normalize=True), "datasets.iris: normalize is not an option of the 'iris'"),
+        (lambda b: b["datasets"].update(mnist={"test_fraction": 0.2}), "datasets.mnist: test_fraction is not an option"),
+        (lambda b: b["datasets"].update(mine={"loader": "nope"}), "datasets.mine.loader: unknown dataset loader 'nope'"),
+        (lambda b: b.update(figures={"estimator": "lisa"}), "figures.estimator: 'lisa' is not one of"),
+        (lambda b: b.update(figures={"scatter_architecture": "mlp-d9-w5"}), "figures.scatter_architecture: 'mlp-d9-w5'"),
     ],
 )
 def test_check_config_names_the_key(patch, message):

@@ -18,8 +18,19 @@ def config():
     return yaml.safe_load((REPO / "config.yaml").read_text())
 
 
-def test_shipped_config_is_valid():
-    validate(config(), SCHEMA)
+@pytest.mark.parametrize("overlay", [None] + sorted(p.name for p in (REPO / "configs").glob("*.yaml")))
+def test_shipped_configs_are_valid(overlay):
+    """config.yaml, and each configs/*.yaml merged over it as `--configfile` does, pass the schema
+    and the checks made when the DAG is built (architectures, dataset options, select.by, ...)."""
+    from snakemake.utils import update_config
+
+    from fragility import grid
+
+    merged = config()
+    if overlay:
+        update_config(merged, yaml.safe_load((REPO / "configs" / overlay).read_text()))
+    validate(merged, SCHEMA)
+    grid.check_config(merged)
 
 
 @pytest.mark.parametrize(
@@ -37,3 +48,10 @@ def test_bad_tuning_value_is_refused_naming_the_key(where, key, value):
         validate(bad, SCHEMA)
     block[key] = 4  # a good value passes
     validate(bad, SCHEMA)
+
+
+def test_a_bad_test_point_spec_in_an_override_is_refused():
+    bad = copy.deepcopy(config())
+    bad["studies"]["iris"]["overrides"] = {"mlp-d1-w5": {"test_points": ["maximum"]}}
+    with pytest.raises(WorkflowError, match="maximum"):
+        validate(bad, SCHEMA)

@@ -6,6 +6,8 @@ Every loader returns a `Split`. Image loaders live in `image_data.py` and regist
 
 from __future__ import annotations
 
+import inspect
+
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -60,8 +62,9 @@ def register_loader(name: str):
     return wrap
 
 
-def load_split(dataset_id: str, cfg: dict, data_dir: str = "data") -> Split:
-    """Build the split described by a study's `dataset` config block."""
+def dataset_loader(dataset_id: str, cfg: dict) -> Callable[..., Split]:
+    """The loader of a study's `datasets.<id>` block (its `loader` key, else the id), after
+    checking that the block holds only options that loader takes; ValueError naming the key."""
     name = cfg.get("loader", dataset_id)
     if name not in LOADERS:
         try:
@@ -70,8 +73,18 @@ def load_split(dataset_id: str, cfg: dict, data_dir: str = "data") -> Split:
             pass
     if name not in LOADERS:
         raise ValueError(f"datasets.{dataset_id}.loader: unknown dataset loader '{name}'; known: {sorted(LOADERS)}")
-    options = {k: v for k, v in cfg.items() if k != "loader"}
-    return LOADERS[name](data_dir=data_dir, **options)
+    accepted = sorted(set(inspect.signature(LOADERS[name]).parameters) - {"data_dir"})
+    unknown = sorted(set(cfg) - set(accepted) - {"loader"})
+    if unknown:
+        raise ValueError(f"datasets.{dataset_id}: {', '.join(unknown)} is not an option of the '{name}' loader, "
+                         f"which takes {', '.join(accepted)}")
+    return LOADERS[name]
+
+
+def load_split(dataset_id: str, cfg: dict, data_dir: str = "data") -> Split:
+    """Build the split described by a study's `datasets.<id>` config block."""
+    loader = dataset_loader(dataset_id, cfg)
+    return loader(data_dir=data_dir, **{k: v for k, v in cfg.items() if k != "loader"})
 
 
 def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

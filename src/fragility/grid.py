@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 
+from .data import dataset_loader
 from .models import known_architecture
 
 CELL_PATTERN = "{study}/{dataset}/{arch}/wd{decay}/seed{seed}"
@@ -78,6 +79,11 @@ def enabled_studies(config: dict) -> list[str]:
 def check_config(config: dict) -> None:
     """Checks a JSON schema cannot express; raises ValueError naming the offending key."""
     for study, block in config["studies"].items():
+        for dataset_id, dataset_cfg in block["datasets"].items():
+            try:
+                dataset_loader(dataset_id, dataset_cfg)
+            except ValueError as err:
+                raise ValueError(f"studies.{study}.{err}") from None
         for arch in block["architectures"]:
             if not known_architecture(arch):
                 raise ValueError(f"studies.{study}.architectures: unknown architecture '{arch}'")
@@ -89,6 +95,13 @@ def check_config(config: dict) -> None:
             by = merged["select"]["by"]
             if by not in merged["influence"]["methods"]:
                 raise ValueError(f"studies.{study}.select.by: '{by}' is not one of influence.methods {sorted(merged['influence']['methods'])}")
+        figures = block.get("figures", {})
+        if figures.get("scatter_architecture", block["architectures"][0]) not in block["architectures"]:
+            raise ValueError(f"studies.{study}.figures.scatter_architecture: '{figures['scatter_architecture']}' is not "
+                             "one of the study's architectures")
+        if "estimator" in figures and figures["estimator"] not in block["influence"]["methods"]:
+            raise ValueError(f"studies.{study}.figures.estimator: '{figures['estimator']}' is not one of influence.methods "
+                             f"{sorted(block['influence']['methods'])}")
         labels = [decay_label(d) for d in block["decays"]]
         if len(set(labels)) != len(labels):
             raise ValueError(f"studies.{study}.decays: duplicate values {block['decays']}")

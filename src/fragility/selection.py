@@ -32,6 +32,8 @@ def choose_test_points(losses, specs: list[str]) -> list[dict]:
         elif spec == "median":
             chosen.append(("median", _percentile_index(losses, 50)))
         elif m := re.fullmatch(r"p(\d+(?:\.\d+)?)", spec):
+            if float(m.group(1)) > 100:
+                raise ValueError(f"test_points: '{spec}' is not a percentile (use p0 to p100)")
             chosen.append((spec, _percentile_index(losses, float(m.group(1)))))
         elif m := re.fullmatch(r"top(\d+)", spec):
             order = np.argsort(-losses, kind="stable")
