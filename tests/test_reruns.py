@@ -191,6 +191,22 @@ def test_config_change_to_one_architecture_reruns_only_its_cell(finished, tmp_pa
     assert frame.loc[f"{CELL_B}/model.pt", "status"] == "params changed"
 
 
+def test_run_only_settings_and_another_estimators_options_rerun_only_that_estimator(finished, tmp_path):
+    """Logging and checkpoint intervals and how a LOO job's copies share the processor change no
+    number: changing them re-runs nothing. A LiSSA option re-runs LiSSA and what reads it, not
+    training, the exact estimator, the selection or the re-trainings."""
+    work = copy_workflow(tmp_path / "wf", finished["work"], with_state=True)
+    (work / "configs" / "run_only.yaml").write_text(
+        "studies: {iris: {train: {check_every: 50, checkpoint_every: 100},\n"
+        "                 loo: {checkpoint_every: 20, copies_per_pass: 3, repeats: {count: 0, order_seed_offset: 2}}}}\n")
+    assert pending(work, configs=["configs/run_only.yaml"]) == set()
+    (work / "configs" / "lissa.yaml").write_text(
+        "studies: {iris: {influence: {methods: {lissa: {depth: 150}}}}}\n")
+    plan = pending(work, configs=["configs/lissa.yaml"])
+    assert {f"{CELL_A}/influence/lissa.parquet", f"{CELL_B}/influence/lissa.parquet"} <= plan
+    assert not any(word in p for p in plan for word in ("model.pt", "exact", "selected", "/loo/")), sorted(plan)
+
+
 def test_one_architectures_retrainings_can_be_forced(finished, tmp_path):
     work = copy_workflow(tmp_path / "wf", finished["work"], with_state=True)
     out = snakemake(work, f"{CELL_B}/correlations.parquet", "-n", "--cores", "1",

@@ -68,6 +68,25 @@ def decay_value(config: dict, study: str, label: str) -> float:
     raise KeyError(f"studies.{study}.decays has no value written '{label}'")
 
 
+# Settings that change how a job runs, not what it computes: how often it logs and checkpoints,
+# how a LOO job's copies share the processor, and the noise repeats (their own rule). Rule params
+# leave them out, since Snakemake re-runs every job whose params changed; the job itself reads
+# them from the config (`with_run_settings`).
+RUN_ONLY_KEYS = {"train": ("check_every", "checkpoint_every"),
+                 "loo": ("check_every", "checkpoint_every", "copies_per_pass", "repeats")}
+
+
+def result_settings(config: dict, study: str, arch: str, block: str) -> dict:
+    """The `block` settings of a cell (study, arch) without their run-only keys: a rule's params."""
+    return {k: v for k, v in arch_config(config, study, arch)[block].items() if k not in RUN_ONLY_KEYS[block]}
+
+
+def with_run_settings(settings: dict, config: dict, study: str, arch: str, block: str) -> dict:
+    """A rule's `settings` for `block` plus that block's run-only keys from the config: what the job uses."""
+    merged = arch_config(config, study, arch)[block]
+    return {**settings, **{k: merged[k] for k in RUN_ONLY_KEYS[block] if k in merged}}
+
+
 def estimators(config: dict, study: str, arch: str) -> dict:
     return arch_config(config, study, arch)["influence"]["methods"]
 

@@ -46,6 +46,15 @@ def arch_cfg(wildcards):
     return grid.arch_config(config, wildcards.study, wildcards.arch)
 
 
+def settings_of(block):
+    """Params for a config block: its settings less the run-only keys (grid.RUN_ONLY_KEYS)."""
+    return lambda w: grid.result_settings(config, w.study, w.arch, block)
+
+
+def damping_of(wildcards):
+    return pipeline.damping_for(arch_cfg(wildcards)["influence"], decay_of(wildcards))
+
+
 def decay_of(wildcards):
     return grid.decay_value(config, wildcards.study, wildcards.decay)
 
@@ -121,7 +130,7 @@ def cluster_group(stage, rule_key):
     """Group name of a CPU-only job when the cell's config sets `resources.group: true`.
 
     Stage "fit" joins train → test_points → influence → drift control of a cell into one cluster
-    job; stage "loo" joins a cell's LOO chunks. `--group-components fit=N` (profiles/slurm) packs N
+    job; stage "loo" joins a cell's LOO chunks and noise repeat. `--group-components fit=N` (profiles/slurm) packs N
     cells into one submission. GPU jobs are never grouped: parallel members would add up GPUs.
     """
 

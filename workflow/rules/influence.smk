@@ -19,8 +19,9 @@ rule influence:
         **cluster_resources("influence"),
     params:
         method=lambda w: grid.estimators(config, w.study, w.arch)[w.estimator],
-        influence=lambda w: arch_cfg(w)["influence"],
-        decay=decay_of,
+        damping=damping_of,
+        chunk_size=lambda w: arch_cfg(w)["influence"].get("chunk_size", 1024),
+        scoring_chunk_size=lambda w: arch_cfg(w)["influence"].get("scoring_chunk_size"),
         device=device(),
     script:
         "../scripts/influence.py"

@@ -19,8 +19,8 @@ rule loo_chunk:
     resources:
         **cluster_resources("loo"),
     params:
-        loo=lambda w: arch_cfg(w)["loo"],
-        train=lambda w: arch_cfg(w)["train"],
+        loo=settings_of("loo"),
+        train=settings_of("train"),
         order_seed=lambda w: int(w.seed) + 7919,
         device=device(),
         checkpoint=lambda w: os.path.join(
@@ -50,8 +50,8 @@ rule loo_drift:
     resources:
         **cluster_resources("loo"),
     params:
-        loo=lambda w: arch_cfg(w)["loo"],
-        train=lambda w: arch_cfg(w)["train"],
+        loo=settings_of("loo"),
+        train=settings_of("train"),
         order_seed=lambda w: int(w.seed) + 7919,
         device=device(),
         checkpoint=lambda w: os.path.join(CELL.format(**w), "loo/drift.checkpoint.pt"),

@@ -14,17 +14,17 @@ rule loo_repeat:
         os.path.join(LOGS, "loo_repeat.log"),
     benchmark:
         os.path.join(BENCH, "loo_repeat.tsv")
+    group:
+        cluster_group("loo", "loo")
     conda:
         CONDA_ENV
-    threads: 1
+    threads: cluster_threads("loo")
     resources:
-        mem_mb=res("loo", "mem_mb", 2000),
-        runtime=res("loo", "runtime", 60),
-        gpu=res("loo", "gpu", 0),
+        **cluster_resources("loo"),
     params:
         repeats=lambda w: repeat_settings(w)["count"],
-        loo=lambda w: arch_cfg(w)["loo"],
-        train=lambda w: arch_cfg(w)["train"],
+        loo=settings_of("loo"),
+        train=settings_of("train"),
         order_seed=lambda w: rules.loo_drift.params.order_seed(w)
         + repeat_settings(w)["order_seed_offset"],
         device=device(),

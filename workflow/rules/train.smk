@@ -16,7 +16,7 @@ rule train:
     resources:
         **cluster_resources("train"),
     params:
-        train=lambda w: arch_cfg(w)["train"],
+        train=settings_of("train"),
         dtype=lambda w: arch_cfg(w).get("dtype", "float32"),
         decay=decay_of,
         device=device(),

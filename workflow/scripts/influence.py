@@ -4,15 +4,14 @@ import sys
 # the library in src/ (importable in any environment: venv, --sdm conda, cluster nodes)
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "src"))
 
-from fragility.pipeline import compute_influence, damping_for
+from fragility.pipeline import compute_influence
 from fragility.runtime import peak_gpu_memory_mb, resolve_device, start_job
 
 log = start_job(snakemake.log[0], snakemake.threads)
 p = snakemake.params
 compute_influence(snakemake.input.model, snakemake.input.data, snakemake.input.test_points, snakemake.wildcards.estimator,
-                  p.method, damping_for(p.influence, p.decay), snakemake.output.table, snakemake.output.diagnostics,
-                  device_name=p.device, chunk_size=p.influence.get("chunk_size", 1024),
-                  scoring_chunk_size=p.influence.get("scoring_chunk_size"), log=log)
+                  p.method, p.damping, snakemake.output.table, snakemake.output.diagnostics, device_name=p.device,
+                  chunk_size=p.chunk_size, scoring_chunk_size=p.scoring_chunk_size, log=log)
 peak = peak_gpu_memory_mb(resolve_device(snakemake.params.device))
 if peak is not None:
     log(f"peak_gpu_memory_mb={peak:.1f}")  # read by the benchmarks table

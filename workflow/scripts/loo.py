@@ -6,13 +6,15 @@ import sys
 # the library in src/ (importable in any environment: venv, --sdm conda, cluster nodes)
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "src"))
 
-from fragility.grid import read_selected
+from fragility.grid import read_selected, with_run_settings
 from fragility.pipeline import run_loo
 from fragility.runtime import peak_gpu_memory_mb, resolve_device, start_job
 from fragility.selection import chunk
 
 log = start_job(snakemake.log[0], snakemake.threads)
-p = snakemake.params
+p, w = snakemake.params, snakemake.wildcards
+loo_cfg = with_run_settings(p.loo, snakemake.config, w.study, w.arch, "loo")  # + checkpoints, copies per pass
+train_cfg = with_run_settings(p.train, snakemake.config, w.study, w.arch, "train")
 if "chunk" in snakemake.wildcards.keys():
     chunks = chunk(read_selected(snakemake.input.selected), int(p.loo["chunk_size"]))
     removed = chunks[int(snakemake.wildcards.chunk)]
@@ -20,7 +22,7 @@ if "chunk" in snakemake.wildcards.keys():
 else:
     removed = [-1]  # drift control: same steps and minibatch order, nothing removed
     table_out, theta_out, drift_theta = snakemake.output.table, snakemake.output.theta, None
-seconds = run_loo(snakemake.input.model, snakemake.input.data, snakemake.input.test_points, removed, p.loo, p.train,
+seconds = run_loo(snakemake.input.model, snakemake.input.data, snakemake.input.test_points, removed, loo_cfg, train_cfg,
                   table_out, device_name=p.device, order_seed=p.order_seed, checkpoint_path=p.checkpoint,
                   drift_theta_path=drift_theta, theta_out=theta_out, log=log)
 log(f"re-trained {len(removed)} copies in {seconds:.1f}s")

@@ -6,13 +6,16 @@ import sys
 # the library in src/ (importable in any environment: venv, --sdm conda, cluster nodes)
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "src"))
 
+from fragility.grid import with_run_settings
 from fragility.noise import repeat_loo
 from fragility.runtime import peak_gpu_memory_mb, resolve_device, start_job
 
 log = start_job(snakemake.log[0], snakemake.threads)
-p = snakemake.params
+p, w = snakemake.params, snakemake.wildcards
+loo_cfg = with_run_settings(p.loo, snakemake.config, w.study, w.arch, "loo")  # + checkpoints, copies per pass
+train_cfg = with_run_settings(p.train, snakemake.config, w.study, w.arch, "train")
 seconds, indices = repeat_loo(snakemake.input.model, snakemake.input.data, snakemake.input.test_points,
-                              snakemake.input.selected, p.repeats, p.loo, p.train, snakemake.output[0], device_name=p.device,
+                              snakemake.input.selected, p.repeats, loo_cfg, train_cfg, snakemake.output[0], device_name=p.device,
                               order_seed=p.order_seed, checkpoint_prefix=p.checkpoint, log=log)
 log(f"repeated {len(indices)} re-trainings and the drift control with order seed {p.order_seed} in {seconds:.1f}s")
 peak = peak_gpu_memory_mb(resolve_device(p.device))
