@@ -148,11 +148,21 @@ def test_cifar_normalisation_is_per_channel(tmp_path, monkeypatch):
 
 
 def test_download_files_match_torchvision_layout(tmp_path, monkeypatch):
+    """The files the download rule checks are the ones torchvision's own classes name."""
+    import torchvision
+
     fake_mnist(tmp_path)
     fake_cifar(tmp_path, monkeypatch)
     for name in ("mnist", "cifar10"):
         files = image_data.download_files(name, str(tmp_path))
         assert files and all(Path(f).exists() for f in files)
+    mnist = image_data.download_files("mnist", str(tmp_path))
+    assert {Path(f).name for f in mnist} == {name.removesuffix(".gz") for name, _ in torchvision.datasets.MNIST.resources}
+    assert {str(Path(f).parent) for f in mnist} == {str(tmp_path / "MNIST" / "raw")}
+    cifar = {Path(f).relative_to(tmp_path) for f in image_data.download_files("cifar10", str(tmp_path))}
+    expected = {Path(torchvision.datasets.CIFAR10.base_folder) / name for name, _ in
+                torchvision.datasets.CIFAR10.train_list + torchvision.datasets.CIFAR10.test_list}
+    assert expected <= cifar  # plus batches.meta
 
 
 # --------------------------------------------------------------------------- offline MNIST
