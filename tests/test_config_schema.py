@@ -36,7 +36,8 @@ def test_shipped_configs_are_valid(overlay):
 @pytest.mark.parametrize(
     "where, key, value",
     [(("loo",), "copies_per_pass", 0), (("influence",), "scoring_chunk_size", 0),
-     (("influence", "methods", "lissa"), "dense_max_parameters", -1), (("loo",), "copies_per_pass", "few")],
+     (("influence", "methods", "lissa"), "dense_max_parameters", -1), (("loo",), "copies_per_pass", "few"),
+     (("loo",), "loss_mean_over", "some")],
 )
 def test_bad_tuning_value_is_refused_naming_the_key(where, key, value):
     bad = copy.deepcopy(config())
@@ -46,7 +47,7 @@ def test_bad_tuning_value_is_refused_naming_the_key(where, key, value):
     block[key] = value
     with pytest.raises(WorkflowError, match=key):
         validate(bad, SCHEMA)
-    block[key] = 4  # a good value passes
+    block[key] = "all" if key == "loss_mean_over" else 4  # a good value passes
     validate(bad, SCHEMA)
 
 

@@ -83,3 +83,31 @@ def test_removing_a_helpful_point_raises_the_test_loss(convex_case, iris64):
     same_label = torch.nonzero(y == yt[idx]).flatten()
     nearest = int(same_label[(x[same_label] - xt[idx]).norm(dim=1).argmin()])
     assert table.set_index("train_index").loc[nearest, "predicted_loss_change"] > 0
+
+
+def test_loss_mean_over_all_rows_is_the_objective_influence_linearises(convex_case, iris64):
+    """Re-trained with the batch loss averaged over all n rows, θ₋z − θ* is the influence vector
+    (1/n) H⁻¹ ∇ℓ(z) (to second order); averaged over the n − 1 kept rows (the default), it is that
+    vector plus H⁻¹λθ*/n, the same for every z: the decay weighs n/(n−1) more."""
+    net, objective, theta, settings, *_ = convex_case
+    x, y, _, _ = iris64
+    n, removed = len(y), [3, 40, 77, 101]
+    weights = torch.ones(len(removed), n, dtype=torch.float64)
+    weights[torch.arange(len(removed)), torch.tensor(removed)] = 0.0
+    hessian = objective.hessian(theta)
+    grads = torch.stack([torch.autograd.functional.jacobian(
+        lambda t: net.per_sample_losses(t, x[i : i + 1], y[i : i + 1]).sum(), theta) for i in removed])
+    influence = torch.linalg.solve(hessian, grads.T).T / n
+    shift = torch.linalg.solve(hessian, DECAY * theta) / n
+    changes = {}
+    for mean_over in ("all", "kept"):
+        steps = TrainSettings(steps=3 * settings.steps, lr=settings.lr, check_every=10**6, loss_mean_over=mean_over)
+        changes[mean_over] = train_copies(net, x, y, DECAY, theta.repeat(len(removed), 1), weights, steps).thetas - theta
+    def relative_error(change, expected):
+        return (change - expected).norm(dim=1) / expected.norm(dim=1)
+
+    assert relative_error(changes["all"], influence).max() < 0.1  # measured 0.015-0.062
+    assert relative_error(changes["kept"], influence + shift).max() < 0.1  # measured 0.011-0.071
+    assert relative_error(changes["kept"], influence).max() > 0.5  # measured 0.11-1.44: the shift matters
+    difference = changes["kept"] - changes["all"]  # the same vector for every z
+    assert ((difference - shift).norm(dim=1) / shift.norm()).max() < 0.05  # measured 0.005-0.024

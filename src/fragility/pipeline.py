@@ -177,7 +177,7 @@ def run_loo(model_path, data_path, test_points_path, removed, loo_cfg, train_cfg
         if i >= 0:
             weights[c, i] = 0.0
     # loo's own optimiser settings and checkpoint interval replace train's; the rest comes from train
-    overridable = ("lr", "optimizer", "momentum", "batch_size", "schedule", "checkpoint_every")
+    overridable = ("lr", "optimizer", "momentum", "batch_size", "schedule", "checkpoint_every", "loss_mean_over")
     retrain_cfg = {**train_cfg, **{key: v for key, v in loo_cfg.items() if key in overridable}}
     settings = TrainSettings.from_config(retrain_cfg, steps=int(loo_cfg["steps"]), order_seed=order_seed)
     log(f"re-training {k} copies of {record['arch']} for {settings.steps} steps (removed: {removed})")

@@ -2,10 +2,15 @@
 
 Each copy c minimises its own objective on the same minibatch sequence,
 
-    R_c(θ_c) = mean_{i ∈ batch, w_ci = 1} ℓ(z_i, θ_c) + (λ/2) ‖θ_c‖²,
+    R_c(θ_c) = (1/m) Σ_{i ∈ batch} w_ci ℓ(z_i, θ_c) + (λ/2) ‖θ_c‖²,
 
 where the weights w_c ∈ {0,1}^n mark which training points copy c may see (all ones for θ* and
-for the no-removal drift control; zero at index j for the copy that leaves j out). The copies
+for the no-removal drift control; zero at index j for the copy that leaves j out), and m is the
+number of rows the copy sees (`loss_mean_over: kept`, the default: the mean loss of the training
+set minus z) or of all rows of the batch (`all`: full-batch, (1/n) Σ_{i≠j} ℓ_i + (λ/2)‖θ‖², the
+objective whose change influence functions linearise). With decay the two re-trained optima
+differ by a vector common to every copy, H⁻¹λθ*/n to first order (the decay term weighs n/(n−1)
+more under `kept`): loss-change correlations do not see it, ‖θ₋z − θ*‖ does. The copies
 are stacked into one leaf tensor Θ ∈ R^{k×p}, their objectives are evaluated under
 `torch.func.vmap` and summed; because the optimisers used here (gradient descent, SGD with
 momentum, Adam) act element-wise and decay is part of the loss, one optimiser step on Θ is
@@ -54,11 +59,17 @@ class TrainSettings:
     order_seed: int = 0  # seeds the minibatch order (shared by all copies)
     check_every: int = 100
     checkpoint_every: int = 0  # 0: never
+    loss_mean_over: str = "kept"  # kept | all: the rows a copy's batch loss is averaged over (module docstring)
     extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.loss_mean_over not in ("kept", "all"):
+            raise ValueError(f"loss_mean_over must be 'kept' or 'all', got '{self.loss_mean_over}'")
 
     @classmethod
     def from_config(cls, cfg: dict, steps: int | None = None, order_seed: int = 0) -> "TrainSettings":
-        known = {k: cfg[k] for k in ("lr", "optimizer", "momentum", "batch_size", "schedule", "check_every", "checkpoint_every") if k in cfg}
+        known = {k: cfg[k] for k in ("lr", "optimizer", "momentum", "batch_size", "schedule", "check_every", "checkpoint_every",
+                                     "loss_mean_over") if k in cfg}
         return cls(steps=int(steps if steps is not None else cfg["steps"]), order_seed=order_seed, **known)
 
 
@@ -214,7 +225,8 @@ def train_copies(
         row_weights.value = w
         logits = functional_call(model, (net.unflatten(theta), bufs), (xb,))
         losses = torch.nn.functional.cross_entropy(logits, yb, reduction="none")
-        return (losses * w).sum() / w.sum().clamp_min(1.0) + 0.5 * decay * theta.pow(2).sum()
+        count = w.sum().clamp_min(1.0) if settings.loss_mean_over == "kept" else w.shape[-1]
+        return (losses * w).sum() / count + 0.5 * decay * theta.pow(2).sum()
 
     if k == 1:  # a single copy: the same objective without vmap's per-operation overhead (~1.6x faster)
 
