@@ -133,6 +133,22 @@ def test_a_test_point_without_selection_is_flagged_by_name(tiny_cell, tmp_path):
     corr = pd.read_parquet(out[1])
     assert len(corr) > 0 and (corr.flag == "selection_failed:diverged").all()
     assert corr.pearson.isna().all() and corr.spearman.isna().all()
+    assert {"loss_change", "param_change_norm"} <= set(corr.target)  # flagged, not dropped
+
+
+def test_a_model_that_did_not_train_is_reported_by_its_flag_only(tiny_cell, tmp_path):
+    root, paths, _, _ = tiny_cell
+    metrics = read_json(paths["metrics.json"])
+    collapsed = str(tmp_path / "metrics.json")
+    write_json({**metrics, "flags": ["constant_outputs"]}, collapsed)
+    out = (str(tmp_path / "rows.parquet"), str(tmp_path / "corr.parquet"))
+    pipeline.correlate_cell({"arch": "mlp-d1-w3", "seed": 0}, {"exact": paths["exact.parquet"]}, paths["tp.json"],
+                            paths["selected.json"], [paths["chunk.parquet"]], paths["drift.parquet"], collapsed, *out,
+                            options={"resamples": 50, "permutations": 50})
+    corr = pd.read_parquet(out[1])
+    assert len(corr) > 0 and corr.flag.str.startswith("model_not_trained:constant_outputs").all()
+    numbers = [f"{m}{s}" for m in ("pearson", "spearman") for s in ("", "_lo", "_hi", "_p")]
+    assert corr[numbers].isna().all().all()
 
 
 def test_repeat_with_another_minibatch_order_measures_noise(tiny_cell):

@@ -99,3 +99,13 @@ def test_table1_page_shows_intervals_next_to_the_paper(tmp_path):
     page = (tmp_path / "t.html").read_text()
     assert page.count("0.80 [0.70, 0.90]") == 2 and "inside our interval in 1 of 1 cells" in page
     assert '<td class="flag">constant_actual</td>' in page
+
+
+def test_noise_table_names_the_flags_of_the_cell_not_of_one_estimator():
+    rows = correlation_rows().assign(test_index=7)
+    rows.loc[0, "flag"] = "model_not_trained:constant_outputs;estimator_failed"
+    rows.loc[1, "flag"] = "selection_failed:diverged"
+    table = report_tables.noise_table(rows).set_index("seed")
+    assert table.loc[0, "flag"] == "model_not_trained:constant_outputs"
+    assert table.loc[1, "flag"] == "selection_failed:diverged"
+    assert table.loc[2, "flag"] == "constant_actual"

@@ -137,6 +137,13 @@ def correlate(predicted, actual, rtol: float = 1e-12, resamples: int = 0, permut
     return out
 
 
+def without_values(stats: dict) -> dict:
+    """`correlate`'s result with every correlation, interval and p-value set to NaN: for a flagged
+    cell, whose flag is then the only thing reported."""
+    blank = [f"{m}{suffix}" for m in METHODS for suffix in ("", "_lo", "_hi", "_p")] + ["bootstrap_degenerate_fraction"]
+    return {**stats, **{key: math.nan for key in blank}}
+
+
 def format_value(value: float, flag: str, digits: int = 2) -> str:
     """A table cell: the number, or the flag's name when there is one."""
     if flag:

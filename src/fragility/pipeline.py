@@ -17,7 +17,7 @@ from .data import Split, load_split
 from .ihvp import make_solver
 from .influence import influence_table
 from .io import load_torch, read_json, save_torch, write_json, write_parquet, write_csv
-from .metrics import correlate
+from .metrics import correlate, without_values
 from .models import init_model
 from .objective import FlatModel, Objective
 from .runtime import resolve_device, resolve_dtype
@@ -259,7 +259,8 @@ def correlate_cell(cell: dict, influence_paths: dict, test_points_path, selectio
             labels = sorted(set(frame.selection))
             subsets = [("all", frame)] + ([(lab, frame[frame.selection == lab]) for lab in labels] if len(labels) > 1 else [])
             for target, (pred_col, true_col) in TARGETS.items():
-                if target.startswith("param_change_norm") and frame[pred_col].isna().all() and est["status"].eq("ok").all():
+                if (target.startswith("param_change_norm") and len(est) and frame[pred_col].isna().all()
+                        and est["status"].eq("ok").all()):
                     continue  # this estimator does not predict parameter changes
                 drift_col = noise.NOISE_SOURCES[target][1]
                 drift_noise = abs(control[drift_col]) if drift_col else None
@@ -271,6 +272,8 @@ def correlate_cell(cell: dict, influence_paths: dict, test_points_path, selectio
                     if tp["name"] in not_selected:  # nothing was re-trained for this test point
                         stats_["flag"] = f"selection_failed:{not_selected[tp['name']]}"
                     flag = ";".join(filter(None, model_flags + [stats_["flag"]]))
+                    if model_flags:  # a model that did not train gets its flag, never a number
+                        stats_ = without_values(stats_)
                     effect = float(part[true_col].std()) if len(part) > 1 else math.nan
                     summary.append({**cell, "test_point": tp["name"], "test_index": tp["index"], "test_loss": tp["loss"],
                                     "estimator": method, "target": target, "subset": subset, **stats_, "flag": flag,

@@ -117,6 +117,10 @@ def noise_table(correlations: pd.DataFrame) -> pd.DataFrame:
     part = correlations[correlations.subset == "all"].drop_duplicates(CELL_KEYS + ["test_point", "target"])
     out = part[CELL_KEYS + ["test_point", "test_index", "target", "n"] + NOISE_COLUMNS + ["drift_loss_change"]].copy()
     out["ground_truth"] = [ground_truth_note(r) for r in out.to_dict("records")]
+    # the flags of the cell and its ground truth (model_not_trained, selection_failed, constant_actual,
+    # ...); those of one estimator's predictions do not apply to the ground truth
+    estimator_only = ("estimator_failed", "constant_predicted")
+    out["flag"] = [";".join(f for f in str(flag or "").split(";") if f and f not in estimator_only) for flag in part.flag]
     return out.reset_index(drop=True)
 
 

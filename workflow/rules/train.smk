@@ -36,12 +36,12 @@ rule test_points:
     log:
         os.path.join(LOGS, "test_points.log"),
     group:
-        cluster_group("fit", "train")
+        cluster_group("fit", "influence")
     conda:
         CONDA_ENV
+    threads: cluster_threads("influence")
     resources:
-        mem_mb=lambda w, attempt: 2000 * attempt,
-        runtime=lambda w, attempt: 10 * attempt,
+        **cluster_resources("influence"),  # it runs the model over the whole test set, like influence
     params:
         specs=lambda w: arch_cfg(w)["test_points"],
         device=device(),
