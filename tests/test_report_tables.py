@@ -109,3 +109,21 @@ def test_noise_table_names_the_flags_of_the_cell_not_of_one_estimator():
     assert table.loc[0, "flag"] == "model_not_trained:constant_outputs"
     assert table.loc[1, "flag"] == "selection_failed:diverged"
     assert table.loc[2, "flag"] == "constant_actual"
+
+
+def test_decay_sweep_draws_one_series_per_dataset(tmp_path, monkeypatch):
+    """With two datasets (Table 1), a line's mean and band are over seeds, never over datasets."""
+    from fragility import plots
+
+    rows = []
+    for dataset, value in (("mnist", 0.9), ("cifar10", 0.1)):
+        for decay in (0.0, 0.001):
+            rows.append({"study": "table1", "dataset": dataset, "arch": "lenet", "decay": decay, "seed": 0,
+                         "test_point": "max", "estimator": "exact", "target": "loss_change", "subset": "all",
+                         "flag": "", "pearson": value, "spearman": value, "pearson_lo": value, "pearson_hi": value,
+                         "spearman_lo": value, "spearman_hi": value})
+    drawn = {}
+    monkeypatch.setattr(plots, "_sweep_with_bands", lambda ax, frame, x, value, group, label_of: drawn.update(
+        {label_of(key): sorted(part[value]) for key, part in frame.groupby(group)}))
+    plots.correlation_sweeps(pd.DataFrame(rows), tmp_path, "exact")
+    assert drawn == {"mnist, lenet, max": [0.9, 0.9], "cifar10, lenet, max": [0.1, 0.1]}

@@ -215,13 +215,19 @@ def correlation_sweeps(corr: pd.DataFrame, outdir, estimator: str, options: dict
         return
     width = int(options.get("depth_sweep_width", base.width.mode().iloc[0] if base.width.notna().any() else 0))
     depth = int(options.get("width_sweep_depth", base.depth.mode().iloc[0] if base.depth.notna().any() else 0))
-    label = lambda key: f"{decay_name(key[0])}, {key[1]}"  # noqa: E731
-    sweeps = [("correlation_vs_depth", "depth", base[base.width == width], ["decay", "test_point"], label,
+    # one series per dataset too when the study has several (Table 1: MNIST and CIFAR-10), so a
+    # line's mean and band are over seeds only, never over datasets
+    datasets = ["dataset"] if base["dataset"].nunique() > 1 else []
+    sweeps = [("correlation_vs_depth", "depth", base[base.width == width], datasets + ["decay", "test_point"],
                f"hidden layers (width {width})"),
-              ("correlation_vs_width", "width", base[base.depth == depth], ["decay", "test_point"], label,
+              ("correlation_vs_width", "width", base[base.depth == depth], datasets + ["decay", "test_point"],
                f"width ({depth} hidden layer{'s' if depth != 1 else ''})"),
-              ("correlation_vs_decay", "decay", base, ["arch", "test_point"], lambda key: f"{key[0]}, {key[1]}", "weight decay λ")]
-    for name, x, frame, group, label_of, xlabel in sweeps:
+              ("correlation_vs_decay", "decay", base, datasets + ["arch", "test_point"], "weight decay λ")]
+    for name, x, frame, group, xlabel in sweeps:
+
+        def label_of(key, group=group):
+            return ", ".join(decay_name(v) if column == "decay" else str(v) for column, v in zip(group, key))
+
         if frame[x].nunique() < 2:
             _note_figure(outdir, name, f"fewer than two values of {x} in this study: no sweep to draw")
             continue
