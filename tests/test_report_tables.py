@@ -127,3 +127,16 @@ def test_decay_sweep_draws_one_series_per_dataset(tmp_path, monkeypatch):
         {label_of(key): sorted(part[value]) for key, part in frame.groupby(group)}))
     plots.correlation_sweeps(pd.DataFrame(rows), tmp_path, "exact")
     assert drawn == {"mnist, lenet, max": [0.9, 0.9], "cifar10, lenet, max": [0.1, 0.1]}
+
+
+def test_small_mnist_means_name_the_flagged_rows_they_leave_out():
+    from fragility.plots_images import _mean_std
+
+    frame = pd.DataFrame({"decay": [0.001] * 5 + [0.0] * 2, "pearson": [0.9, 0.7, np.nan, np.nan, np.nan, np.nan, np.nan],
+                          "flag": ["", "", "constant_actual", "selection_failed:diverged", "constant_actual",
+                                   "constant_actual", "constant_actual"]})
+    stats = _mean_std(frame, ["decay"], "pearson").set_index("decay")
+    assert stats.loc[0.001, "mean"] == pytest.approx(0.8) and stats.loc[0.001, "flag"] == ""
+    assert stats.loc[0.001, "note"] == "3 of 5 left out: constant_actual;selection_failed:diverged"
+    assert math.isnan(stats.loc[0.0, "mean"]) and stats.loc[0.0, "flag"] == "constant_actual"
+    assert stats.loc[0.0, "note"] == ""

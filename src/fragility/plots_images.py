@@ -30,20 +30,29 @@ def _mark_flag(ax, x, flag: str, color="grey") -> None:
     ax.annotate(flag.replace(";", "\n"), (x, 0), fontsize=6, rotation=60, color=color, xytext=(3, 3), textcoords="offset points")
 
 
+def _mark_partial(ax, x, y, note: str, color="grey") -> None:
+    """Name the flagged rows a drawn mean leaves out, next to it."""
+    if note and np.isfinite(y):
+        ax.annotate(note, (x, y), fontsize=6, color=color, xytext=(3, -9), textcoords="offset points")
+
+
 def _text(row) -> str:
     return row.flag if row.flag else f"P {row.pearson:.2f}, S {row.spearman:.2f} (n={row.n})"
 
 
 def _mean_std(frame: pd.DataFrame, keys: list[str], metric: str) -> pd.DataFrame:
     """Mean and standard deviation of `metric` over the unflagged rows of each group; a group whose
-    rows are all flagged keeps its flag (joined) and a NaN mean."""
+    rows are all flagged keeps its flag (joined) and a NaN mean; a group with some flagged rows
+    keeps its mean and names what it left out in `note` ("2 of 5 left out: constant_actual")."""
     out = []
     for key, part in frame.groupby(keys, sort=False):
-        ok = part[part.flag == ""]
+        ok, bad = part[part.flag == ""], part[part.flag != ""]
         key = key if isinstance(key, tuple) else (key,)
+        reasons = ";".join(sorted(set(bad.flag)))
         out.append({**dict(zip(keys, key)), "mean": ok[metric].mean() if len(ok) else math.nan,
                     "std": ok[metric].std() if len(ok) > 1 else 0.0, "count": len(ok),
-                    "flag": "" if len(ok) else ";".join(sorted(set(part.flag)))})
+                    "flag": "" if len(ok) else reasons,
+                    "note": f"{len(bad)} of {len(part)} left out: {reasons}" if len(ok) and len(bad) else ""})
     return pd.DataFrame(out)
 
 
@@ -92,9 +101,10 @@ def mnist_small_figures(correlations_path, rows_path, outdir, decay: float, esti
             xs = np.arange(len(order)) + (k - 0.5) * width
             part = stats[stats.decay == d].set_index("subset").reindex(order)
             bars = ax.bar(xs, part["mean"].fillna(0), width, yerr=part["std"].fillna(0), capsize=3, label=decay_name(d))
-            for x, flag in zip(xs, part["flag"].fillna("not run")):
+            for x, flag, mean, note in zip(xs, part["flag"].fillna("not run"), part["mean"], part["note"].fillna("")):
                 if flag:
                     _mark_flag(ax, x, flag, bars.patches[0].get_facecolor())
+                _mark_partial(ax, x, mean, note, bars.patches[0].get_facecolor())
         ax.set_xticks(np.arange(len(order)), [subset_name(s) for s in order], fontsize=8)
         ax.set_ylabel(f"{METRIC_NAMES[metric]} (mean ± sd over test points)")
         ax.axhline(0, color="grey", lw=0.5)
@@ -112,6 +122,8 @@ def mnist_small_figures(correlations_path, rows_path, outdir, decay: float, esti
             line = ax.errorbar(ok.decay, ok["mean"], yerr=ok["std"], marker="o", capsize=3, label=subset_name(subset))
             for _, r in part[part.flag != ""].iterrows():
                 _mark_flag(ax, r.decay, r.flag, line[0].get_color())
+            for _, r in ok.iterrows():
+                _mark_partial(ax, r.decay, r["mean"], r.note, line[0].get_color())
         if nonzero:
             ax.set_xscale("symlog", linthresh=nonzero[0])
         ax.set_xlabel("weight decay λ")
@@ -128,9 +140,10 @@ def mnist_small_figures(correlations_path, rows_path, outdir, decay: float, esti
             stats = _mean_std(part, ["test_point"], metric).set_index("test_point").reindex(points)
             xs = np.arange(len(points))
             line = ax.errorbar(xs, stats["mean"], yerr=stats["std"].fillna(0), marker="o", capsize=3, label=decay_name(d))
-            for x, flag in zip(xs, stats["flag"].fillna("not run")):
+            for x, flag, mean, note in zip(xs, stats["flag"].fillna("not run"), stats["mean"], stats["note"].fillna("")):
                 if flag:
                     _mark_flag(ax, x, flag, line[0].get_color())
+                _mark_partial(ax, x, mean, note, line[0].get_color())
         ax.set_xticks(np.arange(len(points)), points, fontsize=8)
         ax.set_xlabel("test point (by decreasing test loss)")
         ax.set_ylabel(f"{METRIC_NAMES[metric]}, all re-trained points")
