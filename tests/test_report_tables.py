@@ -140,3 +140,22 @@ def test_small_mnist_means_name_the_flagged_rows_they_leave_out():
     assert stats.loc[0.001, "note"] == "3 of 5 left out: constant_actual;selection_failed:diverged"
     assert math.isnan(stats.loc[0.0, "mean"]) and stats.loc[0.0, "flag"] == "constant_actual"
     assert stats.loc[0.0, "note"] == ""
+
+
+def test_a_test_point_with_nothing_retrained_keeps_its_panel_and_flag(tmp_path, monkeypatch):
+    from fragility import plots
+
+    cell = {"study": "iris", "dataset": "iris", "arch": "mlp-d1-w5", "decay": 0.0, "seed": 0, "estimator": "exact",
+            "target": "loss_change", "subset": "all", "pearson_lo": np.nan, "pearson_hi": np.nan,
+            "spearman_lo": np.nan, "spearman_hi": np.nan}
+    corr = pd.DataFrame([{**cell, "test_point": "max", "flag": "", "pearson": 0.9, "spearman": 0.8},
+                         {**cell, "test_point": "median", "flag": "selection_failed:diverged", "pearson": np.nan,
+                          "spearman": np.nan}])
+    rows = pd.DataFrame({"dataset": "iris", "arch": "mlp-d1-w5", "decay": 0.0, "seed": 0, "test_point": "max",
+                         "estimator": "exact", "predicted_loss_change": [0.1, 0.2, 0.3], "actual_loss_change": [0.1, 0.25, 0.3]})
+    figures = []
+    monkeypatch.setattr(plots, "save", lambda fig, outdir, name: figures.append(fig))
+    plots.predicted_vs_actual(corr, rows, tmp_path, "exact")
+    titles = [ax.get_title() for ax in figures[0].axes]
+    assert any("max" in t for t in titles)
+    assert any("median" in t and "selection_failed:diverged" in t for t in titles)

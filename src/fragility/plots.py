@@ -144,20 +144,26 @@ def predicted_vs_actual(corr: pd.DataFrame, rows: pd.DataFrame, outdir, estimato
     pred_col, true_col = target
     target_name = "loss_change" if true_col == "actual_loss_change" else true_col.replace("actual_", "")
     part = rows[rows.estimator == estimator]
-    if part.empty:
-        return _note_figure(outdir, name, f"estimator '{estimator}' has no rows in this study")
+    stats = corr[(corr.estimator == estimator) & (corr.target == target_name) & (corr.subset == "all")]
     keys = ["dataset", "arch", "decay", "test_point"]
-    panels = list(part.groupby(keys, sort=False))
+    # a panel for every cell and test point with a correlation row, also those with nothing
+    # re-trained (selection_failed), which have no rows to draw but a flag to name
+    panel_keys = list(dict.fromkeys([tuple(k) for k in part[keys].itertuples(index=False)]
+                                    + [tuple(k) for k in stats[keys].itertuples(index=False)]))
+    if not panel_keys:
+        return _note_figure(outdir, name, f"estimator '{estimator}' has no rows in this study")
+    panels = [(key, part[(part[keys] == pd.Series(key, index=keys)).all(axis=1)]) for key in panel_keys]
     n_rows = int(np.ceil(len(panels) / columns))
     fig, axes = plt.subplots(n_rows, min(columns, len(panels)), figsize=(3.6 * min(columns, len(panels)), 3.4 * n_rows), squeeze=False)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, (key, panel) in zip(axes.flat, panels):
         dataset, arch, decay, tp = key
         lines = []
-        for k, (seed, seed_rows) in enumerate(panel.groupby("seed")):
+        cell_stats = stats[(stats.dataset == dataset) & (stats.arch == arch) & (stats.decay == decay) & (stats.test_point == tp)]
+        for k, seed in enumerate(sorted(set(panel.seed) | set(cell_stats.seed))):
+            seed_rows = panel[panel.seed == seed]
             ax.scatter(seed_rows[pred_col], seed_rows[true_col], s=10, alpha=0.7, color=colours[k % len(colours)], label=f"seed {seed}")
-            sel = corr[(corr.dataset == dataset) & (corr.arch == arch) & (corr.decay == decay) & (corr.seed == seed)
-                       & (corr.test_point == tp) & (corr.estimator == estimator) & (corr.target == target_name) & (corr.subset == "all")]
+            sel = cell_stats[cell_stats.seed == seed]
             if len(sel):
                 r = sel.iloc[0]
                 lines.append(f"s{seed}: P {_interval_text(r, 'pearson')}  S {_interval_text(r, 'spearman')}"
