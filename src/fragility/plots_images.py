@@ -68,13 +68,14 @@ def mnist_small_figures(correlations_path, rows_path, outdir, decay: float, esti
     actual_col = "actual_" + target
     subsets = sorted((s for s in corr.subset.unique() if s != "all"), key=lambda s: (s != "top", s)) or ["all"]
     first_point = corr.sort_values("test_loss", ascending=False).test_point.iloc[0]
+    first_seed = corr.seed.min()  # the scatter shows one seed; the summaries pool seeds and test points
     decays = [decay, 0.0]
 
     fig, axes = plt.subplots(len(subsets), 2, figsize=(8.4, 3.8 * len(subsets)), squeeze=False)
     for i, subset in enumerate(subsets):
         for j, d in enumerate(decays):
             ax = axes[i][j]
-            part = rows[(rows.decay == d) & (rows.test_point == first_point)]
+            part = rows[(rows.decay == d) & (rows.test_point == first_point) & (rows.seed == first_seed)]
             if subset != "all":
                 part = part[part.selection == subset]
             ax.scatter(part.predicted_loss_change, part[actual_col], s=10)
@@ -82,13 +83,15 @@ def mnist_small_figures(correlations_path, rows_path, outdir, decay: float, esti
                 lo = float(np.nanmin([part.predicted_loss_change.min(), part[actual_col].min()]))
                 hi = float(np.nanmax([part.predicted_loss_change.max(), part[actual_col].max()]))
                 ax.plot([lo, hi], [lo, hi], color="grey", lw=0.8, ls="--")
-            stat = corr[(corr.decay == d) & (corr.test_point == first_point) & (corr.subset == subset)]
+            stat = corr[(corr.decay == d) & (corr.test_point == first_point) & (corr.subset == subset)
+                        & (corr.seed == first_seed)]
             text = _text(stat.iloc[0]) if len(stat) else "not run"
             ax.set_title(f"{subset_name(subset)}, {decay_name(d)}\n{text}", fontsize=9)
             ax.set_xlabel("predicted Δ̂ (influence)")
             ax.set_ylabel("actual Δ (re-trained)")
             ax.grid(alpha=0.3)
-    fig.suptitle(f"small MNIST, test point {first_point}, estimator {estimator} ({method or estimator})", fontsize=10)
+    fig.suptitle(f"small MNIST, test point {first_point}, seed {first_seed}, estimator {estimator} ({method or estimator})",
+                 fontsize=10)
     fig.tight_layout()
     save(fig, outdir, "scatter_top_and_percentile")
 
@@ -106,7 +109,7 @@ def mnist_small_figures(correlations_path, rows_path, outdir, decay: float, esti
                     _mark_flag(ax, x, flag, bars.patches[0].get_facecolor())
                 _mark_partial(ax, x, mean, note, bars.patches[0].get_facecolor())
         ax.set_xticks(np.arange(len(order)), [subset_name(s) for s in order], fontsize=8)
-        ax.set_ylabel(f"{METRIC_NAMES[metric]} (mean ± sd over test points)")
+        ax.set_ylabel(f"{METRIC_NAMES[metric]} (mean ± sd over test points and seeds)")
         ax.axhline(0, color="grey", lw=0.5)
         ax.grid(alpha=0.3, axis="y")
     axes[0].legend(fontsize=8)
@@ -127,7 +130,7 @@ def mnist_small_figures(correlations_path, rows_path, outdir, decay: float, esti
         if nonzero:
             ax.set_xscale("symlog", linthresh=nonzero[0])
         ax.set_xlabel("weight decay λ")
-        ax.set_ylabel(f"{METRIC_NAMES[metric]} (mean ± sd over test points)")
+        ax.set_ylabel(f"{METRIC_NAMES[metric]} (mean ± sd over test points and seeds)")
         ax.axhline(0, color="grey", lw=0.5)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
