@@ -111,6 +111,7 @@ def test_noise_table_names_the_flags_of_the_cell_not_of_one_estimator():
     assert table.loc[2, "flag"] == "constant_actual"
 
 
+@pytest.mark.filterwarnings("ignore:No artists with labels")  # the drawing is replaced by a recorder
 def test_decay_sweep_draws_one_series_per_dataset(tmp_path, monkeypatch):
     """With two datasets (Table 1), a line's mean and band are over seeds, never over datasets."""
     from fragility import plots
