@@ -7,7 +7,6 @@ Every loader returns a `Split`. Image loaders live in `image_data.py` and regist
 from __future__ import annotations
 
 import inspect
-
 from dataclasses import dataclass, field
 from typing import Callable
 

@@ -73,7 +73,7 @@ def decay_value(config: dict, study: str, label: str) -> float:
 # leave them out, since Snakemake re-runs every job whose params changed; the job itself reads
 # them from the config (`with_run_settings`).
 RUN_ONLY_KEYS = {"train": ("check_every", "checkpoint_every"),
-                 "loo": ("check_every", "checkpoint_every", "copies_per_pass", "repeats")}
+                 "loo": ("checkpoint_every", "copies_per_pass", "repeats")}
 
 
 def result_settings(config: dict, study: str, arch: str, block: str) -> dict:

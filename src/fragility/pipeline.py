@@ -176,9 +176,8 @@ def run_loo(model_path, data_path, test_points_path, removed, loo_cfg, train_cfg
             raise ValueError(f"training index {i} out of range (n = {n})")
         if i >= 0:
             weights[c, i] = 0.0
-    # loo's own optimiser settings and checkpoint interval replace train's; the rest comes from train
-    overridable = ("lr", "optimizer", "momentum", "batch_size", "schedule", "checkpoint_every", "loss_mean_over")
-    retrain_cfg = {**train_cfg, **{key: v for key, v in loo_cfg.items() if key in overridable}}
+    # the training settings loo sets itself (optimiser, checkpoint interval, ...) replace train's
+    retrain_cfg = {**train_cfg, **{key: v for key, v in loo_cfg.items() if key in TrainSettings.CONFIG_KEYS}}
     settings = TrainSettings.from_config(retrain_cfg, steps=int(loo_cfg["steps"]), order_seed=order_seed)
     log(f"re-training {k} copies of {record['arch']} for {settings.steps} steps (removed: {removed})")
     result, checkpoints = train_in_passes(net, x, y, record["decay"], theta.repeat(k, 1), weights, settings,

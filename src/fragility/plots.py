@@ -152,7 +152,8 @@ def predicted_vs_actual(corr: pd.DataFrame, rows: pd.DataFrame, outdir, estimato
                                     + [tuple(k) for k in stats[keys].itertuples(index=False)]))
     if not panel_keys:
         return _note_figure(outdir, name, f"estimator '{estimator}' has no rows in this study")
-    panels = [(key, part[(part[keys] == pd.Series(key, index=keys)).all(axis=1)]) for key in panel_keys]
+    drawn = dict(list(part.groupby(keys, sort=False)))
+    panels = [(key, drawn.get(key, part.iloc[:0])) for key in panel_keys]
     n_rows = int(np.ceil(len(panels) / columns))
     fig, axes = plt.subplots(n_rows, min(columns, len(panels)), figsize=(3.6 * min(columns, len(panels)), 3.4 * n_rows), squeeze=False)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]

@@ -120,7 +120,7 @@ def noise_table(correlations: pd.DataFrame) -> pd.DataFrame:
     # the flags of the cell and its ground truth (model_not_trained, selection_failed, constant_actual,
     # ...); those of one estimator's predictions do not apply to the ground truth
     estimator_only = ("estimator_failed", "constant_predicted")
-    out["flag"] = [";".join(f for f in str(flag or "").split(";") if f and f not in estimator_only) for flag in part.flag]
+    out["flag"] = [";".join(f for f in flag.split(";") if f and f not in estimator_only) for flag in part.flag.fillna("")]
     return out.reset_index(drop=True)
 
 

@@ -66,10 +66,13 @@ class TrainSettings:
         if self.loss_mean_over not in ("kept", "all"):
             raise ValueError(f"loss_mean_over must be 'kept' or 'all', got '{self.loss_mean_over}'")
 
+    # the config keys (of a `train` or `loo` block) that set a field of the same name
+    CONFIG_KEYS = ("lr", "optimizer", "momentum", "batch_size", "schedule", "check_every", "checkpoint_every",
+                   "loss_mean_over")
+
     @classmethod
     def from_config(cls, cfg: dict, steps: int | None = None, order_seed: int = 0) -> "TrainSettings":
-        known = {k: cfg[k] for k in ("lr", "optimizer", "momentum", "batch_size", "schedule", "check_every", "checkpoint_every",
-                                     "loss_mean_over") if k in cfg}
+        known = {k: cfg[k] for k in cls.CONFIG_KEYS if k in cfg}
         return cls(steps=int(steps if steps is not None else cfg["steps"]), order_seed=order_seed, **known)
 
 
