@@ -160,3 +160,98 @@ def test_a_test_point_with_nothing_retrained_keeps_its_panel_and_flag(tmp_path, 
     titles = [ax.get_title() for ax in figures[0].axes]
     assert any("max" in t for t in titles)
     assert any("median" in t and "selection_failed:diverged" in t for t in titles)
+
+
+def test_agreement_with_exact_has_an_interval_or_a_flag():
+    """The estimator study's agreement is a correlation like any other: an interval and a p-value,
+    the model's flag when it did not train, and the reason's name when it is undefined."""
+    corr = pd.concat([correlation_rows().iloc[:2].assign(estimator=name) for name in ("exact", "lissa", "cg")])
+    corr.loc[corr.seed == 1, "flag"] = "model_not_trained:chance_accuracy"
+    rng = np.random.default_rng(0)
+    exact = rng.standard_normal(20)
+    frames = []
+    for seed in (0, 1):
+        for name, values in (("exact", exact), ("lissa", exact + 0.1 * rng.standard_normal(20)), ("cg", np.full(20, 0.5))):
+            frames.append(pd.DataFrame({"study": "iris", "dataset": "iris", "arch": "mlp-d1-w5", "decay": 0.0, "seed": seed,
+                                        "test_point": "max", "train_index": np.arange(20), "estimator": name,
+                                        "predicted_loss_change": values}))
+    table = report_tables.estimator_table(corr, pd.concat(frames),
+                                          correlation={"resamples": 200, "permutations": 200})
+    trained = table[table.seed == 0].set_index("estimator")
+    assert trained.loc["lissa", "agreement_with_exact"] > 0.9
+    assert trained.loc["lissa", "agreement_with_exact_text"].startswith(f"{trained.loc['lissa', 'agreement_with_exact']:.2f} [")
+    assert 0 < trained.loc["lissa", "agreement_with_exact_p"] < 0.01
+    assert trained.loc["cg", "agreement_with_exact_text"] == "constant_predicted"
+    assert math.isnan(trained.loc["cg", "agreement_with_exact"])
+    collapsed = table[table.seed == 1]
+    assert set(collapsed.agreement_with_exact_text) == {"model_not_trained:chance_accuracy"}
+    assert collapsed.agreement_with_exact.isna().all() and collapsed.agreement_with_exact_p.isna().all()
+
+
+def test_noise_table_keeps_constant_actual_when_the_first_estimator_failed():
+    rows = pd.concat([correlation_rows().iloc[2:].assign(estimator="lissa", flag="estimator_failed"),
+                      correlation_rows().iloc[2:].assign(estimator="exact", flag="constant_actual")])
+    table = report_tables.noise_table(rows.assign(test_index=7))
+    assert table.flag.tolist() == ["constant_actual"]
+
+
+def test_diagnostics_carry_the_models_flag(tmp_path):
+    import json
+
+    cell = tmp_path / "results" / "iris" / "iris" / "mlp-d8-w5" / "wd0.005" / "seed0"
+    (cell / "influence").mkdir(parents=True)
+    (cell / "train_metrics.json").write_text(json.dumps({"flags": ["constant_outputs"], "train_accuracy": 0.33}))
+    (cell / "influence" / "exact.json").write_text(json.dumps({"method": "exact", "top_eigenvalue": 1e-9,
+                                                                "test_points": [{"status": "ok"}]}))
+    corr = correlation_rows().iloc[:1].assign(arch="mlp-d8-w5", decay=0.005)
+    (cell / "correlations.parquet").parent.mkdir(exist_ok=True)
+    corr.to_parquet(cell / "correlations.parquet")
+    pd.DataFrame({"study": ["iris"], "dataset": "iris", "arch": "mlp-d8-w5", "decay": 0.005, "seed": 0, "test_point": "max",
+                  "train_index": 0, "estimator": "exact", "predicted_loss_change": 0.1}).to_parquet(cell / "rows.parquet")
+    out = tmp_path / "out"
+    report_tables.aggregate_study([cell / "correlations.parquet"], [cell / "rows.parquet"], [cell / "train_metrics.json"],
+                                  [cell / "influence" / "exact.json"], out / "c.parquet", out / "s.csv", out / "r.parquet",
+                                  out / "t.csv", out / "d.csv")
+    assert pd.read_csv(out / "d.csv").flag.tolist() == ["model_not_trained:constant_outputs"]
+
+
+def test_every_correlation_gets_its_own_resamples():
+    from fragility.metrics import correlate, stream_seed
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(20)
+    y = x + rng.standard_normal(20)
+    first = correlate(x, y, resamples=300, seed=stream_seed(0, "iris", "mlp-d1-w5", 0.005, 0, "max", "all"))
+    again = correlate(x, y, resamples=300, seed=stream_seed(0, "iris", "mlp-d1-w5", 0.005, 0, "max", "all"))
+    other = correlate(x, y, resamples=300, seed=stream_seed(0, "iris", "mlp-d2-w5", 0.005, 0, "max", "all"))
+    assert first["pearson_lo"] == again["pearson_lo"]  # reproducible
+    assert first["pearson_lo"] != other["pearson_lo"]  # another cell: other resamples, same data
+
+
+def test_sweeps_name_every_flag_at_a_position_and_leave_flagged_seeds_out(monkeypatch):
+    from matplotlib import pyplot as plt
+
+    from fragility import plots
+
+    frame = pd.DataFrame({"depth": [1, 1, 7, 7, 7], "decay": 0.005, "seed": [0, 1, 0, 1, 2],
+                          "top_eigenvalue": [2.0, 4.0, 1e-9, 1e-9, 50.0],
+                          "flag": ["", "", "model_not_trained:constant_outputs", "model_not_trained:chance_accuracy", ""]})
+    assert plots.flags_by_x(frame, "depth") == [(7, "model_not_trained:constant_outputs;model_not_trained:chance_accuracy")]
+    fig, ax = plt.subplots()
+    plots.plot_sweep(ax, frame, "depth", "top_eigenvalue", "decay", flag_at_bottom=True)
+    xs, ys = ax.lines[0].get_data()
+    assert list(xs) == [1, 7] and list(ys) == [3.0, 50.0]  # depth 7: only the seed that trained
+    notes = " ".join(t.get_text() for t in ax.texts)
+    assert "constant_outputs" in notes and "chance_accuracy" in notes
+    plt.close(fig)
+
+
+def test_a_single_value_gets_its_bootstrap_interval_as_error_bar():
+    from fragility.plots_images import _mean_std
+
+    frame = pd.DataFrame({"decay": [0.001, 0.0, 0.0], "pearson": [0.8, 0.5, 0.7], "pearson_lo": [0.6, 0.3, 0.5],
+                          "pearson_hi": [0.9, 0.6, 0.8], "flag": ""})
+    stats = _mean_std(frame, ["decay"], "pearson").set_index("decay")
+    assert stats.loc[0.001, ["below", "above"]].tolist() == pytest.approx([0.2, 0.1])
+    spread = np.std([0.5, 0.7], ddof=1)
+    assert stats.loc[0.0, ["below", "above"]].tolist() == pytest.approx([spread, spread])

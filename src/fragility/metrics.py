@@ -20,11 +20,13 @@ Everything is vectorised over resamples (and over any leading batch axes) with n
 from __future__ import annotations
 
 import math
+import zlib
 
 import numpy as np
 
 MIN_POINTS = 3
 METHODS = ("pearson", "spearman")
+CORRELATION_DEFAULTS = {"resamples": 2000, "permutations": 2000, "confidence": 0.95, "seed": 0}  # config `correlation:`
 
 
 def _ranks(values: np.ndarray) -> np.ndarray:
@@ -99,10 +101,18 @@ def permutation_pvalue(x, y, permutations: int, rng=None) -> dict:
     return out
 
 
+def stream_seed(seed: int, *keys) -> list[int]:
+    """A seed for numpy's generator that depends on `seed` and on `keys` (e.g. the cell, test point
+    and subset), stable across processes: every correlation gets its own resamples and
+    permutations, so the Monte-Carlo errors of different cells are independent."""
+    return [int(seed), zlib.crc32("|".join(map(str, keys)).encode())]
+
+
 def correlate(predicted, actual, rtol: float = 1e-12, resamples: int = 0, permutations: int = 0,
-              confidence: float = 0.95, seed: int = 0) -> dict:
+              confidence: float = 0.95, seed: int | list[int] = 0) -> dict:
     """Pearson and Spearman of predicted vs actual, with a flag when they are undefined, and (when
-    `resamples`/`permutations` > 0) bootstrap intervals and permutation p-values seeded by `seed`."""
+    `resamples`/`permutations` > 0) bootstrap intervals and permutation p-values seeded by `seed`
+    (an int or a list of ints, see `stream_seed`)."""
     p = np.asarray(predicted, dtype=float)
     a = np.asarray(actual, dtype=float)
     from scipy import stats  # imported here: it costs a second at every job start
@@ -124,7 +134,8 @@ def correlate(predicted, actual, rtol: float = 1e-12, resamples: int = 0, permut
     else:
         out["pearson"] = float(stats.pearsonr(p, a)[0])
         out["spearman"] = float(stats.spearmanr(p, a)[0])
-        boot_rng, perm_rng = np.random.default_rng([seed, 0]), np.random.default_rng([seed, 1])
+        entropy = [int(v) for v in np.atleast_1d(seed)]
+        boot_rng, perm_rng = np.random.default_rng(entropy + [0]), np.random.default_rng(entropy + [1])
         if resamples > 0:
             boot = bootstrap_interval(p, a, int(resamples), confidence, boot_rng)
             for method in METHODS:

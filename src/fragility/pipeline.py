@@ -17,7 +17,7 @@ from .data import Split, load_split
 from .ihvp import make_solver
 from .influence import influence_table
 from .io import load_torch, read_json, save_torch, write_json, write_parquet, write_csv
-from .metrics import correlate, without_values
+from .metrics import CORRELATION_DEFAULTS, correlate, stream_seed, without_values
 from .models import init_model
 from .objective import FlatModel, Objective
 from .runtime import resolve_device, resolve_dtype
@@ -216,7 +216,6 @@ TARGETS = {
     "param_change_norm_vs_drift": ("predicted_param_change_norm", "actual_param_change_norm_vs_drift"),
 }
 LOO_COLUMNS = ["removed_index", "test_index", "test_loss", "param_distance", "param_distance_vs_drift", "final_objective"]
-CORRELATION_DEFAULTS = {"resamples": 2000, "permutations": 2000, "confidence": 0.95, "seed": 0}
 
 
 def _repeat_noise(repeat: pd.DataFrame | None, truth: pd.DataFrame, tp: dict) -> dict:
@@ -265,9 +264,11 @@ def correlate_cell(cell: dict, influence_paths: dict, test_points_path, selectio
                 drift_noise = abs(control[drift_col]) if drift_col else None
                 sigma_repeat, n_repeat = repeat_noise[tp["name"]][target]
                 for subset, part in subsets:
+                    # resamples drawn per (cell, test point, subset): independent across cells, shared by
+                    # the estimators and targets of the same points, so that those compare on equal terms
                     stats_ = correlate(part[pred_col], part[true_col], resamples=options["resamples"],
                                        permutations=options["permutations"], confidence=options["confidence"],
-                                       seed=options["seed"])
+                                       seed=stream_seed(options["seed"], *cell.values(), tp["name"], subset))
                     if tp["name"] in not_selected:  # nothing was re-trained for this test point
                         stats_["flag"] = f"selection_failed:{not_selected[tp['name']]}"
                     flag = ";".join(filter(None, model_flags + [stats_["flag"]]))

@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from .metrics import format_interval  # noqa: E402
 from .models import MLP_NAME  # noqa: E402
 
 
@@ -27,13 +28,30 @@ def _mlp_shape(arch: str):
     return (int(m.group(1)), int(m.group(2))) if m else (None, None)
 
 
+def correlation_text(row) -> str:
+    """`P 0.87 [0.71, 0.95], S ... (n=40)` with the bootstrap intervals, or the flag's name."""
+    if row.flag:
+        return row.flag
+    values = [format_interval(row[m], row.get(f"{m}_lo"), row.get(f"{m}_hi"), "") for m in ("pearson", "spearman")]
+    return f"P {values[0]}, S {values[1]} (n={row.n})"
+
+
 def decay_name(decay: float) -> str:
     return f"decay {decay:g}" if decay else "no decay"
 
 
-def plot_sweep(ax, frame: pd.DataFrame, x: str, value: str, group: str, label_of=str) -> None:
-    """Mean of `value` over seeds against `x`, one line per `group`; error bars: the standard deviation
-    over seeds where there are several, else that seed's bootstrap interval; flagged cells by name."""
+def flags_by_x(part: pd.DataFrame, x: str) -> list[tuple[float, str]]:
+    """(x, every distinct flag of the flagged rows at x, joined by ';') for the flagged rows of `part`,
+    so that two seeds flagged for different reasons at one x are both named."""
+    bad = part[part.flag != ""]
+    return [(value, ";".join(dict.fromkeys(f for flag in group.flag for f in flag.split(";") if f)))
+            for value, group in bad.groupby(x, sort=True)]
+
+
+def plot_sweep(ax, frame: pd.DataFrame, x: str, value: str, group: str, label_of=str, flag_at_bottom: bool = False) -> None:
+    """Mean of `value` over the unflagged seeds against `x`, one line per `group`; error bars: the
+    standard deviation over seeds where there are several, else that seed's bootstrap interval;
+    flagged cells as crosses at 0 (at the bottom of the axes with `flag_at_bottom`), named below."""
     notes = []
     for key, part in frame.groupby(group, sort=False):
         ok = part[part.flag == ""]
@@ -45,14 +63,17 @@ def plot_sweep(ax, frame: pd.DataFrame, x: str, value: str, group: str, label_of
         above = np.where(single, stats["hi"] - stats["mean"], stats["std"])
         yerr = np.nan_to_num(np.vstack([below, above]).astype(float)).clip(min=0)
         line = ax.errorbar(stats[x], stats["mean"], yerr=yerr, marker="o", capsize=3, label=label_of(key))
-        bad = part[part.flag != ""].drop_duplicates(x)
-        for _, row in bad.iterrows():
-            ax.plot(row[x], 0, marker="x", color=line[0].get_color(), markersize=9)
-            notes.append((line[0].get_color(), f"× {label_of(key)}, {x} {row[x]:g}: {row['flag'].replace(';', ', ')}"))
+        for at, flag in flags_by_x(part, x):
+            if flag_at_bottom:  # e.g. a log axis, which has no 0
+                ax.plot(at, 0, marker="x", color=line[0].get_color(), markersize=9, transform=ax.get_xaxis_transform())
+            else:
+                ax.plot(at, 0, marker="x", color=line[0].get_color(), markersize=9)
+            notes.append((line[0].get_color(), f"× {label_of(key)}, {x} {at:g}: {flag.replace(';', ', ')}"))
     for i, (colour, note) in enumerate(notes):  # flagged cells: a cross at 0 on the plot, named below it
         ax.annotate(note, (0, 0), xycoords="axes fraction", xytext=(0, -30 - 8 * i), textcoords="offset points",
                     fontsize=6, color=colour, va="top")
-    ax.axhline(0, color="grey", lw=0.5)
+    if not flag_at_bottom:
+        ax.axhline(0, color="grey", lw=0.5)
     ax.grid(alpha=0.3)
 
 
@@ -82,20 +103,19 @@ def iris_figures(correlations_path, rows_path, diagnostics_path, training_path, 
 
     arch = options.get("scatter_architecture", rows.arch.iloc[0])
     decays = sorted(rows.decay.unique(), reverse=True)
+    seed, point = rows.seed.min(), base.test_point.iloc[0]  # one seed and test point, named in the titles
     fig, axes = plt.subplots(1, len(decays), figsize=(4.2 * len(decays), 3.8), squeeze=False)
     for ax, decay in zip(axes[0], decays):
-        part = rows[(rows.arch == arch) & (rows.decay == decay) & (rows.estimator == primary)]
-        part = part[part.test_point == part.test_point.iloc[0]] if len(part) else part
+        part = rows[(rows.arch == arch) & (rows.decay == decay) & (rows.estimator == primary)
+                    & (rows.seed == seed) & (rows.test_point == point)]
         ax.scatter(part.predicted_param_change_norm, part.actual_param_change_norm, s=12)
         if len(part):
             hi = float(np.nanmax([part.predicted_param_change_norm.max(), part.actual_param_change_norm.max()]))
             ax.plot([0, hi], [0, hi], color="grey", lw=0.8, ls="--", label="identity")
-            sel = corr[(corr.arch == arch) & (corr.decay == decay) & (corr.estimator == primary)
-                       & (corr.target == "param_change_norm") & (corr.subset == "all")]
-            if len(sel):
-                r = sel.iloc[0]
-                text = r.flag if r.flag else f"Spearman {r.spearman:.2f}, Pearson {r.pearson:.2f}"
-                ax.set_title(f"{arch}, {decay_name(decay)}\n{text}", fontsize=9)
+        sel = corr[(corr.arch == arch) & (corr.decay == decay) & (corr.estimator == primary) & (corr.seed == seed)
+                   & (corr.test_point == point) & (corr.target == "param_change_norm") & (corr.subset == "all")]
+        text = correlation_text(sel.iloc[0]) if len(sel) else "not run"
+        ax.set_title(f"{arch}, {decay_name(decay)}, seed {seed}, test point {point}\n{text}", fontsize=8)
         ax.set_xlabel("predicted ‖Δθ‖ (influence)")
         ax.set_ylabel("actual ‖θ₋z − θ*‖ (re-trained)")
         ax.grid(alpha=0.3)
@@ -111,14 +131,13 @@ def iris_figures(correlations_path, rows_path, diagnostics_path, training_path, 
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
     exact = diag[(diag.estimator == primary) & (diag.width == sweep_width)] if "estimator" in diag else diag.iloc[0:0]
-    for decay, part in exact.groupby("decay"):
-        stats = part.groupby("depth")["top_eigenvalue"].agg(["mean", "std"]).reset_index()
-        ax.errorbar(stats.depth, stats["mean"], yerr=stats["std"].fillna(0), marker="o", capsize=3, label=decay_name(decay))
-    ax.set_yscale("log")
+    exact = exact.assign(flag=exact["flag"].fillna("") if "flag" in exact else "")
+    plot_sweep(ax, exact, "depth", "top_eigenvalue", "decay", decay_name, flag_at_bottom=True)
+    if exact.top_eigenvalue[exact.flag == ""].gt(0).any():
+        ax.set_yscale("log")
     ax.set_xlabel(f"number of hidden layers (width {sweep_width})")
-    ax.set_ylabel("top |eigenvalue| of the Hessian")
+    ax.set_ylabel("top |eigenvalue| of the Hessian\n(mean ± sd over the seeds that trained)", fontsize=8)
     ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
     save(fig, outdir, "top_eigenvalue_vs_depth")
 
 
@@ -132,8 +151,6 @@ def _note_figure(outdir, name, text) -> None:
 
 
 def _interval_text(row, method: str) -> str:
-    from .metrics import format_interval
-
     return format_interval(row[method], row.get(f"{method}_lo", np.nan), row.get(f"{method}_hi", np.nan), row["flag"])
 
 
@@ -202,9 +219,9 @@ def _sweep_with_bands(ax, frame: pd.DataFrame, x: str, value: str, group: str, l
         spread = stats[stats["count"] >= 2]
         if len(spread):
             ax.fill_between(spread[x], spread["mean"] - spread["std"], spread["mean"] + spread["std"], color=colour, alpha=0.2, lw=0)
-        for _, row in part[part.flag != ""].drop_duplicates(x).iterrows():
-            ax.plot(row[x], 0, marker="x", color=colour, markersize=9)
-            ax.annotate(row["flag"].replace(";", "\n"), (row[x], 0), fontsize=6, rotation=60, color=colour,
+        for at, flag in flags_by_x(part, x):
+            ax.plot(at, 0, marker="x", color=colour, markersize=9)
+            ax.annotate(flag.replace(";", "\n"), (at, 0), fontsize=6, rotation=60, color=colour,
                         xytext=(3, 3), textcoords="offset points")
     ax.axhline(0, color="grey", lw=0.5)
     ax.set_ylim(-1.05, 1.05)
@@ -261,7 +278,9 @@ def estimator_comparison(est: pd.DataFrame, outdir, name="estimator_comparison",
     if part is None or part.empty:
         return _note_figure(outdir, name, "no cell computed the exact Hessian: no reference for the estimator study")
     part["flag"] = part["flag"].fillna("")
-    part["cell"] = [f"{a}\n{decay_name(d)}\nseed {s}, {t}" for a, d, s, t in zip(part.arch, part.decay, part.seed, part.test_point)]
+    prefix = part.dataset.astype(str) + "\n" if part.dataset.nunique() > 1 else ""
+    part["cell"] = prefix + pd.Series([f"{a}\n{decay_name(d)}\nseed {s}, {t}" for a, d, s, t in
+                                       zip(part.arch, part.decay, part.seed, part.test_point)], index=part.index)
     cells = list(dict.fromkeys(part.cell))
     estimators = list(dict.fromkeys(part.estimator))
     fig, axes = plt.subplots(2, 1, figsize=(max(6, 0.9 * len(cells) * max(1, len(estimators)) ** 0.5 + 2), 7), sharex=True)

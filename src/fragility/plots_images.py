@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .plots import decay_name, save  # noqa: E402
+from .plots import correlation_text, decay_name, save  # noqa: E402
 
 METRIC_NAMES = {"pearson": "Pearson", "spearman": "Spearman"}
 SUBSET_NAMES = {"top": "top by |Δ̂|", "all": "all re-trained"}
@@ -36,24 +36,36 @@ def _mark_partial(ax, x, y, note: str, color="grey") -> None:
         ax.annotate(note, (x, y), fontsize=6, color=color, xytext=(3, -9), textcoords="offset points")
 
 
-def _text(row) -> str:
-    return row.flag if row.flag else f"P {row.pearson:.2f}, S {row.spearman:.2f} (n={row.n})"
-
-
 def _mean_std(frame: pd.DataFrame, keys: list[str], metric: str) -> pd.DataFrame:
-    """Mean and standard deviation of `metric` over the unflagged rows of each group; a group whose
-    rows are all flagged keeps its flag (joined) and a NaN mean; a group with some flagged rows
-    keeps its mean and names what it left out in `note` ("2 of 5 left out: constant_actual")."""
+    """Mean of `metric` over the unflagged rows of each group, with error bars `below`/`above`:
+    the standard deviation over several rows, the bootstrap interval of a single row (NaN when it
+    has none). A group whose rows are all flagged keeps its flag (joined) and a NaN mean; a group
+    with some flagged rows keeps its mean and names what it left out in `note` ("2 of 5 left
+    out: constant_actual")."""
     out = []
     for key, part in frame.groupby(keys, sort=False):
         ok, bad = part[part.flag == ""], part[part.flag != ""]
         key = key if isinstance(key, tuple) else (key,)
         reasons = ";".join(sorted(set(bad.flag)))
-        out.append({**dict(zip(keys, key)), "mean": ok[metric].mean() if len(ok) else math.nan,
-                    "std": ok[metric].std() if len(ok) > 1 else 0.0, "count": len(ok),
+        mean = ok[metric].mean() if len(ok) else math.nan
+        if len(ok) > 1:
+            below = above = ok[metric].std()
+        elif len(ok) == 1 and f"{metric}_lo" in ok:
+            below, above = mean - ok[f"{metric}_lo"].iloc[0], ok[f"{metric}_hi"].iloc[0] - mean
+        else:
+            below = above = math.nan
+        out.append({**dict(zip(keys, key)), "mean": mean, "below": below, "above": above, "count": len(ok),
                     "flag": "" if len(ok) else reasons,
                     "note": f"{len(bad)} of {len(part)} left out: {reasons}" if len(ok) and len(bad) else ""})
     return pd.DataFrame(out)
+
+
+def _yerr(stats: pd.DataFrame) -> np.ndarray:
+    """`_mean_std`'s error bars for matplotlib; no bar where there is none."""
+    return np.nan_to_num(stats[["below", "above"]].to_numpy(float).T).clip(min=0)
+
+
+SPREAD = "mean ± sd over test points and seeds; a single value: its bootstrap interval"
 
 
 def mnist_small_figures(correlations_path, rows_path, outdir, decay: float, estimator: str,
@@ -85,7 +97,7 @@ def mnist_small_figures(correlations_path, rows_path, outdir, decay: float, esti
                 ax.plot([lo, hi], [lo, hi], color="grey", lw=0.8, ls="--")
             stat = corr[(corr.decay == d) & (corr.test_point == first_point) & (corr.subset == subset)
                         & (corr.seed == first_seed)]
-            text = _text(stat.iloc[0]) if len(stat) else "not run"
+            text = correlation_text(stat.iloc[0]) if len(stat) else "not run"
             ax.set_title(f"{subset_name(subset)}, {decay_name(d)}\n{text}", fontsize=9)
             ax.set_xlabel("predicted Δ̂ (influence)")
             ax.set_ylabel("actual Δ (re-trained)")
@@ -103,13 +115,13 @@ def mnist_small_figures(correlations_path, rows_path, outdir, decay: float, esti
         for k, d in enumerate(decays):
             xs = np.arange(len(order)) + (k - 0.5) * width
             part = stats[stats.decay == d].set_index("subset").reindex(order)
-            bars = ax.bar(xs, part["mean"].fillna(0), width, yerr=part["std"].fillna(0), capsize=3, label=decay_name(d))
+            bars = ax.bar(xs, part["mean"].fillna(0), width, yerr=_yerr(part), capsize=3, label=decay_name(d))
             for x, flag, mean, note in zip(xs, part["flag"].fillna("not run"), part["mean"], part["note"].fillna("")):
                 if flag:
                     _mark_flag(ax, x, flag, bars.patches[0].get_facecolor())
                 _mark_partial(ax, x, mean, note, bars.patches[0].get_facecolor())
         ax.set_xticks(np.arange(len(order)), [subset_name(s) for s in order], fontsize=8)
-        ax.set_ylabel(f"{METRIC_NAMES[metric]} (mean ± sd over test points and seeds)")
+        ax.set_ylabel(f"{METRIC_NAMES[metric]}\n({SPREAD})", fontsize=7)
         ax.axhline(0, color="grey", lw=0.5)
         ax.grid(alpha=0.3, axis="y")
     axes[0].legend(fontsize=8)
@@ -122,7 +134,7 @@ def mnist_small_figures(correlations_path, rows_path, outdir, decay: float, esti
         for subset, part in stats.groupby("subset", sort=False):
             part = part.sort_values("decay")
             ok = part[part.flag == ""]
-            line = ax.errorbar(ok.decay, ok["mean"], yerr=ok["std"], marker="o", capsize=3, label=subset_name(subset))
+            line = ax.errorbar(ok.decay, ok["mean"], yerr=_yerr(ok), marker="o", capsize=3, label=subset_name(subset))
             for _, r in part[part.flag != ""].iterrows():
                 _mark_flag(ax, r.decay, r.flag, line[0].get_color())
             for _, r in ok.iterrows():
@@ -130,7 +142,7 @@ def mnist_small_figures(correlations_path, rows_path, outdir, decay: float, esti
         if nonzero:
             ax.set_xscale("symlog", linthresh=nonzero[0])
         ax.set_xlabel("weight decay λ")
-        ax.set_ylabel(f"{METRIC_NAMES[metric]} (mean ± sd over test points and seeds)")
+        ax.set_ylabel(f"{METRIC_NAMES[metric]}\n({SPREAD})", fontsize=7)
         ax.axhline(0, color="grey", lw=0.5)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
@@ -142,14 +154,14 @@ def mnist_small_figures(correlations_path, rows_path, outdir, decay: float, esti
         for d, part in corr[corr.subset == "all"].groupby("decay"):
             stats = _mean_std(part, ["test_point"], metric).set_index("test_point").reindex(points)
             xs = np.arange(len(points))
-            line = ax.errorbar(xs, stats["mean"], yerr=stats["std"].fillna(0), marker="o", capsize=3, label=decay_name(d))
+            line = ax.errorbar(xs, stats["mean"], yerr=_yerr(stats), marker="o", capsize=3, label=decay_name(d))
             for x, flag, mean, note in zip(xs, stats["flag"].fillna("not run"), stats["mean"], stats["note"].fillna("")):
                 if flag:
                     _mark_flag(ax, x, flag, line[0].get_color())
                 _mark_partial(ax, x, mean, note, line[0].get_color())
         ax.set_xticks(np.arange(len(points)), points, fontsize=8)
         ax.set_xlabel("test point (by decreasing test loss)")
-        ax.set_ylabel(f"{METRIC_NAMES[metric]}, all re-trained points")
+        ax.set_ylabel(f"{METRIC_NAMES[metric]}, all re-trained points\n(mean ± sd over seeds; one seed: its bootstrap interval)", fontsize=7)
         ax.axhline(0, color="grey", lw=0.5)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)

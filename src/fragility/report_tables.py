@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from .io import atomic_path, write_csv, write_parquet
-from .metrics import METHODS, format_interval, format_mean_spread
+from .metrics import CORRELATION_DEFAULTS, METHODS, correlate, format_interval, format_mean_spread, stream_seed
 
 CELL_KEYS = ["study", "dataset", "arch", "decay", "seed"]
 CORRELATION_KEYS = ["test_point", "estimator", "target", "subset"]
@@ -114,20 +114,28 @@ def noise_table(correlations: pd.DataFrame) -> pd.DataFrame:
     ground truth does not depend on the estimator, so one estimator's row stands for all."""
     if "signal_to_noise" not in correlations:
         return pd.DataFrame(columns=CELL_KEYS + ["test_point", "target"] + NOISE_COLUMNS)
-    part = correlations[correlations.subset == "all"].drop_duplicates(CELL_KEYS + ["test_point", "target"])
+    # the flags of the cell and its ground truth (model_not_trained, selection_failed, constant_actual,
+    # ...); those of one estimator's predictions do not apply to the ground truth. A failed or
+    # constant estimator hides `constant_actual` (correlate checks the predictions first), so the
+    # row kept for each test point is one whose estimator had neither, where there is one.
+    estimator_only = ("estimator_failed", "constant_predicted")
+    part = correlations[correlations.subset == "all"]
+    hides = part.flag.fillna("").str.contains("|".join(estimator_only))
+    part = part.assign(_hides=hides).sort_values("_hides", kind="stable").drop_duplicates(CELL_KEYS + ["test_point", "target"])
+    part = part.sort_index()
     out = part[CELL_KEYS + ["test_point", "test_index", "target", "n"] + NOISE_COLUMNS + ["drift_loss_change"]].copy()
     out["ground_truth"] = [ground_truth_note(r) for r in out.to_dict("records")]
-    # the flags of the cell and its ground truth (model_not_trained, selection_failed, constant_actual,
-    # ...); those of one estimator's predictions do not apply to the ground truth
-    estimator_only = ("estimator_failed", "constant_predicted")
     out["flag"] = [";".join(f for f in flag.split(";") if f and f not in estimator_only) for flag in part.flag.fillna("")]
     return out.reset_index(drop=True)
 
 
-def estimator_table(correlations: pd.DataFrame, rows: pd.DataFrame, reference="exact", digits: int = 2) -> pd.DataFrame:
+def estimator_table(correlations: pd.DataFrame, rows: pd.DataFrame, reference="exact", digits: int = 2,
+                    correlation: dict | None = None) -> pd.DataFrame:
     """Every estimator's correlation with the same ground truth, in cells where an exact-Hessian
     estimator ran without failure; `agreement_with_exact` is the Pearson correlation of the
-    estimator's Δ̂ with the exact Δ̂ over the re-trained points.
+    estimator's Δ̂ with the exact Δ̂ over the re-trained points, with its bootstrap interval and
+    permutation p-value (`correlation`: resamples, permutations, confidence, seed), or a flag
+    (the model's `model_not_trained:...`, or why the correlation is undefined) instead of a number.
 
     `reference` names the exact estimator: one name for every architecture, or a collection of
     (arch, estimator name) pairs (the config may call it anything, e.g. `primary: {method: exact}`).
@@ -143,20 +151,30 @@ def estimator_table(correlations: pd.DataFrame, rows: pd.DataFrame, reference="e
     ref_rows = rows.merge(refs, on=keys)
     ref_rows = ref_rows[ref_rows.estimator == ref_rows.reference][keys + ["train_index", "predicted_loss_change"]]
     joined = rows.merge(ref_rows, on=keys + ["train_index"], suffixes=("", "_ref"))
+    options = {**CORRELATION_DEFAULTS, **(correlation or {})}
+    model_flag = {tuple(r[k] for k in keys): ";".join(f for f in str(r["flag"] or "").split(";") if f.startswith("model_not_trained"))
+                  for r in corr.to_dict("records")}
     agreement = {}
     for key, part in joined.groupby(keys + ["estimator"], sort=False):
-        a, b = part.predicted_loss_change.to_numpy(float), part.predicted_loss_change_ref.to_numpy(float)
-        good = np.isfinite(a) & np.isfinite(b)
-        defined = good.sum() > 2 and np.ptp(a[good]) > 0 and np.ptp(b[good]) > 0
-        agreement[key] = float(np.corrcoef(a[good], b[good])[0, 1]) if defined else math.nan
+        stats = correlate(part.predicted_loss_change.to_numpy(float), part.predicted_loss_change_ref.to_numpy(float),
+                          resamples=options["resamples"], permutations=options["permutations"],
+                          confidence=options["confidence"], seed=stream_seed(options["seed"], *key))
+        flag = model_flag.get(key[:-1]) or stats["flag"]
+        agreement[key] = {"agreement_with_exact": math.nan if flag else stats["pearson"],
+                          "agreement_with_exact_text": format_interval(stats["pearson"], stats["pearson_lo"], stats["pearson_hi"], flag, digits),
+                          "agreement_with_exact_p": math.nan if flag else stats["pearson_p"]}
     out = corr.copy()
-    out["agreement_with_exact"] = [agreement.get(tuple(r[k] for k in keys + ["estimator"]), math.nan) for r in out.to_dict("records")]
+    missing = {"agreement_with_exact": math.nan, "agreement_with_exact_text": "not computed", "agreement_with_exact_p": math.nan}
+    found = [agreement.get(tuple(r[k] for k in keys + ["estimator"]), missing) for r in out.to_dict("records")]
+    for column in missing:
+        out[column] = [f[column] for f in found]
     flags = out.flag.fillna("")
     for col in METHODS:
         out[f"{col}_text"] = [format_interval(v, a, b, f, digits) for v, a, b, f in
                               zip(out[col], out[f"{col}_lo"], out[f"{col}_hi"], flags)]
-    keep = keys + ["target", "estimator", "reference", "n", "pearson_text", "spearman_text", "agreement_with_exact",
-                   "pearson", "pearson_lo", "pearson_hi", "spearman", "spearman_lo", "spearman_hi", "flag"]
+    keep = keys + ["target", "estimator", "reference", "n", "pearson_text", "spearman_text", "agreement_with_exact_text",
+                   "agreement_with_exact", "agreement_with_exact_p", "pearson", "pearson_lo", "pearson_hi", "spearman",
+                   "spearman_lo", "spearman_hi", "flag"]
     return out[keep].sort_values(keys + ["target", "estimator"]).reset_index(drop=True)
 
 
@@ -220,7 +238,8 @@ def gather_benchmarks(benchmark_dir, log_dir, jobs_out, summary_out, page_out=No
 # --------------------------------------------------------------------------- study aggregation
 def aggregate_study(correlation_paths, row_paths, metric_paths, diagnostic_paths,
                     correlations_out, summary_out, rows_out, training_out, diagnostics_out,
-                    by_seed_out=None, noise_out=None, estimators_out=None, reference="exact") -> pd.DataFrame:
+                    by_seed_out=None, noise_out=None, estimators_out=None, reference="exact",
+                    correlation: dict | None = None) -> pd.DataFrame:
     correlations = pd.concat([pd.read_parquet(p) for p in correlation_paths], ignore_index=True)
     write_parquet(correlations, correlations_out)
     write_csv(summary_table(correlations), summary_out)
@@ -231,21 +250,24 @@ def aggregate_study(correlation_paths, row_paths, metric_paths, diagnostic_paths
     if noise_out:
         write_csv(noise_table(correlations), noise_out)
     if estimators_out:
-        write_csv(estimator_table(correlations, rows, reference), estimators_out)
-    training = []
+        write_csv(estimator_table(correlations, rows, reference, correlation=correlation), estimators_out)
+    training, model_flags = [], {}
     for path in metric_paths:
         metrics = json.loads(Path(path).read_text())
         metrics.pop("history", None)
+        cell = _cell_from_path(path)
+        model_flags[tuple(cell.values())] = ";".join(f"model_not_trained:{f}" for f in metrics.get("flags", []))
         metrics["flags"] = ";".join(metrics.get("flags", []))
-        training.append({**_cell_from_path(path), **metrics})
+        training.append({**cell, **metrics})
     write_csv(pd.DataFrame(training), training_out)
     diagnostics = []
     for path in diagnostic_paths:
         record = json.loads(Path(path).read_text())
         points = record.pop("test_points", [])
         statuses = ";".join(sorted({p["status"] for p in points}))
-        diagnostics.append({**_cell_from_path(path), **{k: v for k, v in record.items() if not isinstance(v, (list, dict))},
-                            "statuses": statuses})
+        cell = _cell_from_path(path)
+        diagnostics.append({**cell, **{k: v for k, v in record.items() if not isinstance(v, (list, dict))},
+                            "statuses": statuses, "flag": model_flags.get(tuple(cell.values()), "")})
     write_csv(pd.DataFrame(diagnostics), diagnostics_out)
     return correlations
 

@@ -55,6 +55,7 @@ rule aggregate:
         runtime=10,
     params:
         exact=lambda w: exact_estimators(w.study),
+        correlation=lambda w: grid.study_block(config, w.study).get("correlation", {}),
     run:
         aggregate_job(input, output, params, log)
 

@@ -223,6 +223,7 @@ def aggregate_job(input, output, params, log):
         noise_out=output.noise,
         estimators_out=output.estimators,
         reference=params.exact,
+        correlation=params.correlation,
     )
     file_logger(log[0])("study tables written")
 
