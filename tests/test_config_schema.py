@@ -56,3 +56,38 @@ def test_a_bad_test_point_spec_in_an_override_is_refused():
     bad["studies"]["iris"]["overrides"] = {"mlp-d1-w5": {"test_points": ["maximum"]}}
     with pytest.raises(WorkflowError, match="maximum"):
         validate(bad, SCHEMA)
+
+
+def test_an_estimator_keeps_only_the_options_its_method_reads():
+    """Table 1's small CNN overrides `primary` to `exact`; the LiSSA options merged in from the
+    study's `primary` are not its settings, so changing them re-runs nothing for it."""
+    from fragility import grid
+
+    cfg = config()
+    lissa = grid.estimators(cfg, "table1", "lenet")["primary"]
+    exact = grid.estimators(cfg, "table1", "smallcnn")["primary"]
+    assert lissa["method"] == "lissa" and "depth" in lissa
+    assert exact["method"] == "exact" and not {"depth", "batch_size", "scale", "power_iterations"} & set(exact)
+
+
+def test_an_override_of_the_repeat_offset_keeps_the_studys_repeat_count():
+    from snakemake.utils import update_config
+
+    from fragility import grid
+
+    cfg = config()
+    update_config(cfg, {"studies": {"table1": {"loo": {"repeats": {"count": 5}},
+                                               "overrides": {"lenet": {"loo": {"repeats": {"order_seed_offset": 3}}}}}}})
+    validate(cfg, SCHEMA)
+    assert grid.arch_config(cfg, "table1", "lenet")["loo"]["repeats"] == {"count": 5, "order_seed_offset": 3}
+
+
+@pytest.mark.parametrize("where", ["study", "dataset"])
+def test_a_name_that_cannot_be_a_path_wildcard_is_refused(where):
+    bad = copy.deepcopy(config())
+    if where == "study":
+        bad["studies"]["Iris-b"] = bad["studies"].pop("iris")
+    else:
+        bad["studies"]["iris"]["datasets"]["Iris-b"] = bad["studies"]["iris"]["datasets"].pop("iris")
+    with pytest.raises(WorkflowError, match="Iris-b"):
+        validate(bad, SCHEMA)

@@ -113,6 +113,7 @@ def test_lissa_converges_to_exact_when_scale_exceeds_the_top_eigenvalue(problem,
     assert solver.diagnostics["products"] == products
     assert result.status == ["ok"] * 3
     assert relative_error(result.solutions, reference.solve(rhs, damping).solutions) < 1e-4
+    assert all(0 < d["growth_ratio"] <= 1 for d in result.details)  # a convergent series: ‖h_j‖ ≤ (j+1)‖v‖
     assert solver.diagnostics["scale_exceeds_top_eigenvalue"]
     assert solver.diagnostics["eigenvalue_max_estimate"] == pytest.approx(float(reference.eigenvalues[-1]), rel=1e-3)
 
@@ -128,6 +129,50 @@ def test_lissa_with_a_too_small_scale_reports_diverged_and_nan(problem):
     assert torch.isnan(result.solutions).all()
     assert not solver.diagnostics["scale_exceeds_top_eigenvalue"]
     assert all(d["diverged_at_step"] < 1000 for d in result.details)
+
+
+def test_lissa_reports_slow_growth_along_negative_curvature_as_diverged(problem):
+    """H + δI with one eigenvalue of −0.005σ: over 2,000 steps that direction grows by about e¹⁰, far
+    past any convergent series but far below a blow-up. Reported "diverged", never as numbers (the
+    series is then dominated by that direction: tens of times the exact solve)."""
+    obj, theta, rhs = problem
+    reference = exact(problem, "full")
+    low, high = float(reference.eigenvalues[0]), float(reference.eigenvalues[-1])
+    damping = (-low - 0.0075 * high) / 1.0075  # λ_min(H + δI) = −0.005 · 1.5 · λ_max(H + δI)
+    rhs = rhs + reference.eigenvectors[:, 0]  # every right-hand side has a part along that direction
+    solver = make_solver("lissa", depth=2000, scale="auto", scale_factor=1.5).fit(obj, theta)
+    result = solver.solve(rhs, damping)
+    assert result.status == ["diverged"] * 3
+    assert torch.isnan(result.solutions).all()
+    assert all(d["growth_ratio"] > 2 for d in result.details)
+    # the same solve allowed to grow shows what would have been reported: nothing like (H + δI)⁻¹v
+    loose = make_solver("lissa", depth=2000, scale="auto", scale_factor=1.5, growth_limit=1e9).fit(obj, theta).solve(rhs, damping)
+    assert loose.status == ["ok"] * 3
+    assert relative_error(loose.solutions, reference.solve(rhs, damping).solutions) > 1.0
+
+
+def test_cg_judges_convergence_by_the_true_residual():
+    """In float32 on an ill-conditioned system CG's updated residual keeps falling after the true one
+    has stopped: the reported residual is the true one, and such a solve is not "ok"."""
+    from fragility.ihvp import ConjugateGradientSolver
+
+    torch.manual_seed(0)
+    q, _ = torch.linalg.qr(torch.randn(300, 300, dtype=torch.float64))
+    matrix = ((q * torch.logspace(-3, 2, 300, dtype=torch.float64)) @ q.T).float()
+    matrix = 0.5 * (matrix + matrix.T)
+    solver = ConjugateGradientSolver(tol=1e-7, max_iterations=3000)
+    solver.theta, solver._product = torch.zeros(300), lambda vectors: vectors @ matrix  # H itself, no data
+    rhs = torch.randn(2, 300)
+    result = solver.solve(rhs, 0.0)
+    for d in result.details:
+        assert d["updated_relative_residual"] <= 1e-7 and d["relative_residual"] > 3.5e-4  # √ε of float32
+    assert result.status == ["not_converged"] * 2 and torch.isnan(result.solutions).all()
+    # the same system in float64 converges, and then the two residuals agree
+    solver64 = ConjugateGradientSolver(tol=1e-7, max_iterations=3000)
+    solver64.theta, solver64._product = torch.zeros(300, dtype=torch.float64), lambda vectors: vectors @ matrix.double()
+    exact64 = solver64.solve(rhs.double(), 0.0)
+    assert exact64.status == ["ok"] * 2
+    assert all(d["relative_residual"] <= 1e-6 for d in exact64.details)
 
 
 def test_minibatch_lissa_is_close_to_exact(problem):

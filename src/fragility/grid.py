@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 
 from .data import dataset_loader
+from .ihvp import method_settings
 from .models import known_architecture
 
 CELL_PATTERN = "{study}/{dataset}/{arch}/wd{decay}/seed{seed}"
@@ -88,7 +89,9 @@ def with_run_settings(settings: dict, config: dict, study: str, arch: str, block
 
 
 def estimators(config: dict, study: str, arch: str) -> dict:
-    return arch_config(config, study, arch)["influence"]["methods"]
+    """{name: settings} of the cell's estimators, each without options its method does not read
+    (so that a LiSSA option merged into an `exact` override re-runs nothing)."""
+    return {name: method_settings(name, settings) for name, settings in arch_config(config, study, arch)["influence"]["methods"].items()}
 
 
 def enabled_studies(config: dict) -> list[str]:

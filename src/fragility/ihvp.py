@@ -41,6 +41,7 @@ class InverseHessianSolver:
     """Common part: option handling, the choice of curvature matrix, timing of fit and solve."""
 
     name = "base"
+    options_read = ("hessian",)  # the config options this method reads (others are not passed to it)
     supports_norms = False  # can it return ‖(H+δI)⁻¹ g_i‖ for many g_i cheaply?
 
     def __init__(self, **options):
@@ -127,6 +128,7 @@ class ExactSolver(InverseHessianSolver):
     """
 
     name = "exact"
+    options_read = ("hessian", "max_parameters", "block")
     supports_norms = True
 
     def _fit(self):
@@ -182,12 +184,18 @@ class ConjugateGradientSolver(InverseHessianSolver):
 
         α = rᵀr / pᵀ(H+δI)p,  s ← s + αp,  r ← r − α(H+δI)p,  p ← r + (r'ᵀr'/rᵀr) p.
 
-    Stops when ‖r‖ ≤ tol·‖v‖ ("ok") or after `max_iterations` ("not_converged"); stops early with
-    "negative_curvature" when pᵀ(H+δI)p ≤ 0 (CG needs a positive definite system). The Ritz values
-    of the implicit Lanczos matrix estimate the eigenvalue range of H.
+    Stops when the updated residual ‖r‖ ≤ tol·‖v‖ or after `max_iterations` ("not_converged");
+    stops early with "negative_curvature" when pᵀ(H+δI)p ≤ 0 (CG needs a positive definite system)
+    and with "non_finite" when a product is NaN or infinite. The updated r drifts from the true
+    residual in finite precision, so the true one, ‖v − (H+δI)s‖/‖v‖, is computed once at the end
+    (one more batched product) and reported as `relative_residual`; a solve is "ok" only if it is
+    at most max(10·tol, √ε) (ε: the working precision's epsilon; float32 cannot do better than
+    about √ε on an ill-conditioned system). The Ritz values of the implicit Lanczos matrix
+    estimate the eigenvalue range of H.
     """
 
     name = "cg"
+    options_read = ("hessian", "dense_max_parameters", "tol", "max_iterations")
 
     def _solve(self, vectors, damping):
         tol = float(self.options.get("tol", 1e-8))
@@ -198,7 +206,7 @@ class ConjugateGradientSolver(InverseHessianSolver):
         p = r.clone()
         rs = (r * r).sum(1)
         v_norm = vectors.norm(dim=1)
-        codes = {"not_converged": 0, "ok": 1, "negative_curvature": 2}
+        codes = {"not_converged": 0, "ok": 1, "negative_curvature": 2, "non_finite": 3}
         state = torch.where(v_norm == 0, codes["ok"], codes["not_converged"])
         active = state == codes["not_converged"]
         iterations = torch.zeros(t_count, dtype=torch.long, device=device)
@@ -210,7 +218,8 @@ class ConjugateGradientSolver(InverseHessianSolver):
             # every system takes the step; masks keep finished ones where they are (no re-indexing)
             ap = self._damped_hvp_many(p, damping)
             curvature = (p * ap).sum(1)
-            good = curvature > 0
+            finite = torch.isfinite(ap).all(1)
+            good = (curvature > 0) & finite
             step = active & good
             alpha = torch.where(step, rs / torch.where(good, curvature, 1.0), 0.0)
             x += alpha[:, None] * p
@@ -224,18 +233,25 @@ class ConjugateGradientSolver(InverseHessianSolver):
             betas.append(torch.where(step, beta.double(), nan))
             converged = step & (rs_new.sqrt() <= tol * v_norm)
             state = torch.where(active & ~good, codes["negative_curvature"], state)
+            state = torch.where(active & ~finite, codes["non_finite"], state)
             state = torch.where(converged, codes["ok"], state)
             active = step & ~converged
+        true_residuals = (vectors - self._damped_hvp_many(x, damping)).norm(dim=1)
+        residuals = torch.where(v_norm > 0, true_residuals / v_norm.clamp_min(1e-300), torch.zeros_like(v_norm))
+        recurrence = torch.where(v_norm > 0, r.norm(dim=1) / v_norm.clamp_min(1e-300), torch.zeros_like(v_norm)).cpu()
+        accepted = max(10 * tol, torch.finfo(vectors.dtype).eps ** 0.5)
+        state = torch.where((state == codes["ok"]) & ~(residuals <= accepted), codes["not_converged"], state)
+        residuals = residuals.cpu()
         names = {code: name for name, code in codes.items()}
         status = [names[int(c)] for c in state.cpu()]
         alpha_table = torch.stack(alphas, 1).cpu() if alphas else torch.zeros(t_count, 0, dtype=torch.float64)
         beta_table = torch.stack(betas, 1).cpu() if betas else torch.zeros(t_count, 0, dtype=torch.float64)
-        residuals = torch.where(v_norm > 0, r.norm(dim=1) / v_norm.clamp_min(1e-300), torch.zeros_like(v_norm)).cpu()
         details, low, high = [], [], []
         for t in range(t_count):
             keep = ~torch.isnan(alpha_table[t])
             ritz_min, ritz_max = _cg_ritz_values(alpha_table[t][keep].tolist(), beta_table[t][keep].tolist())
-            details.append({"iterations": int(iterations[t]), "relative_residual": float(residuals[t]), "status": status[t],
+            details.append({"iterations": int(iterations[t]), "relative_residual": float(residuals[t]),
+                            "updated_relative_residual": float(recurrence[t]), "status": status[t],
                             "eigenvalue_min_estimate": ritz_min - damping, "eigenvalue_max_estimate": ritz_max - damping})
             low.append(ritz_min - damping)
             high.append(ritz_max - damping)
@@ -254,19 +270,24 @@ class LissaSolver(InverseHessianSolver):
 
     with H̃_j the Hessian of the objective on a random minibatch (`batch_size`; null = full batch),
     depth J, scale σ (a number, or `auto` = `scale_factor`·|λ_max(H + δI)| by power iteration),
-    averaged over `repeats` runs. It converges only if σ > λ_max(H + δI): an iterate that turns
-    non-finite or grows past `divergence_factor`·depth·‖v‖ is reported "diverged", never returned.
+    averaged over `repeats` runs. The series converges only if every eigenvalue of (H + δI)/σ lies
+    in (0, 2); then each term is at most ‖v‖ and ‖h_j‖ ≤ (j+1)‖v‖. An iterate that turns non-finite
+    or grows past `growth_limit`·(j+1)·‖v‖ (default 2) is reported "diverged", never returned: it
+    is dominated by a direction of negative curvature (or σ too small), not by (H + δI)⁻¹v.
+    `growth_ratio` = max_j ‖h_j‖ / ((j+1)‖v‖) is recorded for every solve.
     All right-hand sides run together (one batched product per step, the same minibatch for all).
     """
 
     name = "lissa"
+    options_read = ("hessian", "dense_max_parameters", "depth", "scale", "scale_factor", "repeats", "batch_size",
+                    "growth_limit", "power_iterations", "seed")
 
     def _solve(self, vectors, damping):
         depth = int(self.options.get("depth", 1000))
         scale_option = self.options.get("scale", "auto")
         repeats = int(self.options.get("repeats", 1))
         batch_size = self.options.get("batch_size")
-        blowup = float(self.options.get("divergence_factor", 1e6))
+        growth_limit = float(self.options.get("growth_limit", 2.0))
         seed = int(self.options.get("seed", 0))
         obj, theta = self.objective, self.theta
         n = obj.n
@@ -279,8 +300,9 @@ class LissaSolver(InverseHessianSolver):
                                 scale_exceeds_top_eigenvalue=bool(scale > abs(top)), depth=depth, repeats=repeats,
                                 iterations=depth * repeats)
         t_count = len(vectors)
-        limit = blowup * vectors.norm(dim=1).clamp_min(1e-30) * max(depth, 1)
         alive = torch.ones(t_count, dtype=torch.bool, device=vectors.device)
+        v_norm = vectors.norm(dim=1).clamp_min(1e-30)
+        growth = torch.zeros(t_count, dtype=vectors.dtype, device=vectors.device)  # max_j ‖h_j‖ / ((j+1)‖v‖)
         diverged_at = [None] * t_count
         total = torch.zeros_like(vectors)
         last_change = torch.full((t_count,), math.nan, dtype=torch.float64)
@@ -296,8 +318,10 @@ class LissaSolver(InverseHessianSolver):
                 hi = h[idx]
                 new_h = vectors[idx] + hi - self._damped_hvp_many(hi, damping, rows) / scale
                 last_change[idx.cpu()] = ((new_h - hi).norm(dim=1) / new_h.norm(dim=1).clamp_min(1e-30)).double().cpu()
+                ratio = new_h.norm(dim=1) / ((j + 2) * v_norm[idx])  # h_{j+1} has j + 2 terms
+                growth[idx] = torch.maximum(growth[idx], ratio)
                 h[idx] = new_h
-                bad = ~torch.isfinite(new_h).all(dim=1) | (new_h.norm(dim=1) > limit[idx])
+                bad = ~torch.isfinite(new_h).all(dim=1) | (ratio > growth_limit)
                 for t in idx[bad].tolist():
                     alive[t] = False
                     diverged_at[t] = j + 1
@@ -306,7 +330,8 @@ class LissaSolver(InverseHessianSolver):
         solutions = total / repeats
         solutions[~alive] = math.nan
         details = [{"status": status[t], "iterations": depth * repeats if diverged_at[t] is None else diverged_at[t],
-                    "diverged_at_step": diverged_at[t], "last_relative_change": float(last_change[t])}
+                    "diverged_at_step": diverged_at[t], "last_relative_change": float(last_change[t]),
+                    "growth_ratio": float(growth[t])}
                    for t in range(t_count)]
         self.diagnostics.update(solves=details)
         return SolveResult(solutions, status, details)
@@ -326,6 +351,7 @@ class ArnoldiSolver(InverseHessianSolver):
     """
 
     name = "arnoldi"
+    options_read = ("hessian", "dense_max_parameters", "iterations", "rank", "tol", "seed")
     supports_norms = True
 
     def _fit(self):
@@ -398,6 +424,14 @@ SOLVERS: dict[str, type[InverseHessianSolver]] = {
     "lissa": LissaSolver,
     "arnoldi": ArnoldiSolver,
 }
+
+
+def method_settings(name: str, settings: dict) -> dict:
+    """An estimator's config block (`method` + options) less the options its method does not read:
+    a block merged from a per-architecture override may carry another method's options."""
+    method = settings.get("method", name)
+    read = SOLVERS[method].options_read if method in SOLVERS else tuple(settings)
+    return {k: v for k, v in settings.items() if k == "method" or k in read}
 
 
 def make_solver(name: str, **options) -> InverseHessianSolver:

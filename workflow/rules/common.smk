@@ -46,9 +46,15 @@ def arch_cfg(wildcards):
     return grid.arch_config(config, wildcards.study, wildcards.arch)
 
 
-def settings_of(block):
-    """Params for a config block: its settings less the run-only keys (grid.RUN_ONLY_KEYS)."""
-    return lambda w: grid.result_settings(config, w.study, w.arch, block)
+def settings_of(block, unused=()):
+    """Params for a config block: its settings less the run-only keys (grid.RUN_ONLY_KEYS) and
+    the keys the rule does not use (`unused`), so that changing those re-runs nothing.
+    """
+    return lambda w: {
+        k: v
+        for k, v in grid.result_settings(config, w.study, w.arch, block).items()
+        if k not in unused
+    }
 
 
 def damping_of(wildcards):

@@ -19,7 +19,7 @@ rule loo_chunk:
     resources:
         **cluster_resources("loo"),
     params:
-        loo=settings_of("loo"),
+        loo=settings_of("loo", unused=("chunk_size",)),
         train=settings_of("train"),
         order_seed=lambda w: int(w.seed) + 7919,
         device=device(),
@@ -50,7 +50,7 @@ rule loo_drift:
     resources:
         **cluster_resources("loo"),
     params:
-        loo=settings_of("loo"),
+        loo=settings_of("loo", unused=("chunk_size",)),
         train=settings_of("train"),
         order_seed=lambda w: int(w.seed) + 7919,
         device=device(),

@@ -23,7 +23,7 @@ rule loo_repeat:
         **cluster_resources("loo"),
     params:
         repeats=lambda w: repeat_settings(w)["count"],
-        loo=settings_of("loo"),
+        loo=settings_of("loo", unused=("chunk_size",)),
         train=settings_of("train"),
         order_seed=lambda w: rules.loo_drift.params.order_seed(w)
         + repeat_settings(w)["order_seed_offset"],
