@@ -134,6 +134,15 @@ def test_nan_loss_stops_training_with_a_clear_error(iris64):
         train_copies(net, x, y, 0.0, net.flatten()[None], torch.ones(1, len(y), dtype=torch.float64), settings)
 
 
+def test_parameters_that_turn_non_finite_in_the_last_step_stop_training(iris64):
+    """The loss checked is taken before the step; a last step to infinity must not pass unseen."""
+    x, y, _, _ = iris64
+    net = FlatModel(init_model("mlp-d1-w5", (4,), 3, seed=0, dtype=torch.float64))
+    settings = TrainSettings(steps=1, lr=1e308, check_every=1)  # large inputs: gradients > 2, a step past 1.8e308
+    with pytest.raises(NonFiniteLossError, match="parameters became non-finite in the last step"):
+        train_copies(net, 1e3 * x, y, 0.0, net.flatten()[None], torch.ones(1, len(y), dtype=torch.float64), settings)
+
+
 def test_collapsed_model_is_flagged(iris64):
     x, y, _, _ = iris64
     net = FlatModel(init_model("mlp-d2-w5", (4,), 3, seed=0, dtype=torch.float64))

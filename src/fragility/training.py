@@ -264,6 +264,10 @@ def train_copies(
                             "optimizer": optimizer.state_dict(),
                             "schedule": schedule.state_dict(), "buffers": {n_: b.cpu() for n_, b in buffers.items()},
                             "history": history}, checkpoint_path)
+    if not torch.isfinite(thetas).all():  # the loss checked above was taken before the last step
+        bad = torch.nonzero(~torch.isfinite(thetas).all(dim=1)).flatten().tolist()
+        raise NonFiniteLossError(f"parameters became non-finite in the last step for copy {bad[0]}; "
+                                 f"lower train.lr (now {settings.lr}) or check the data")
     model.eval()
     return TrainResult(thetas.detach(), {n_: b.detach() for n_, b in buffers.items()},
                        [float(v) for v in losses.detach().cpu()], time.perf_counter() - began, history)
