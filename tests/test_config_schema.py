@@ -91,3 +91,12 @@ def test_a_name_that_cannot_be_a_path_wildcard_is_refused(where):
         bad["studies"]["iris"]["datasets"]["Iris-b"] = bad["studies"]["iris"]["datasets"].pop("iris")
     with pytest.raises(WorkflowError, match="Iris-b"):
         validate(bad, SCHEMA)
+
+
+def test_the_iris_kind_belongs_to_the_study_named_iris():
+    from fragility import grid
+
+    bad = copy.deepcopy(config())
+    bad["studies"]["iris_b"] = bad["studies"].pop("iris")
+    with pytest.raises(ValueError, match="studies.iris_b.kind"):
+        grid.check_config(bad)
