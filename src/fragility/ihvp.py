@@ -124,7 +124,8 @@ class ExactSolver(InverseHessianSolver):
         (H + δI)⁻¹ v = Q (Λ + δ)⁻¹ Qᵀ v.
 
     Affordable up to a few ten thousand parameters (`max_parameters`); `block` basis vectors per
-    batched product.
+    batched product. As in the paper, the inverse is used even where H + δI is indefinite (a
+    network away from a minimum); `damped_positive_definite` in the diagnostics says whether it is.
     """
 
     name = "exact"

@@ -137,7 +137,7 @@ def compute_influence(model_path, data_path, test_points_path, method_name, meth
 
 def select(influence_path, rules, out_path, log=print):
     """Union over test points of the training points the rules pick from |Δ̂|. A test point whose
-    estimator failed (status not ok: diverged, no positive-definite H + δI, ...) gets no points:
+    estimator failed (status not ok: diverged, negative_curvature in CG, ...) gets no points:
     it is listed under `not_selected` with the status, its correlations carry the flag
     `selection_failed:<status>`, and the rest of the cell and study go on."""
     table = pd.read_parquet(influence_path)
