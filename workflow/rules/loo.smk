@@ -19,7 +19,7 @@ rule loo_chunk:
     resources:
         **cluster_resources("loo"),
     params:
-        loo=settings_of("loo", unused=("chunk_size",)),
+        loo=settings_of("loo"),
         train=settings_of("train"),
         order_seed=lambda w: int(w.seed) + 7919,
         device=device(),
