@@ -32,8 +32,7 @@ def correlation_text(row) -> str:
     """`P 0.87 [0.71, 0.95], S ... (n=40)` with the bootstrap intervals, or the flag's name."""
     if row.flag:
         return row.flag
-    values = [format_interval(row[m], row.get(f"{m}_lo"), row.get(f"{m}_hi"), "") for m in ("pearson", "spearman")]
-    return f"P {values[0]}, S {values[1]} (n={row.n})"
+    return f"P {_interval_text(row, 'pearson')}, S {_interval_text(row, 'spearman')} (n={row.n})"
 
 
 def decay_name(decay: float) -> str:
@@ -64,10 +63,8 @@ def plot_sweep(ax, frame: pd.DataFrame, x: str, value: str, group: str, label_of
         yerr = np.nan_to_num(np.vstack([below, above]).astype(float)).clip(min=0)
         line = ax.errorbar(stats[x], stats["mean"], yerr=yerr, marker="o", capsize=3, label=label_of(key))
         for at, flag in flags_by_x(part, x):
-            if flag_at_bottom:  # e.g. a log axis, which has no 0
-                ax.plot(at, 0, marker="x", color=line[0].get_color(), markersize=9, transform=ax.get_xaxis_transform())
-            else:
-                ax.plot(at, 0, marker="x", color=line[0].get_color(), markersize=9)
+            where = ax.get_xaxis_transform() if flag_at_bottom else ax.transData  # a log axis has no 0
+            ax.plot(at, 0, marker="x", color=line[0].get_color(), markersize=9, transform=where)
             notes.append((line[0].get_color(), f"× {label_of(key)}, {x} {at:g}: {flag.replace(';', ', ')}"))
     for i, (colour, note) in enumerate(notes):  # flagged cells: a cross at 0 on the plot, named below it
         ax.annotate(note, (0, 0), xycoords="axes fraction", xytext=(0, -30 - 8 * i), textcoords="offset points",
