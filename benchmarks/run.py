@@ -34,13 +34,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fragility.data import load_iris
-from fragility.ihvp import make_solver
-from fragility.influence import default_scoring_chunk, test_gradients
-from fragility.models import build_model
-from fragility.objective import FlatModel, Objective, directional_derivatives
+from fragility.data.tabular import load_iris
+from fragility.engine.ihvp import make_solver
+from fragility.engine.influence import default_scoring_chunk, test_gradients
+from fragility.models.registry import build_model
+from fragility.engine.flat import FlatModel
+from fragility.engine.objective import Objective, directional_derivatives
 from fragility.runtime import full_precision_on_gpu, resolve_device
-from fragility.training import TrainSettings, train_copies, train_in_passes
+from fragility.engine.training import TrainSettings, train_copies, train_in_passes
 
 QUIET = dict(log=lambda message: None)
 ROWS: list[dict] = []

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from fragility.data import load_split
+from fragility.data.registry import load_split
 
 
 @pytest.fixture(scope="session")

@@ -5,13 +5,15 @@ import numpy as np
 import pytest
 import torch
 
-from fragility import grid, health
-from fragility.data import load_split, stratified_split
+from fragility.study import grid
+from fragility.engine import health
+from fragility.data.registry import load_split
+from fragility.data.split import stratified_split
 from fragility.io import CorruptFileError, atomic_path, load_torch, save_torch
-from fragility.models import build_model, count_parameters, init_model
-from fragility.objective import FlatModel
-from fragility.selection import choose_test_points, chunk, select_training_points
-from fragility.training import NonFiniteLossError, TrainSettings, train_copies
+from fragility.models.registry import build_model, count_parameters, init_model
+from fragility.engine.flat import FlatModel
+from fragility.study.selection import choose_test_points, chunk, select_training_points
+from fragility.engine.training import NonFiniteLossError, TrainSettings, train_copies
 
 
 def test_iris_split_is_stratified_seeded_and_standardised_on_train_only():

@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-import fragility.training as training
-from fragility.models import build_model
-from fragility.objective import FlatModel
-from fragility.training import TrainSettings, train_copies
+import fragility.engine.training as training
+from fragility.models.registry import build_model
+from fragility.engine.flat import FlatModel
+from fragility.engine.training import TrainSettings, train_copies
 
 QUIET = dict(log=lambda message: None)
 
@@ -197,7 +197,7 @@ def test_a_job_trained_pass_by_pass_equals_one_pass(tmp_path, per_pass, monkeypa
     them removed at the end."""
     import pandas as pd
 
-    from fragility import pipeline
+    from fragility.study import pipeline
 
     saved = []
     real_save = training.save_torch

@@ -24,7 +24,7 @@ def test_shipped_configs_are_valid(overlay):
     and the checks made when the DAG is built (architectures, dataset options, select.by, ...)."""
     from snakemake.utils import update_config
 
-    from fragility import grid
+    from fragility.study import grid
 
     merged = config()
     if overlay:
@@ -61,7 +61,7 @@ def test_a_bad_test_point_spec_in_an_override_is_refused():
 def test_an_estimator_keeps_only_the_options_its_method_reads():
     """Table 1's small CNN overrides `primary` to `exact`; the LiSSA options merged in from the
     study's `primary` are not its settings, so changing them re-runs nothing for it."""
-    from fragility import grid
+    from fragility.study import grid
 
     cfg = config()
     lissa = grid.estimators(cfg, "table1", "lenet")["primary"]
@@ -73,7 +73,7 @@ def test_an_estimator_keeps_only_the_options_its_method_reads():
 def test_an_override_of_the_repeat_offset_keeps_the_studys_repeat_count():
     from snakemake.utils import update_config
 
-    from fragility import grid
+    from fragility.study import grid
 
     cfg = config()
     update_config(cfg, {"studies": {"table1": {"loo": {"repeats": {"count": 5}},
@@ -94,7 +94,7 @@ def test_a_name_that_cannot_be_a_path_wildcard_is_refused(where):
 
 
 def test_the_iris_kind_belongs_to_the_study_named_iris():
-    from fragility import grid
+    from fragility.study import grid
 
     bad = copy.deepcopy(config())
     bad["studies"]["iris_b"] = bad["studies"].pop("iris")

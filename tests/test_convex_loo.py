@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from fragility.ihvp import ExactSolver
-from fragility.influence import influence_table
-from fragility.models import init_model
-from fragility.objective import FlatModel, Objective
-from fragility.training import TrainSettings, train_copies
+from fragility.engine.ihvp import ExactSolver
+from fragility.engine.influence import influence_table
+from fragility.models.registry import init_model
+from fragility.engine.flat import FlatModel
+from fragility.engine.objective import Objective
+from fragility.engine.training import TrainSettings, train_copies
 
 DECAY = 0.05
 

@@ -8,12 +8,13 @@ import pytest
 import torch
 from torch import nn
 
-from fragility import pipeline
-from fragility.ihvp import make_solver
+from fragility.study import pipeline
+from fragility.engine.ihvp import make_solver
 from fragility.io import read_json
-from fragility.models import build_model
-from fragility.objective import FlatModel, Objective, directional_derivatives
-from fragility.training import TrainSettings, train_copies
+from fragility.models.registry import build_model
+from fragility.engine.flat import FlatModel
+from fragility.engine.objective import Objective, directional_derivatives
+from fragility.engine.training import TrainSettings, train_copies
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 QUIET = dict(log=lambda message: None)

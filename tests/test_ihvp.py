@@ -6,9 +6,10 @@ import math
 import pytest
 import torch
 
-from fragility.ihvp import SOLVERS, SolverError, make_solver
-from fragility.models import build_model
-from fragility.objective import FlatModel, Objective
+from fragility.engine.ihvp import SOLVERS, SolverError, make_solver
+from fragility.models.registry import build_model
+from fragility.engine.flat import FlatModel
+from fragility.engine.objective import Objective
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +155,7 @@ def test_lissa_reports_slow_growth_along_negative_curvature_as_diverged(problem)
 def test_cg_judges_convergence_by_the_true_residual():
     """In float32 on an ill-conditioned system CG's updated residual keeps falling after the true one
     has stopped: the reported residual is the true one, and such a solve is not "ok"."""
-    from fragility.ihvp import ConjugateGradientSolver
+    from fragility.engine.ihvp import ConjugateGradientSolver
 
     torch.manual_seed(0)
     q, _ = torch.linalg.qr(torch.randn(300, 300, dtype=torch.float64))

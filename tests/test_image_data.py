@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-from fragility import image_data
-from fragility.data import load_split
+from fragility.data import files as image_files
+from fragility.data import images as image_data
+from fragility.data.registry import load_split
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -54,7 +55,7 @@ def fake_cifar(root: Path, monkeypatch, name: str = "cifar10", per_batch: int = 
     import torchvision
 
     rng = np.random.default_rng(seed)
-    cls = getattr(torchvision.datasets, image_data.TORCHVISION[name]["class"])
+    cls = getattr(torchvision.datasets, image_files.TORCHVISION[name]["class"])
     folder = root / cls.base_folder
     folder.mkdir(parents=True)
     n_classes, label_key, names_key = (10, "labels", "label_names") if name == "cifar10" else (100, "fine_labels", "fine_label_names")
@@ -117,10 +118,10 @@ def test_normalisation_uses_training_statistics(tmp_path):
 
 
 def test_missing_files_say_how_to_get_them(tmp_path):
-    with pytest.raises(image_data.DatasetMissingError, match="download_mnist") as err:
+    with pytest.raises(image_files.DatasetMissingError, match="download_mnist") as err:
         load_split("mnist", {}, data_dir=str(tmp_path / "nowhere"))
     assert "nowhere" in str(err.value) and "never download" in str(err.value)
-    with pytest.raises(image_data.DatasetMissingError, match="download_cifar10"):
+    with pytest.raises(image_files.DatasetMissingError, match="download_cifar10"):
         load_split("cifar10", {"download": True}, data_dir=str(tmp_path))  # `download` never fetches here
 
 
@@ -154,12 +155,12 @@ def test_download_files_match_torchvision_layout(tmp_path, monkeypatch):
     fake_mnist(tmp_path)
     fake_cifar(tmp_path, monkeypatch)
     for name in ("mnist", "cifar10"):
-        files = image_data.download_files(name, str(tmp_path))
+        files = image_files.download_files(name, str(tmp_path))
         assert files and all(Path(f).exists() for f in files)
-    mnist = image_data.download_files("mnist", str(tmp_path))
+    mnist = image_files.download_files("mnist", str(tmp_path))
     assert {Path(f).name for f in mnist} == {name.removesuffix(".gz") for name, _ in torchvision.datasets.MNIST.resources}
     assert {str(Path(f).parent) for f in mnist} == {str(tmp_path / "MNIST" / "raw")}
-    cifar = {Path(f).relative_to(tmp_path) for f in image_data.download_files("cifar10", str(tmp_path))}
+    cifar = {Path(f).relative_to(tmp_path) for f in image_files.download_files("cifar10", str(tmp_path))}
     expected = {Path(torchvision.datasets.CIFAR10.base_folder) / name for name, _ in
                 torchvision.datasets.CIFAR10.train_list + torchvision.datasets.CIFAR10.test_list}
     assert expected <= cifar  # plus batches.meta

@@ -7,9 +7,9 @@ import pytest
 import torch
 import torchvision
 
-from fragility.models import build_model, count_parameters, init_model
-from fragility.objective import FlatModel
-from fragility.training import TrainSettings, train_copies
+from fragility.models.registry import build_model, count_parameters, init_model
+from fragility.engine.flat import FlatModel
+from fragility.engine.training import TrainSettings, train_copies
 
 SHAPES = [(1, 28, 28), (3, 32, 32)]
 ARCHS = ["smallcnn", "lenet", "vgg13", "vgg14", "resnet18", "resnet50"]

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from fragility.metrics import (bootstrap_interval, correlate, format_interval, format_mean_spread, format_value,
-                               pearson_rows, permutation_pvalue, spearman_rows)
+from fragility.stats import bootstrap_interval, correlate, format_interval, format_mean_spread, format_value, pearson_rows, permutation_pvalue, spearman_rows
 
 REPLICATIONS, RESAMPLES, N = 200, 200, 40
 

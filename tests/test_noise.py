@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fragility import noise, pipeline
+from fragility.study import correlate, noise, pipeline, selection
 from fragility.io import read_json, write_json
 
 
@@ -83,7 +83,7 @@ def tiny_cell(tmp_path_factory):
     pipeline.pick_test_points(paths["model.pt"], paths["data.pt"], ["max"], paths["tp.json"], "cpu")
     pipeline.compute_influence(paths["model.pt"], paths["data.pt"], paths["tp.json"], "exact", {}, 0.01,
                                paths["exact.parquet"], paths["exact.json"], device_name="cpu", log=lambda m: None)
-    pipeline.select(paths["exact.parquet"], [{"top_k": 8}], paths["selected.json"])
+    selection.select(paths["exact.parquet"], [{"top_k": 8}], paths["selected.json"])
     removed = read_json(paths["selected.json"])["indices"]
     common = dict(device_name="cpu", order_seed=3, log=lambda m: None)
     pipeline.run_loo(paths["model.pt"], paths["data.pt"], paths["tp.json"], [-1], loo_cfg, train_cfg, paths["drift.parquet"],
@@ -95,7 +95,7 @@ def tiny_cell(tmp_path_factory):
 
 def _correlate(paths, root, repeat=None):
     out = (str(root / "rows.parquet"), str(root / "corr.parquet"))
-    pipeline.correlate_cell({"arch": "mlp-d1-w3", "seed": 0}, {"exact": paths["exact.parquet"]}, paths["tp.json"],
+    correlate.correlate_cell({"arch": "mlp-d1-w3", "seed": 0}, {"exact": paths["exact.parquet"]}, paths["tp.json"],
                             paths["selected.json"], [paths["chunk.parquet"]], paths["drift.parquet"], paths["metrics.json"],
                             *out, repeat_path=repeat, options={"resamples": 200, "permutations": 200})
     return pd.read_parquet(out[0]), pd.read_parquet(out[1])
@@ -127,7 +127,7 @@ def test_a_test_point_without_selection_is_flagged_by_name(tiny_cell, tmp_path):
     write_json({**record, "indices": [], "per_test_point": {name: {}}, "not_selected": {name: "diverged"}},
                failed["selected.json"])
     out = (str(tmp_path / "rows.parquet"), str(tmp_path / "corr.parquet"))
-    pipeline.correlate_cell({"arch": "mlp-d1-w3", "seed": 0}, {"exact": paths["exact.parquet"]}, paths["tp.json"],
+    correlate.correlate_cell({"arch": "mlp-d1-w3", "seed": 0}, {"exact": paths["exact.parquet"]}, paths["tp.json"],
                             failed["selected.json"], [], paths["drift.parquet"], paths["metrics.json"], *out,
                             options={"resamples": 50, "permutations": 50})
     corr = pd.read_parquet(out[1])
@@ -142,7 +142,7 @@ def test_a_model_that_did_not_train_is_reported_by_its_flag_only(tiny_cell, tmp_
     collapsed = str(tmp_path / "metrics.json")
     write_json({**metrics, "flags": ["constant_outputs"]}, collapsed)
     out = (str(tmp_path / "rows.parquet"), str(tmp_path / "corr.parquet"))
-    pipeline.correlate_cell({"arch": "mlp-d1-w3", "seed": 0}, {"exact": paths["exact.parquet"]}, paths["tp.json"],
+    correlate.correlate_cell({"arch": "mlp-d1-w3", "seed": 0}, {"exact": paths["exact.parquet"]}, paths["tp.json"],
                             paths["selected.json"], [paths["chunk.parquet"]], paths["drift.parquet"], collapsed, *out,
                             options={"resamples": 50, "permutations": 50})
     corr = pd.read_parquet(out[1])
@@ -156,9 +156,9 @@ def test_repeat_with_another_minibatch_order_measures_noise(tiny_cell):
     kwargs = dict(device_name="cpu", log=lambda m: None)
     same = str(root / "repeat_same.parquet")
     other = str(root / "repeat_other.parquet")
-    noise.repeat_loo(paths["model.pt"], paths["data.pt"], paths["tp.json"], paths["selected.json"], 3, loo_cfg, train_cfg,
+    pipeline.repeat_loo(paths["model.pt"], paths["data.pt"], paths["tp.json"], paths["selected.json"], 3, loo_cfg, train_cfg,
                      same, order_seed=3, **kwargs)
-    _, indices = noise.repeat_loo(paths["model.pt"], paths["data.pt"], paths["tp.json"], paths["selected.json"], 3, loo_cfg,
+    _, indices = pipeline.repeat_loo(paths["model.pt"], paths["data.pt"], paths["tp.json"], paths["selected.json"], 3, loo_cfg,
                                   train_cfg, other, order_seed=4, **kwargs)
     assert indices == read_json(paths["selected.json"])["indices"][:3]
     assert sorted(pd.read_parquet(other).removed_index) == [-1] + indices

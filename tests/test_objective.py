@@ -4,8 +4,9 @@ Gauss-Newton matrix, checked against finite differences and explicit formulas (f
 import pytest
 import torch
 
-from fragility.models import build_model
-from fragility.objective import FlatModel, Objective, per_sample_gradients
+from fragility.models.registry import build_model
+from fragility.engine.flat import FlatModel
+from fragility.engine.objective import Objective, per_sample_gradients
 
 
 def tiny_problem(arch="mlp-d1-w5", n=30, decay=0.01, seed=0):

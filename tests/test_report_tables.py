@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fragility import report_tables
+from fragility.report import aggregate as report_tables
 
 
 def correlation_rows():
@@ -114,7 +114,7 @@ def test_noise_table_names_the_flags_of_the_cell_not_of_one_estimator():
 @pytest.mark.filterwarnings("ignore:No artists with labels")  # the drawing is replaced by a recorder
 def test_decay_sweep_draws_one_series_per_dataset(tmp_path, monkeypatch):
     """With two datasets (Table 1), a line's mean and band are over seeds, never over datasets."""
-    from fragility import plots
+    from fragility.report import figures as plots
 
     rows = []
     for dataset, value in (("mnist", 0.9), ("cifar10", 0.1)):
@@ -131,7 +131,7 @@ def test_decay_sweep_draws_one_series_per_dataset(tmp_path, monkeypatch):
 
 
 def test_small_mnist_means_name_the_flagged_rows_they_leave_out():
-    from fragility.plots_images import _mean_std
+    from fragility.report.figures_images import _mean_std
 
     frame = pd.DataFrame({"decay": [0.001] * 5 + [0.0] * 2, "pearson": [0.9, 0.7, np.nan, np.nan, np.nan, np.nan, np.nan],
                           "flag": ["", "", "constant_actual", "selection_failed:diverged", "constant_actual",
@@ -144,7 +144,7 @@ def test_small_mnist_means_name_the_flagged_rows_they_leave_out():
 
 
 def test_a_test_point_with_nothing_retrained_keeps_its_panel_and_flag(tmp_path, monkeypatch):
-    from fragility import plots
+    from fragility.report import figures as plots
 
     cell = {"study": "iris", "dataset": "iris", "arch": "mlp-d1-w5", "decay": 0.0, "seed": 0, "estimator": "exact",
             "target": "loss_change", "subset": "all", "pearson_lo": np.nan, "pearson_hi": np.nan,
@@ -216,7 +216,7 @@ def test_diagnostics_carry_the_models_flag(tmp_path):
 
 
 def test_every_correlation_gets_its_own_resamples():
-    from fragility.metrics import correlate, stream_seed
+    from fragility.stats import correlate, stream_seed
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal(20)
@@ -231,7 +231,7 @@ def test_every_correlation_gets_its_own_resamples():
 def test_sweeps_name_every_flag_at_a_position_and_leave_flagged_seeds_out(monkeypatch):
     from matplotlib import pyplot as plt
 
-    from fragility import plots
+    from fragility.report import figures as plots
 
     frame = pd.DataFrame({"depth": [1, 1, 7, 7, 7], "decay": 0.005, "seed": [0, 1, 0, 1, 2],
                           "top_eigenvalue": [2.0, 4.0, 1e-9, 1e-9, 50.0],
@@ -247,7 +247,7 @@ def test_sweeps_name_every_flag_at_a_position_and_leave_flagged_seeds_out(monkey
 
 
 def test_a_single_value_gets_its_bootstrap_interval_as_error_bar():
-    from fragility.plots_images import _mean_std
+    from fragility.report.figures_images import _mean_std
 
     frame = pd.DataFrame({"decay": [0.001, 0.0, 0.0], "pearson": [0.8, 0.5, 0.7], "pearson_lo": [0.6, 0.3, 0.5],
                           "pearson_hi": [0.9, 0.6, 0.8], "flag": ""})

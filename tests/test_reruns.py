@@ -256,9 +256,9 @@ KILL_AT_STEP = 250  # between the checkpoints at steps 200 and 300
 KILL_SCRIPT = """
 import os, signal, sys
 import torch
-from fragility import training
+from fragility.engine import training
 torch.set_num_threads(1)
-from fragility.pipeline import prepare_data, train
+from fragility.study.pipeline import prepare_data, train
 rows = training.batch_rows
 def batch_rows(step, *args):
     if step == int(sys.argv[5]):
@@ -275,7 +275,7 @@ def test_training_killed_mid_run_resumes_from_its_checkpoint_to_the_same_paramet
     """SIGKILL the training process between checkpoints; the re-run resumes from the last one
     (SGD with momentum and minibatches, so optimiser state and batch order must resume too) and
     ends at exactly the θ of an uninterrupted run. The killed run leaves no model file behind."""
-    from fragility.pipeline import load_trained, train
+    from fragility.study.pipeline import load_trained, train
 
     data, model, metrics = tmp_path / "data.pt", tmp_path / "model.pt", tmp_path / "metrics.json"
     checkpoint = Path(str(model) + ".checkpoint")

@@ -5,10 +5,11 @@ import pytest
 import torch
 from torch import nn
 
-import fragility.influence as influence
-from fragility.ihvp import make_solver
-from fragility.models import build_model
-from fragility.objective import FlatModel, Objective, directional_derivatives
+import fragility.engine.influence as influence
+from fragility.engine.ihvp import make_solver
+from fragility.models.registry import build_model
+from fragility.engine.flat import FlatModel
+from fragility.engine.objective import Objective, directional_derivatives
 
 
 def gradient_loop(net, theta, x, y):

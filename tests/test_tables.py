@@ -8,10 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fragility import pipeline, tables
-from fragility.image_data import DATASET_FAMILY
-from fragility.models import known_architecture
-from fragility.selection import select_training_points
+from fragility.study import selection
+from fragility.report import tables
+from fragility.data.files import DATASET_FAMILY
+from fragility.models.registry import known_architecture
+from fragility.study.selection import select_training_points
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER = REPO / "workflow" / "resources" / "paper_table1.csv"
@@ -169,7 +170,7 @@ def test_a_failed_estimate_selects_nothing_for_its_test_point_and_says_so(tmp_pa
     path = tmp_path / "influence.parquet"
     pd.concat(frames).to_parquet(path)
     messages = []
-    pipeline.select(path, [{"top_k": 5}], tmp_path / "selected.json", log=messages.append)
+    selection.select(path, [{"top_k": 5}], tmp_path / "selected.json", log=messages.append)
     selected = pd.read_json(tmp_path / "selected.json", typ="series")
     assert selected["not_selected"] == {"bad": "diverged"}
     assert selected["per_test_point"]["bad"] == {} and len(selected["per_test_point"]["good"]) == 5
@@ -184,7 +185,7 @@ def test_select_step_unions_test_points(tmp_path):
                             "status": "ok"}) for t, tp in enumerate(["top1", "top2"])]
     path = tmp_path / "influence.parquet"
     pd.concat(frames).to_parquet(path)
-    pipeline.select(path, SMALL_MNIST_RULES, tmp_path / "selected.json")
+    selection.select(path, SMALL_MNIST_RULES, tmp_path / "selected.json")
     selected = pd.read_json(tmp_path / "selected.json", typ="series")
     per_point = selected["per_test_point"]
     assert all(len(v) == 200 for v in per_point.values())

@@ -8,7 +8,6 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-import torch
 
 
 class CorruptFileError(RuntimeError):
@@ -51,11 +50,15 @@ def read_json(path) -> dict:
 
 def save_torch(obj, path) -> None:
     with atomic_path(path) as tmp:
+        import torch
+
         torch.save(obj, tmp)
 
 
 def load_torch(path, required_keys=(), map_location="cpu") -> dict:
     """Load a torch file and check it holds `required_keys`; raise CorruptFileError otherwise."""
+    import torch
+
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"expected file is missing: {path}")

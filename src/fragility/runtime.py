@@ -1,13 +1,14 @@
-"""Device choice, threads, GPU precision and dtypes."""
+"""Device choice, threads, GPU precision and dtypes; job logs. torch is imported by the functions
+that need it, so the workflow can build its DAG (and log) without it."""
 
 from __future__ import annotations
 
-import torch
-
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
+DTYPES = ("float32", "float64")
 
 
-def resolve_device(name: str = "auto") -> torch.device:
+def resolve_device(name: str = "auto"):
+    import torch
+
     """`auto` picks CUDA when present, else CPU; `cpu`/`cuda`/`cuda:1` are taken as given."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -22,6 +23,8 @@ def full_precision_on_gpu() -> None:
     for float32 convolutions by default. On an H100 that moved small-CNN influence scores by 2e-4
     and ResNet18 scores by 7e-2 of the largest score, against 2e-7 and 7e-7 without it, at the same
     speed (benchmarks/README.md)."""
+    import torch
+
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False
 
@@ -29,6 +32,8 @@ def full_precision_on_gpu() -> None:
 def configure(threads: int | None = None, deterministic: bool = True) -> None:
     """Set the number of CPU threads, ask torch for deterministic kernels, and keep float32 on
     the GPU at full precision (no TF32)."""
+    import torch
+
     if threads:
         torch.set_num_threads(int(threads))
     if deterministic:
@@ -36,15 +41,19 @@ def configure(threads: int | None = None, deterministic: bool = True) -> None:
     full_precision_on_gpu()
 
 
-def resolve_dtype(name: str) -> torch.dtype:
+def resolve_dtype(name: str):
+    import torch
+
     if name not in DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got '{name}'")
-    return DTYPES[name]
+        raise ValueError(f"dtype must be one of {list(DTYPES)}, got '{name}'")
+    return getattr(torch, name)
 
 
-def peak_gpu_memory_mb(device: torch.device) -> float | None:
+def peak_gpu_memory_mb(device) -> float | None:
     if device.type != "cuda":
         return None
+    import torch
+
     return torch.cuda.max_memory_allocated(device) / 2**20
 
 

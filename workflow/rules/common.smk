@@ -10,7 +10,8 @@ SOURCE = os.path.join(workflow.basedir, "src")
 sys.path.insert(0, SOURCE)
 CONDA_ENV = "../../envs/environment.yaml"
 
-from fragility import grid, pipeline, report_tables  # noqa: E402
+from fragility.study import correlate, grid, selection  # noqa: E402
+from fragility.report import aggregate  # noqa: E402
 from fragility.runtime import file_logger  # noqa: E402
 
 validate(config, schema="../schemas/config.schema.yaml")
@@ -58,7 +59,7 @@ def settings_of(block, unused=()):
 
 
 def damping_of(wildcards):
-    return pipeline.damping_for(arch_cfg(wildcards)["influence"], decay_of(wildcards))
+    return grid.damping_for(arch_cfg(wildcards)["influence"], decay_of(wildcards))
 
 
 def decay_of(wildcards):
@@ -197,7 +198,7 @@ def loo_repeat_input(wildcards):
 
 def correlate_job(input, output, params, log):
     """Adapter for rule correlate (runs inside the Snakemake process)."""
-    pipeline.correlate_cell(
+    correlate.correlate_cell(
         params.cell,
         dict(zip(params.estimators, input.influence)),
         input.test_points,
@@ -215,7 +216,7 @@ def correlate_job(input, output, params, log):
 
 def aggregate_job(input, output, params, log):
     """Adapter for rule aggregate (runs inside the Snakemake process)."""
-    report_tables.aggregate_study(
+    aggregate.aggregate_study(
         input.correlations,
         input.rows,
         input.metrics,

@@ -2,7 +2,7 @@
 # Snakemake runs (with internet access), never as compute jobs. Their outputs are the files the
 # loaders read, so data copied there by hand count as present and nothing is fetched.
 # `prepare_data` takes these files as input (image_data.required_files).
-from fragility import image_data  # noqa: E402
+from fragility.data import files as image_data  # noqa: E402
 
 DATA_DIR = config.get("data_dir", "data")
 

@@ -1,7 +1,7 @@
 # Study-level outputs of the image studies: Table 1 (every study of kind `table1`) and the
 # small-MNIST figures (kind `mnist_small`). `snakemake table1` / `mnist_small` build the studies
 # of those names; their options come from tables.table1_options / mnist_small_options.
-from fragility import tables  # noqa: E402
+from fragility.report import tables  # noqa: E402
 
 PAPER_TABLE1 = str(Path(workflow.basedir) / "workflow/resources/paper_table1.csv")
 TABLE1_STUDIES = tables.studies_of_kind(config, "table1")
@@ -73,7 +73,7 @@ rule plot_table1:
     params:
         outdir=lambda w, output: str(Path(output[0]).parent),
     run:
-        from fragility.plots_images import table1_figure
+        from fragility.report.figures_images import table1_figure
 
         table1_figure(input[0], params.outdir)
         file_logger(log[0])("Table 1 figure written")
@@ -106,7 +106,7 @@ rule plot_mnist_small:
         options=lambda w: tables.mnist_small_options(config, w.study),
         outdir=lambda w, output: str(Path(output[0]).parent),
     run:
-        from fragility.plots_images import mnist_small_figures
+        from fragility.report.figures_images import mnist_small_figures
 
         mnist_small_figures(
             input.correlations, input.rows, params.outdir, **params.options

@@ -43,7 +43,7 @@ checkpoint select:
         rules=lambda w: arch_cfg(w)["select"]["rules"],
     run:
         logger = file_logger(log[0])
-        pipeline.select(input[0], params.rules, output[0], log=logger)
+        selection.select(input[0], params.rules, output[0], log=logger)
         logger("selection written")
 
 

@@ -39,7 +39,7 @@ rule plot_iris:
         figures=lambda w: config["studies"]["iris"].get("figures", {}),
         outdir=lambda w, output: os.path.dirname(output[0]),
     run:
-        from fragility.plots import iris_figures
+        from fragility.report.figures import iris_figures
 
         iris_figures(
             input.correlations,

@@ -1,6 +1,6 @@
 # What `snakemake --report report.html` shows: every study's tables (as HTML views of the CSVs),
 # the overview figures, per-rule run time and memory, and the configuration used.
-from fragility import tables  # noqa: E402
+from fragility.report import tables  # noqa: E402
 
 
 report: "../report/workflow.rst"
@@ -33,7 +33,7 @@ rule table1_report_page:
         mem_mb=1000,
         runtime=5,
     run:
-        report_tables.table1_page(input.table, input.versus, output[0])
+        aggregate.table1_page(input.table, input.versus, output[0])
         file_logger(log[0])("Table 1 page written")
 
 
@@ -70,7 +70,7 @@ rule study_figures:
         figures=lambda w: grid.study_block(config, w.study).get("figures", {}),
         outdir=lambda w, output: str(Path(output[0]).parent),
     run:
-        from fragility.plots import study_figures
+        from fragility.report.figures import study_figures
 
         study_figures(
             input.correlations,
@@ -109,7 +109,7 @@ rule study_report_pages:
         outdir=lambda w, output: str(Path(output[0]).parent),
         config_text=lambda w: yaml_dump(config),
     run:
-        report_tables.study_report_pages(
+        aggregate.study_report_pages(
             params.study_dir, params.outdir, params.config_text
         )
         file_logger(log[0])("report pages written")
@@ -138,7 +138,7 @@ rule gather_benchmarks:
         benchmarks=os.path.join(RESULTS, "benchmarks/{study}"),
         logs=os.path.join(RESULTS, "logs/{study}"),
     run:
-        jobs = report_tables.gather_benchmarks(
+        jobs = aggregate.gather_benchmarks(
             params.benchmarks, params.logs, *output
         )
         file_logger(log[0])(f"{len(jobs)} benchmark files gathered")

@@ -4,7 +4,7 @@ import sys
 # the library in src/ (importable in any environment: venv, --sdm conda, cluster nodes)
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "src"))
 
-from fragility.pipeline import compute_influence
+from fragility.study.pipeline import compute_influence
 from fragility.runtime import peak_gpu_memory_mb, resolve_device, start_job
 
 log = start_job(snakemake.log[0], snakemake.threads)

@@ -6,10 +6,10 @@ import sys
 # the library in src/ (importable in any environment: venv, --sdm conda, cluster nodes)
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "src"))
 
-from fragility.grid import read_selected, with_run_settings
-from fragility.pipeline import run_loo
+from fragility.study.grid import read_selected, with_run_settings
+from fragility.study.pipeline import run_loo
 from fragility.runtime import peak_gpu_memory_mb, resolve_device, start_job
-from fragility.selection import chunk
+from fragility.study.selection import chunk
 
 log = start_job(snakemake.log[0], snakemake.threads)
 p, w = snakemake.params, snakemake.wildcards

@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .plots import correlation_text, decay_name, save  # noqa: E402
+from .figures import correlation_text, decay_name, save  # noqa: E402
 
 METRIC_NAMES = {"pearson": "Pearson", "spearman": "Spearman"}
 SUBSET_NAMES = {"top": "top by |Δ̂|", "all": "all re-trained"}

@@ -9,44 +9,9 @@ samples). Influence computations use the model in eval mode (BatchNorm uses runn
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
-from torch import nn
-from torch.func import functional_call, grad, jvp, vjp, vmap
+from torch.func import grad, jvp, vjp, vmap
 
-
-class FlatModel:
-    """Wraps `model` so that its logits and losses are functions of a flat vector θ."""
-
-    def __init__(self, model: nn.Module):
-        self.model = model
-        params = list(model.named_parameters())
-        self.names = [n for n, _ in params]
-        self.shapes = [p.shape for _, p in params]
-        self.sizes = [p.numel() for _, p in params]
-        self.buffers = {n: b for n, b in model.named_buffers()}
-
-    @property
-    def num_parameters(self) -> int:
-        return sum(self.sizes)
-
-    def flatten(self) -> torch.Tensor:
-        return torch.cat([p.detach().reshape(-1) for p in self.model.parameters()])
-
-    def unflatten(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {n: t.view(s) for n, t, s in zip(self.names, theta.split(self.sizes), self.shapes)}
-
-    def load_into_model(self, theta: torch.Tensor) -> nn.Module:
-        with torch.no_grad():
-            for p, t in zip(self.model.parameters(), theta.split(self.sizes)):
-                p.copy_(t.view_as(p))
-        return self.model
-
-    def logits(self, theta: torch.Tensor, x: torch.Tensor, buffers: dict | None = None) -> torch.Tensor:
-        return functional_call(self.model, (self.unflatten(theta), self.buffers if buffers is None else buffers), (x,))
-
-    def per_sample_losses(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """ℓ(z_i, θ) for every row: cross-entropy of the logits, shape [n]."""
-        return F.cross_entropy(self.logits(theta, x), y, reduction="none")
+from .flat import FlatModel
 
 
 def _chunks(n: int, size: int | None):

@@ -23,7 +23,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .models import register
 
 def _shape(input_shape) -> tuple[int, int, int]:
     if len(input_shape) != 3:
@@ -129,52 +128,45 @@ def small_image_resnet(name: str, in_channels: int, n_classes: int) -> nn.Module
     return model
 
 
-@register("smallcnn")
 def smallcnn(input_shape, n_classes: int) -> nn.Module:
     c, _, _ = _shape(input_shape)
     return SmallCNN(c, n_classes)
 
 
-@register("lenet")
 def lenet(input_shape, n_classes: int) -> nn.Module:
     c, h, w = _shape(input_shape)
     return LeNet(c, h, w, n_classes)
 
 
-@register("vgg13")
 def vgg13(input_shape, n_classes: int) -> nn.Module:
     c, h, w = _shape(input_shape)
     return SmallImageVGG(vgg_config("vgg13"), c, min(h, w), n_classes)
 
 
-@register("vgg14")
 def vgg14(input_shape, n_classes: int) -> nn.Module:
     c, h, w = _shape(input_shape)
     return SmallImageVGG(vgg_config("vgg14"), c, min(h, w), n_classes)
 
 
-@register("resnet18")
 def resnet18(input_shape, n_classes: int) -> nn.Module:
     c, _, _ = _shape(input_shape)
     return small_image_resnet("resnet18", c, n_classes)
 
 
-@register("resnet50")
 def resnet50(input_shape, n_classes: int) -> nn.Module:
     c, _, _ = _shape(input_shape)
     return small_image_resnet("resnet50", c, n_classes)
 
 
-IMAGE_ARCHITECTURES = ["smallcnn", "lenet", "vgg13", "vgg14", "resnet18", "resnet50"]
+IMAGE_ARCHITECTURES = {"smallcnn": smallcnn, "lenet": lenet, "vgg13": vgg13, "vgg14": vgg14, "resnet18": resnet18,
+                       "resnet50": resnet50}
 INPUT_SHAPES = {"MNIST (1×28×28)": (1, 28, 28), "CIFAR (3×32×32)": (3, 32, 32)}
 
 
 def parameter_counts(n_classes: int = 10) -> dict[str, dict[str, int]]:
     """{architecture: {input: number of parameters}} for the standard inputs."""
-    from .models import build_model, count_parameters
-
-    return {arch: {label: count_parameters(build_model(arch, shape, n_classes)) for label, shape in INPUT_SHAPES.items()}
-            for arch in IMAGE_ARCHITECTURES}
+    return {arch: {label: sum(p.numel() for p in build(shape, n_classes).parameters()) for label, shape in INPUT_SHAPES.items()}
+            for arch, build in IMAGE_ARCHITECTURES.items()}
 
 
 if __name__ == "__main__":

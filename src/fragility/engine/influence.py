@@ -17,7 +17,8 @@ import pandas as pd
 import torch
 
 from .ihvp import InverseHessianSolver
-from .objective import FlatModel, per_sample_gradients, directional_derivatives
+from .flat import FlatModel
+from .objective import per_sample_gradients, directional_derivatives
 
 
 def test_gradients(net: FlatModel, theta, x_test, y_test) -> torch.Tensor:

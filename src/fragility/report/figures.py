@@ -12,8 +12,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .metrics import format_interval  # noqa: E402
-from .models import MLP_NAME  # noqa: E402
+from ..stats import format_interval  # noqa: E402
+from ..models.registry import MLP_NAME  # noqa: E402
 
 
 def save(fig, outdir, name) -> None:

@@ -38,8 +38,8 @@ from pathlib import Path
 import torch
 from torch.func import functional_call, vmap
 
-from .io import load_torch, save_torch
-from .objective import FlatModel
+from ..io import load_torch, save_torch
+from .flat import FlatModel
 
 
 class NonFiniteLossError(RuntimeError):

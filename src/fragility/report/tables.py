@@ -24,8 +24,8 @@ import math
 
 import pandas as pd
 
-from .io import write_csv
-from .metrics import format_interval
+from ..io import write_csv
+from ..stats import format_interval
 
 TEST_POINTS = {"A": "max", "B": "median"}
 # (label, test point, with decay?) in the paper's column order
@@ -111,8 +111,8 @@ def studies_of_kind(config: dict, kind: str) -> list[str]:
 def table1_options(config: dict, study: str) -> dict:
     """What `write_table1` needs to know of a study's config: each dataset's paper family, each
     architecture's reported estimator (`select.by`) and its method, decays, row order."""
-    from .grid import arch_config, estimators, study_block
-    from .image_data import DATASET_FAMILY
+    from ..study.grid import arch_config, estimators, study_block
+    from ..data.files import DATASET_FAMILY
 
     block = study_block(config, study)
     chosen = {arch: arch_config(config, study, arch)["select"]["by"] for arch in block["architectures"]}
@@ -129,7 +129,7 @@ def table1_options(config: dict, study: str) -> dict:
 def mnist_small_options(config: dict, study: str) -> dict:
     """The small-MNIST figures' options: the 'with decay' value (`figures.decay`), the estimator
     (`figures.estimator`, else `select.by` of the first architecture) and its method."""
-    from .grid import arch_config, estimators, study_block
+    from ..study.grid import arch_config, estimators, study_block
 
     block = study_block(config, study)
     figures = block.get("figures", {})

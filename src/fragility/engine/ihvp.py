@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .methods import OPTIONS_READ
 from .objective import HESSIANS, Objective
 
 
@@ -129,7 +130,7 @@ class ExactSolver(InverseHessianSolver):
     """
 
     name = "exact"
-    options_read = ("hessian", "max_parameters", "block")
+    options_read = OPTIONS_READ["exact"]
     supports_norms = True
 
     def _fit(self):
@@ -196,7 +197,7 @@ class ConjugateGradientSolver(InverseHessianSolver):
     """
 
     name = "cg"
-    options_read = ("hessian", "dense_max_parameters", "tol", "max_iterations")
+    options_read = OPTIONS_READ["cg"]
 
     def _solve(self, vectors, damping):
         tol = float(self.options.get("tol", 1e-8))
@@ -280,8 +281,7 @@ class LissaSolver(InverseHessianSolver):
     """
 
     name = "lissa"
-    options_read = ("hessian", "dense_max_parameters", "depth", "scale", "scale_factor", "repeats", "batch_size",
-                    "growth_limit", "power_iterations", "seed")
+    options_read = OPTIONS_READ["lissa"]
 
     def _solve(self, vectors, damping):
         depth = int(self.options.get("depth", 1000))
@@ -352,7 +352,7 @@ class ArnoldiSolver(InverseHessianSolver):
     """
 
     name = "arnoldi"
-    options_read = ("hessian", "dense_max_parameters", "iterations", "rank", "tol", "seed")
+    options_read = OPTIONS_READ["arnoldi"]
     supports_norms = True
 
     def _fit(self):
@@ -427,16 +427,9 @@ SOLVERS: dict[str, type[InverseHessianSolver]] = {
 }
 
 
-def method_settings(name: str, settings: dict) -> dict:
-    """An estimator's config block (`method` + options) less the options its method does not read:
-    a block merged from a per-architecture override may carry another method's options."""
-    method = settings.get("method", name)
-    read = SOLVERS[method].options_read if method in SOLVERS else tuple(settings)
-    return {k: v for k, v in settings.items() if k == "method" or k in read}
-
-
 def make_solver(name: str, **options) -> InverseHessianSolver:
     """Look a solver up by its config name; `options` are its config block."""
     if name not in SOLVERS:
         raise ValueError(f"influence method '{name}' is unknown; known: {sorted(SOLVERS)}")
     return SOLVERS[name](**options)
+

@@ -12,6 +12,9 @@ from __future__ import annotations
 import re
 
 import numpy as np
+import pandas as pd
+
+from ..io import write_json
 
 
 def _percentile_index(losses: np.ndarray, q: float) -> int:
@@ -83,3 +86,24 @@ def chunk(indices: list[int], size: int) -> list[list[int]]:
     if size < 1:
         raise ValueError(f"loo.chunk_size must be ≥ 1, got {size}")
     return [indices[i : i + size] for i in range(0, len(indices), size)]
+
+
+def select(influence_path, rules, out_path, log=print):
+    """Union over test points of the training points the rules pick from |Δ̂|. A test point whose
+    estimator failed (status not ok: diverged, negative_curvature in CG, ...) gets no points:
+    it is listed under `not_selected` with the status, its correlations carry the flag
+    `selection_failed:<status>`, and the rest of the cell and study go on."""
+    table = pd.read_parquet(influence_path)
+    per_point, union, not_selected = {}, {}, {}
+    for name, rows in table.groupby("test_point", sort=False):
+        status = rows["status"].iloc[0]
+        if status != "ok":
+            per_point[name], not_selected[name] = {}, str(status)
+            log(f"test point '{name}': the estimator in {influence_path} reported '{status}'; no training points "
+                "selected for it (flagged selection_failed; select.by names another estimator)")
+            continue
+        picked = select_training_points(rows["predicted_loss_change"].abs().to_numpy(), rules)
+        per_point[name] = {str(i): label for i, label in sorted(picked.items())}
+        union.update({i: True for i in picked})
+    write_json({"indices": sorted(int(i) for i in union), "per_test_point": per_point, "not_selected": not_selected,
+                "rules": rules}, out_path)

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import copy
 
-from .data import dataset_loader
-from .ihvp import method_settings
-from .models import known_architecture
+from ..data.registry import dataset_loader
+from ..engine.methods import method_settings
+from ..models.registry import check_architecture
 
 CELL_PATTERN = "{study}/{dataset}/{arch}/wd{decay}/seed{seed}"
 
@@ -94,6 +94,13 @@ def estimators(config: dict, study: str, arch: str) -> dict:
     return {name: method_settings(name, settings) for name, settings in arch_config(config, study, arch)["influence"]["methods"].items()}
 
 
+def damping_for(influence_cfg: dict, decay: float) -> float:
+    """The damping δ of H + δI: `damping_without_decay` for a cell without decay, if set, else `damping`."""
+    if decay == 0 and "damping_without_decay" in influence_cfg:
+        return float(influence_cfg["damping_without_decay"])
+    return float(influence_cfg["damping"])
+
+
 def enabled_studies(config: dict) -> list[str]:
     return [name for name, block in config["studies"].items() if block.get("enabled", True)]
 
@@ -110,8 +117,10 @@ def check_config(config: dict) -> None:
             except ValueError as err:
                 raise ValueError(f"studies.{study}.{err}") from None
         for arch in block["architectures"]:
-            if not known_architecture(arch):
-                raise ValueError(f"studies.{study}.architectures: unknown architecture '{arch}'")
+            try:
+                check_architecture(arch, config.get("models"))
+            except ValueError as err:
+                raise ValueError(f"studies.{study}.architectures: {err}") from None
         for arch in block.get("overrides", {}):
             if arch not in block["architectures"]:
                 raise ValueError(f"studies.{study}.overrides.{arch}: not one of the study's architectures")

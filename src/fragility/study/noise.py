@@ -25,7 +25,6 @@ Noise in that ground truth, per test point and target:
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -94,33 +93,3 @@ def signal_to_noise(effect: float, drift_noise: float, repeat_noise: float) -> d
                signal_to_noise=(effect / noise) if noise > 0 else math.inf,
                noise_flag=NOISE_FLAG if noise >= effect else "")
     return out
-
-
-def repeat_loo(model_path, data_path, test_points_path, selection_path, count, loo_cfg, train_cfg, out_path,
-               device_name="auto", order_seed=0, checkpoint_prefix=None, log=print):
-    """Re-train the first `count` selected points (in the order of `selected.json`'s indices) and a
-    no-removal drift control with minibatch order `order_seed`; one table like `run_loo`'s, the
-    drift row having removed_index −1 and distances to this repeat's own drift control."""
-    from .grid import read_selected
-    from .io import write_parquet
-    from .pipeline import run_loo
-
-    indices = read_selected(selection_path)[: int(count)]
-    folder = Path(out_path).parent
-    drift_table, drift_theta = folder / ".repeat_drift.parquet", folder / ".repeat_drift_theta.pt"
-    removal_table = folder / ".repeat_removals.parquet"
-    checkpoint = (lambda part: f"{checkpoint_prefix}.{part}.pt") if checkpoint_prefix else (lambda part: None)
-    seconds = run_loo(model_path, data_path, test_points_path, [-1], loo_cfg, train_cfg, drift_table,
-                      device_name=device_name, order_seed=order_seed, checkpoint_path=checkpoint("drift"),
-                      theta_out=drift_theta, log=log)
-    frames = [pd.read_parquet(drift_table)]
-    if indices:
-        seconds += run_loo(model_path, data_path, test_points_path, indices, loo_cfg, train_cfg, removal_table,
-                           device_name=device_name, order_seed=order_seed, checkpoint_path=checkpoint("removals"),
-                           drift_theta_path=drift_theta, log=log)
-        frames.append(pd.read_parquet(removal_table))
-    table = pd.concat(frames, ignore_index=True).assign(order_seed=int(order_seed))
-    write_parquet(table, out_path)
-    for path in (drift_table, drift_theta, removal_table):
-        Path(path).unlink(missing_ok=True)
-    return seconds, indices

@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .io import atomic_path, write_csv, write_parquet
-from .metrics import CORRELATION_DEFAULTS, METHODS, correlate, format_interval, format_mean_spread, stream_seed
+from ..io import atomic_path, write_csv, write_parquet
+from ..stats import CORRELATION_DEFAULTS, METHODS, correlate, format_interval, format_mean_spread, stream_seed
 
 CELL_KEYS = ["study", "dataset", "arch", "decay", "seed"]
 CORRELATION_KEYS = ["test_point", "estimator", "target", "subset"]

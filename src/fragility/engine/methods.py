@@ -1,0 +1,21 @@
+"""The inverse-Hessian methods by config name and the options each reads: a table without torch,
+so that building the DAG can drop the options a method does not read (`method_settings`) and
+the solver classes (`ihvp.py`) take their `options_read` from here."""
+
+from __future__ import annotations
+
+OPTIONS_READ: dict[str, tuple[str, ...]] = {
+    "exact": ("hessian", "max_parameters", "block"),
+    "cg": ("hessian", "dense_max_parameters", "tol", "max_iterations"),
+    "lissa": ("hessian", "dense_max_parameters", "depth", "scale", "scale_factor", "repeats", "batch_size",
+              "growth_limit", "power_iterations", "seed"),
+    "arnoldi": ("hessian", "dense_max_parameters", "iterations", "rank", "tol", "seed"),
+}
+
+
+def method_settings(name: str, settings: dict) -> dict:
+    """An estimator's config block (`method` + options) less the options its method does not read:
+    a block merged from a per-architecture override may carry another method's options."""
+    method = settings.get("method", name)
+    read = OPTIONS_READ.get(method, tuple(settings))
+    return {k: v for k, v in settings.items() if k == "method" or k in read}

@@ -1,0 +1,1 @@
+"""Architectures: the shipped networks and the registry that names them (and a user's own)."""
