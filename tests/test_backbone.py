@@ -149,11 +149,11 @@ def test_collapsed_model_is_flagged(iris64):
     x, y, _, _ = iris64
     net = FlatModel(init_model("mlp-d2-w5", (4,), 3, seed=0, dtype=torch.float64))
     dead = torch.zeros(net.num_parameters, dtype=torch.float64)  # every ReLU dead: constant logits
-    flags = health.training_flags(health.evaluate(net, dead, x, y), y, 3)
+    flags = health.training_flags(net, health.evaluate(net, dead, x, y), y, 3)
     assert flags == ["constant_outputs", "chance_accuracy"]
     trained = train_copies(net, x, y, 0.0, net.flatten()[None], torch.ones(1, len(y), dtype=torch.float64),
                            TrainSettings(steps=300, lr=0.1)).thetas[0]
-    assert health.training_flags(health.evaluate(net, trained, x, y), y, 3) == []
+    assert health.training_flags(net, health.evaluate(net, trained, x, y), y, 3) == []
 
 
 def test_training_is_deterministic(iris64):

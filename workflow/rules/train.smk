@@ -17,6 +17,8 @@ rule train:
         **cluster_resources("train"),
     params:
         train=settings_of("train"),
+        task=lambda w: arch_cfg(w).get("task", "cross_entropy"),
+        factory=lambda w: grid.model_factory(config, w.arch),
         dtype=lambda w: arch_cfg(w).get("dtype", "float32"),
         decay=decay_of,
         device=device(),

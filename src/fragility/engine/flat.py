@@ -1,18 +1,22 @@
-"""A network as a function of one flat parameter vector θ ∈ R^p (`torch.func.functional_call`)."""
+"""A network as a function of one flat parameter vector θ ∈ R^p (`torch.func.functional_call`),
+with the Task that turns its outputs into losses."""
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from .task import CrossEntropyTask, Task
+
 
 class FlatModel:
-    """Wraps `model` so that its logits and losses are functions of a flat vector θ."""
+    """Wraps `model` so that its outputs ("logits") and the `task`'s losses are functions of a flat
+    vector θ. The task defaults to softmax cross-entropy."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, task: Task | None = None):
         self.model = model
+        self.task = task if task is not None else CrossEntropyTask()
         params = list(model.named_parameters())
         self.names = [n for n, _ in params]
         self.shapes = [p.shape for _, p in params]
@@ -39,5 +43,9 @@ class FlatModel:
         return functional_call(self.model, (self.unflatten(theta), self.buffers if buffers is None else buffers), (x,))
 
     def per_sample_losses(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """ℓ(z_i, θ) for every row: cross-entropy of the logits, shape [n]."""
-        return F.cross_entropy(self.logits(theta, x), y, reduction="none")
+        """ℓ(z_i, θ) for every row, the task's loss of the outputs, shape [n]."""
+        return self.task.per_sample_loss(self.logits(theta, x), y)
+
+    def measurements(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The task's test measurement for every row (the loss unless the task says otherwise), [n]."""
+        return self.task.measurement(self.logits(theta, x), y)

@@ -1,11 +1,9 @@
 """Did the model train? Deep narrow ReLU networks under decay can collapse to a constant.
 
-A model is flagged
-- `constant_outputs` when its logits barely vary across training inputs
-  (max over classes of the std across inputs < `tol`), and
-- `chance_accuracy` when its training accuracy is no better than always predicting the most
-  frequent class (+ `margin`).
-Flags travel with every correlation of the cell, so no table shows such a cell as a plain number.
+The flags come from the Task (`task.py`): for classification `constant_outputs` (the logits
+barely vary across training inputs) and `chance_accuracy` (no better than the majority class);
+for regression `constant_outputs` and `no_better_than_mean`. Flags travel with every correlation
+of the cell, so no table shows such a cell as a plain number.
 """
 
 from __future__ import annotations
@@ -14,22 +12,12 @@ import torch
 
 
 def evaluate(net, theta, x, y, chunk: int = 2048) -> dict:
+    """The Task's evaluation of the model's outputs on (x, y), computed in chunks of rows, plus the
+    per-row `measurements` (what a test point's Δ is a change of)."""
     with torch.no_grad():
-        logits = torch.cat([net.logits(theta, x[i : i + chunk]) for i in range(0, len(y), chunk)])
-    losses = torch.nn.functional.cross_entropy(logits, y, reduction="none")
-    return {
-        "loss": float(losses.mean()),
-        "accuracy": float((logits.argmax(1) == y).double().mean()),
-        "losses": losses,
-        "logit_spread": float(logits.std(dim=0).max()) if len(y) > 1 else 0.0,
-    }
+        outputs = torch.cat([net.logits(theta, x[i : i + chunk]) for i in range(0, len(y), chunk)])
+    return {**net.task.evaluate(outputs, y), "measurements": net.task.measurement(outputs, y)}
 
 
-def training_flags(train_eval: dict, y_train: torch.Tensor, n_classes: int, tol: float = 1e-4, margin: float = 0.02) -> list[str]:
-    flags = []
-    if train_eval["logit_spread"] < tol:
-        flags.append("constant_outputs")
-    majority = float(torch.bincount(y_train, minlength=n_classes).max()) / len(y_train)
-    if train_eval["accuracy"] <= majority + margin:
-        flags.append("chance_accuracy")
-    return flags
+def training_flags(net, train_eval: dict, y_train: torch.Tensor, n_outputs: int) -> list[str]:
+    return net.task.training_flags(train_eval, y_train, n_outputs)

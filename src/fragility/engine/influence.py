@@ -23,7 +23,7 @@ from .objective import per_sample_gradients, directional_derivatives
 
 def test_gradients(net: FlatModel, theta, x_test, y_test) -> torch.Tensor:
     """∇ℓ(z_t, θ) for each test row, [T, p], without the decay term."""
-    return per_sample_gradients(net, theta, x_test, y_test)
+    return per_sample_gradients(net, theta, x_test, y_test, measure=True)
 
 
 def default_scoring_chunk(device: torch.device, chunk_size: int) -> int:

@@ -1,8 +1,11 @@
-"""The inverse-Hessian methods by config name and the options each reads: a table without torch,
-so that building the DAG can drop the options a method does not read (`method_settings`) and
-the solver classes (`ihvp.py`) take their `options_read` from here."""
+"""What the engine offers, by config name, in tables without torch (the DAG is built from them):
+the built-in tasks (`task.py`), and the inverse-Hessian methods with the options each reads, so
+that building the DAG can drop the options a method does not read (`method_settings`); the
+solver classes (`ihvp.py`) take their `options_read` from here."""
 
 from __future__ import annotations
+
+TASK_NAMES = ("cross_entropy", "mse")
 
 OPTIONS_READ: dict[str, tuple[str, ...]] = {
     "exact": ("hessian", "max_parameters", "block"),

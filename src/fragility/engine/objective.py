@@ -29,10 +29,11 @@ class Objective:
     `hessian` picks the curvature matrix that `hvp`, `hvp_many` and `hessian()` multiply by:
 
         full:          H = ∇²R(θ) = (1/n) Σ_i ∇²ℓ(z_i, θ) + λI
-        gauss_newton:  G = (1/n) Σ_i J_iᵀ H_out,i J_i + λI,   H_out,i = diag(p_i) − p_i p_iᵀ,
+        gauss_newton:  G = (1/n) Σ_i J_iᵀ H_out,i J_i + λI,   H_out,i = ∇²_h ℓ(h_i),
 
-    with J_i = ∂logits(x_i)/∂θ and p_i = softmax(logits(x_i)); G is positive semi-definite (positive
-    definite for λ > 0). `full_hvp_many` and `gnh_vp` give either one regardless of the choice.
+    with J_i = ∂h(x_i)/∂θ and H_out,i the Task's output-space Hessian (diag(p_i) − p_i p_iᵀ for
+    softmax cross-entropy, I for squared error); G is positive semi-definite (positive definite
+    for λ > 0). `full_hvp_many` and `gnh_vp` give either one regardless of the choice.
     """
 
     def __init__(self, net: FlatModel, x: torch.Tensor, y: torch.Tensor, decay: float, chunk_size: int | None = None,
@@ -87,17 +88,16 @@ class Objective:
     def gnh_vp_many(self, theta: torch.Tensor, vectors: torch.Tensor, rows=None) -> torch.Tensor:
         """G V = (1/n) Σ_i J_iᵀ H_out,i J_i V + λV for V of shape [k, p]; returns [k, p]. Per chunk:
         one forward z = logits(θ); J V by the double-backward trick (J V = ∂(Jᵀu · V)/∂u, Jᵀu being
-        linear in u); H_out u = p ⊙ u − p (pᵀu); Jᵀ(·) by one batched backward pass."""
+        linear in u); H_out u from the Task; Jᵀ(·) by one batched backward pass."""
         t = theta.detach().requires_grad_(True)
         out = torch.zeros_like(vectors)
         with torch.enable_grad():
             for block, scale in self._blocks(rows):
                 logits = self.net.logits(t, self.x[block])
-                prob = torch.softmax(logits.detach(), dim=-1)
                 dummy = torch.zeros_like(logits, requires_grad=True)
                 (jt_u,) = torch.autograd.grad(logits, t, dummy, create_graph=True)
                 (jv,) = torch.autograd.grad(jt_u, dummy, vectors, is_grads_batched=True)  # [k, m, C]
-                u = prob * jv - prob * (prob * jv).sum(-1, keepdim=True)
+                u = self.net.task.output_hessian_product(logits, jv)
                 out += torch.autograd.grad(logits, t, u, is_grads_batched=True)[0] * (scale / self.n)
         return out + self.decay * vectors
 
@@ -151,13 +151,12 @@ class Objective:
                     return hv + self.decay * vectors
                 return product
             logits = self.net.logits(t, self.x[rows])
-            prob = torch.softmax(logits.detach(), dim=-1)
             dummy = torch.zeros_like(logits, requires_grad=True)
             (jt_u,) = torch.autograd.grad(logits, t, dummy, create_graph=True)
 
         def gauss_newton_product(vectors):
             (jv,) = torch.autograd.grad(jt_u, dummy, vectors, is_grads_batched=True, retain_graph=True)
-            u = prob * jv - prob * (prob * jv).sum(-1, keepdim=True)
+            u = self.net.task.output_hessian_product(logits, jv)
             gv = torch.autograd.grad(logits, t, u, is_grads_batched=True, retain_graph=True)[0] / self.n
             return gv + self.decay * vectors
         return gauss_newton_product
@@ -172,10 +171,14 @@ class Objective:
         return 0.5 * (h + h.T)
 
 
-def per_sample_gradients(net: FlatModel, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, chunk_size: int | None = 256) -> torch.Tensor:
-    """∇ℓ(z_i, θ) for every row, shape [n, p] (no decay term). Only for small n·p."""
+def per_sample_gradients(net: FlatModel, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, chunk_size: int | None = 256,
+                         measure: bool = False) -> torch.Tensor:
+    """∇ℓ(z_i, θ) for every row, shape [n, p] (no decay term); with `measure`, the gradient of the
+    task's test measurement instead of its loss. Only for small n·p."""
+    per_row = net.measurements if measure else net.per_sample_losses
+
     def single(xi, yi):
-        return grad(lambda t: net.per_sample_losses(t, xi[None], yi[None]).squeeze(0))(theta)
+        return grad(lambda t: per_row(t, xi[None], yi[None]).squeeze(0))(theta)
 
     return torch.cat([vmap(single)(x[s], y[s]) for s in _chunks(len(y), chunk_size)])
 

@@ -227,7 +227,7 @@ def train_copies(
     def copy_objective(theta, bufs, w, xb, yb):
         row_weights.value = w
         logits = functional_call(model, (net.unflatten(theta), bufs), (xb,))
-        losses = torch.nn.functional.cross_entropy(logits, yb, reduction="none")
+        losses = net.task.per_sample_loss(logits, yb)
         count = w.sum().clamp_min(1.0) if settings.loss_mean_over == "kept" else w.shape[-1]
         return (losses * w).sum() / count + 0.5 * decay * theta.pow(2).sum()
 

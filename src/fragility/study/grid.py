@@ -11,8 +11,9 @@ from __future__ import annotations
 import copy
 
 from ..data.registry import dataset_loader
-from ..engine.methods import method_settings
-from ..models.registry import check_architecture
+from .. import plugins
+from ..engine.methods import TASK_NAMES, method_settings
+from ..models.registry import check_architecture, model_spec
 
 CELL_PATTERN = "{study}/{dataset}/{arch}/wd{decay}/seed{seed}"
 
@@ -94,6 +95,13 @@ def estimators(config: dict, study: str, arch: str) -> dict:
     return {name: method_settings(name, settings) for name, settings in arch_config(config, study, arch)["influence"]["methods"].items()}
 
 
+def model_factory(config: dict, arch: str) -> list:
+    """[import path, options] of the factory that builds `arch` (a rule's param: changing a model of
+    your own re-trains it)."""
+    spec, options, _ = model_spec(arch, config.get("models"))
+    return [spec, options]
+
+
 def damping_for(influence_cfg: dict, decay: float) -> float:
     """The damping δ of H + δI: `damping_without_decay` for a cell without decay, if set, else `damping`."""
     if decay == 0 and "damping_without_decay" in influence_cfg:
@@ -111,6 +119,12 @@ def check_config(config: dict) -> None:
         if block.get("kind") == "iris" and study != "iris":  # workflow/rules/plots.smk: rule plot_iris
             raise ValueError(f"studies.{study}.kind: the Iris figures are drawn for the study named 'iris' only; "
                              f"name this study 'iris' or give it kind 'generic'")
+        task = block.get("task", "cross_entropy")
+        if task not in TASK_NAMES:
+            if ":" not in task:
+                raise ValueError(f"studies.{study}.task: unknown task '{task}'; known: {list(TASK_NAMES)}, or a Task "
+                                 "class of your own written 'path/to/file.py:ClassName'")
+            plugins.parameters(task, f"studies.{study}.task")  # the file and the class exist
         for dataset_id, dataset_cfg in block["datasets"].items():
             try:
                 dataset_loader(dataset_id, dataset_cfg)

@@ -20,13 +20,14 @@ from ..engine.influence import influence_table
 from ..io import load_torch, read_json, save_torch, write_json, write_parquet
 from ..models.registry import init_from_spec, model_spec
 from ..engine.flat import FlatModel
+from ..engine.task import make_task
 from ..engine.objective import Objective
 from ..runtime import resolve_device, resolve_dtype
 from .grid import read_selected
 from .selection import choose_test_points
 from ..engine.training import TrainSettings, train_copies, train_in_passes
 
-MODEL_KEYS = ("arch", "factory", "input_shape", "n_classes", "dtype", "theta", "buffers", "decay", "seed")
+MODEL_KEYS = ("arch", "factory", "task", "input_shape", "n_classes", "dtype", "theta", "buffers", "decay", "seed")
 
 
 # --------------------------------------------------------------------------- data
@@ -49,7 +50,7 @@ def load_trained(model_path: str, device="cpu"):
     spec, options, key = record["factory"]
     model = init_from_spec(spec, options, key, tuple(record["input_shape"]), record["n_classes"], seed=0,
                            dtype=dtype).to(device)
-    net = FlatModel(model)
+    net = FlatModel(model, make_task(record["task"]))
     theta = record["theta"].to(device=device, dtype=dtype)
     if theta.numel() != net.num_parameters:
         raise RuntimeError(f"{model_path}: θ has {theta.numel()} entries but '{record['arch']}' has {net.num_parameters} parameters")
@@ -62,15 +63,18 @@ def load_trained(model_path: str, device="cpu"):
 
 
 def train(data_path, arch, decay, seed, train_cfg, dtype_name, device_name, model_out, metrics_out, checkpoint_path=None,
-          models_cfg=None, log=print):
+          models_cfg=None, task_name="cross_entropy", log=print):
     """Train θ* from a seeded initialisation; record losses, accuracies, gradient norm and flags.
-    `models_cfg` is the config's `models` block (architectures of the user's own)."""
+    `models_cfg` is the config's `models` block (architectures of the user's own); `task_name`
+    the study's `task` (engine/task.py)."""
     device, dtype = resolve_device(device_name), resolve_dtype(dtype_name)
     split = Split.load(data_path)
     x, y, xt, yt = _tensors(split, dtype, device)
     factory = model_spec(arch, models_cfg)
     model = init_from_spec(*factory, split.input_shape, split.n_classes, seed=seed, dtype=dtype).to(device)
-    net = FlatModel(model)
+    task = make_task(task_name)
+    task.check_targets(split.y_train, split.n_classes, "task")
+    net = FlatModel(model, task)
     settings = TrainSettings.from_config(train_cfg, order_seed=seed)
     log(f"training {arch} ({net.num_parameters} parameters) with decay {decay} for {settings.steps} steps on {device}")
     result = train_copies(net, x, y, decay, net.flatten()[None], torch.ones(1, len(y), dtype=dtype, device=device),
@@ -85,14 +89,16 @@ def train(data_path, arch, decay, seed, train_cfg, dtype_name, device_name, mode
     gradient_norm = float(Objective(net, x, y, decay, chunk_size=1024).gradient(theta).norm())
     metrics = {
         "arch": arch, "decay": decay, "seed": seed, "num_parameters": net.num_parameters,
-        "train_loss": train_eval["loss"], "train_accuracy": train_eval["accuracy"],
-        "test_loss": test_eval["loss"], "test_accuracy": test_eval["accuracy"],
-        "final_objective_gradient_norm": gradient_norm, "logit_spread": train_eval["logit_spread"],
-        "flags": health.training_flags(train_eval, y.cpu(), split.n_classes),
+        "task": task.name, "train_loss": train_eval["loss"], "train_accuracy": train_eval.get("accuracy", math.nan),
+        "test_loss": test_eval["loss"], "test_accuracy": test_eval.get("accuracy", math.nan),
+        **({"train_explained_variance": train_eval["explained_variance"],
+            "test_explained_variance": test_eval["explained_variance"]} if "explained_variance" in train_eval else {}),
+        "final_objective_gradient_norm": gradient_norm, "logit_spread": train_eval["output_spread"],
+        "flags": health.training_flags(net, train_eval, y.cpu(), split.n_classes),
         "train_seconds": result.seconds, "steps": settings.steps, "device": str(device),
         "history": result.history,
     }
-    save_torch({"arch": arch, "factory": list(factory), "input_shape": list(split.input_shape), "n_classes": split.n_classes, "dtype": dtype_name,
+    save_torch({"arch": arch, "factory": list(factory), "task": task_name, "input_shape": list(split.input_shape), "n_classes": split.n_classes, "dtype": dtype_name,
                 "theta": theta.cpu(), "buffers": {k: v.cpu() for k, v in buffers.items()}, "decay": decay, "seed": seed,
                 "train_config": train_cfg, "metrics": {k: v for k, v in metrics.items() if k != "history"}}, model_out)
     write_json(metrics, metrics_out)
@@ -107,7 +113,7 @@ def pick_test_points(model_path, data_path, specs, out_path, device_name="auto")
     net, theta, record = load_trained(model_path, device)
     split = Split.load(data_path)
     _, _, xt, yt = _tensors(split, theta.dtype, device)
-    losses = health.evaluate(net, theta, xt, yt)["losses"].cpu().numpy()
+    losses = health.evaluate(net, theta, xt, yt)["measurements"].cpu().numpy()
     points = choose_test_points(losses, specs)
     write_json({"test_points": points, "test_losses": losses.tolist()}, out_path)
     return points
@@ -174,7 +180,7 @@ def run_loo(model_path, data_path, test_points_path, removed, loo_cfg, train_cfg
         th = result.thetas[c]
         bufs = {name: b[c] for name, b in result.buffers.items()}
         with torch.no_grad():
-            losses = torch.nn.functional.cross_entropy(net.logits(th, xt[idx], bufs), yt[idx], reduction="none").cpu()
+            losses = net.task.measurement(net.logits(th, xt[idx], bufs), yt[idx]).cpu()
         distance = float((th - theta).norm())
         to_drift = float((th - drift_theta[0]).norm()) if drift_theta is not None else math.nan
         for j, ti in enumerate(test_idx):
