@@ -1,12 +1,13 @@
 # Influence functions vs leave-one-out re-training (Basu, Pope & Feizi, ICLR 2021).
-# Targets: `all` (every enabled study), `iris`, `mnist_small`, `table1`, or any output path under
-# results/ (e.g. results/table1/table1.csv).
+# Targets: `all` (every enabled study), a study's name (`iris`, `mnist_small`, `table1`, or any
+# study of your config), or any output path under results/ (e.g. results/table1/table1.csv).
 
 
 configfile: "config.yaml"
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/targets.smk"
 include: "workflow/rules/download.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
@@ -25,16 +26,11 @@ rule all:
         [study_targets(study) for study in enabled_studies(config)],
 
 
-rule iris:
-    input:
-        study_targets("iris"),
+# one target per study, named after it (`snakemake --cores 2 iris`)
+for _study in config["studies"]:
 
-
-rule mnist_small:
-    input:
-        study_targets("mnist_small"),
-
-
-rule table1:
-    input:
-        study_targets("table1"),
+    rule:
+        name:
+            _study
+        input:
+            study_targets(_study),

@@ -18,17 +18,20 @@ def config():
     return yaml.safe_load((REPO / "config.yaml").read_text())
 
 
-@pytest.mark.parametrize("overlay", [None] + sorted(p.name for p in (REPO / "configs").glob("*.yaml")))
-def test_shipped_configs_are_valid(overlay):
-    """config.yaml, and each configs/*.yaml merged over it as `--configfile` does, pass the schema
-    and the checks made when the DAG is built (architectures, dataset options, select.by, ...)."""
+@pytest.mark.parametrize("overlay", [None] + sorted(f"configs/{p.name}" for p in (REPO / "configs").glob("*.yaml"))
+                         + ["examples/audit.yaml"])
+def test_shipped_configs_are_valid(overlay, monkeypatch):
+    """config.yaml, and each configs/*.yaml (and the example) merged over it as `--configfile`
+    does, pass the schema and the checks made when the DAG is built (architectures, dataset
+    options, select.by, plug-in paths relative to the repository root, ...)."""
     from snakemake.utils import update_config
 
     from fragility.study import grid
 
+    monkeypatch.chdir(REPO)
     merged = config()
     if overlay:
-        update_config(merged, yaml.safe_load((REPO / "configs" / overlay).read_text()))
+        update_config(merged, yaml.safe_load((REPO / overlay).read_text()))
     validate(merged, SCHEMA)
     grid.check_config(merged)
 
@@ -93,10 +96,22 @@ def test_a_name_that_cannot_be_a_path_wildcard_is_refused(where):
         validate(bad, SCHEMA)
 
 
-def test_the_iris_kind_belongs_to_the_study_named_iris():
-    from fragility.study import grid
+def test_outputs_follow_the_kind_not_the_name(tmp_path):
+    """A study of kind iris under another name gets the Iris figures; a sweep with one value
+    (a single width) is not asked for."""
+    import subprocess
+    import sys
 
-    bad = copy.deepcopy(config())
-    bad["studies"]["iris_b"] = bad["studies"].pop("iris")
-    with pytest.raises(ValueError, match="studies.iris_b.kind"):
-        grid.check_config(bad)
+
+    block = copy.deepcopy(config()["studies"]["iris"])
+    block["architectures"] = ["mlp-d1-w5", "mlp-d2-w5"]
+    overlay = tmp_path / "renamed.yaml"
+    overlay.write_text(yaml.safe_dump({"studies": {"iris": {"enabled": False}, "iris_b": block}}))
+    snakemake = str(Path(sys.executable).parent / "snakemake")
+    run = subprocess.run([snakemake, "-n", "all", "--configfile", str(overlay)], cwd=REPO, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    assert "results/iris_b/figures/spearman_vs_depth.png" in run.stdout
+    assert "results/iris_b/figures/overview/correlation_vs_depth.png" in run.stdout
+    assert "overview/correlation_vs_width" not in run.stdout
+    assert "results/iris/" not in run.stdout

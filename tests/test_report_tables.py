@@ -209,10 +209,12 @@ def test_diagnostics_carry_the_models_flag(tmp_path):
     pd.DataFrame({"study": ["iris"], "dataset": "iris", "arch": "mlp-d8-w5", "decay": 0.005, "seed": 0, "test_point": "max",
                   "train_index": 0, "estimator": "exact", "predicted_loss_change": 0.1}).to_parquet(cell / "rows.parquet")
     out = tmp_path / "out"
+    keys = {"study": "iris", "dataset": "iris", "arch": "mlp-d8-w5", "decay": 0.005, "seed": 0}
     report_tables.aggregate_study([cell / "correlations.parquet"], [cell / "rows.parquet"], [cell / "train_metrics.json"],
                                   [cell / "influence" / "exact.json"], out / "c.parquet", out / "s.csv", out / "r.parquet",
-                                  out / "t.csv", out / "d.csv")
+                                  out / "t.csv", out / "d.csv", metric_cells=[keys], diagnostic_cells=[keys])
     assert pd.read_csv(out / "d.csv").flag.tolist() == ["model_not_trained:constant_outputs"]
+    assert pd.read_csv(out / "t.csv")[["arch", "decay", "seed"]].values.tolist() == [["mlp-d8-w5", 0.005, 0]]
 
 
 def test_every_correlation_gets_its_own_resamples():

@@ -3,6 +3,9 @@ that need it, so the workflow can build its DAG (and log) without it."""
 
 from __future__ import annotations
 
+import contextlib
+import traceback
+
 DTYPES = ("float32", "float64")
 
 
@@ -84,3 +87,16 @@ def file_logger(log_path: str | None):
             print(line, flush=True)
 
     return log
+
+
+@contextlib.contextmanager
+def job_log(log_path: str):
+    """For rules that run inside the Snakemake process (`run:`): yields `file_logger(log_path)`;
+    an exception is written to the log with its traceback, then raised again, so a failed job's
+    log says why it failed."""
+    log = file_logger(log_path)
+    try:
+        yield log
+    except BaseException as err:
+        log(f"failed: {type(err).__name__}: {err}\n{traceback.format_exc()}")
+        raise

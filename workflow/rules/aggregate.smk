@@ -26,7 +26,7 @@ rule correlate:
         cell=lambda w: {**cell_of(w), "decay": decay_of(w), "seed": int(w.seed)},
         correlation=lambda w: arch_cfg(w).get("correlation", {}),
     run:
-        correlate_job(input, output, params, log)
+        logged(log, "correlations written", correlate_job, input, output, params)
 
 
 rule aggregate:
@@ -54,10 +54,18 @@ rule aggregate:
         mem_mb=4000,
         runtime=10,
     params:
+        metric_cells=lambda w: [
+            grid.cell_keys(config, c) for c in grid.cells(config, w.study)
+        ],
+        diagnostic_cells=lambda w: [
+            grid.cell_keys(config, c)
+            for c in grid.cells(config, w.study)
+            for name in grid.estimators(config, w.study, c["arch"])
+        ],
         exact=lambda w: exact_estimators(w.study),
         correlation=lambda w: grid.study_block(config, w.study).get("correlation", {}),
     run:
-        aggregate_job(input, output, params, log)
+        logged(log, "study tables written", aggregate_job, input, output, params)
 
 
 localrules:

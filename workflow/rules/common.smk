@@ -1,3 +1,4 @@
+import inspect
 import os
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ CONDA_ENV = "../../envs/environment.yaml"
 
 from fragility.study import correlate, grid, selection  # noqa: E402
 from fragility.report import aggregate  # noqa: E402
-from fragility.runtime import file_logger  # noqa: E402
+from fragility.runtime import job_log  # noqa: E402
 
 validate(config, schema="../schemas/config.schema.yaml")
 grid.check_config(config)
@@ -154,20 +155,6 @@ def device():
     return config.get("device", "auto")
 
 
-def study_targets(study):
-    """The final outputs of a study: its tables and figures."""
-    outputs = [
-        f"{RESULTS}/{study}/correlations.parquet",
-        f"{RESULTS}/{study}/summary.csv",
-        f"{RESULTS}/{study}/training.csv",
-    ]
-    outputs += STUDY_FIGURES.get(study, [])
-    return outputs
-
-
-STUDY_FIGURES = {}
-
-
 def loo_chunks(wildcards):
     """The re-training chunks of a cell, known once its `select` checkpoint has run."""
     selected = checkpoints.select.get(**wildcards).output[0]
@@ -196,7 +183,7 @@ def loo_repeat_input(wildcards):
     return [os.path.join(CELL.format(**wildcards), "loo/repeat.parquet")]
 
 
-def correlate_job(input, output, params, log):
+def correlate_job(input, output, params):
     """Adapter for rule correlate (runs inside the Snakemake process)."""
     correlate.correlate_cell(
         params.cell,
@@ -211,10 +198,9 @@ def correlate_job(input, output, params, log):
         repeat_path=input.repeat[0] if input.repeat else None,
         options=params.correlation,
     )
-    file_logger(log[0])("correlations written")
 
 
-def aggregate_job(input, output, params, log):
+def aggregate_job(input, output, params):
     """Adapter for rule aggregate (runs inside the Snakemake process)."""
     aggregate.aggregate_study(
         input.correlations,
@@ -231,31 +217,21 @@ def aggregate_job(input, output, params, log):
         estimators_out=output.estimators,
         reference=params.exact,
         correlation=params.correlation,
+        metric_cells=params.metric_cells,
+        diagnostic_cells=params.diagnostic_cells,
     )
-    file_logger(log[0])("study tables written")
 
 
-# report (workflow/rules/report.smk)
-OVERVIEW_FIGURES = [
-    "predicted_vs_actual",
-    "correlation_vs_depth",
-    "correlation_vs_width",
-    "correlation_vs_decay",
-    "estimator_comparison",
-]
-REPORT_PAGES = ["summary", "summary_by_seed", "noise", "estimators", "config"]
-
-
-def report_targets(study):
-    """A study's report-only outputs: overview figures, HTML tables, gathered benchmarks."""
-    return (
-        [f"{RESULTS}/{study}/figures/overview/{name}.png" for name in OVERVIEW_FIGURES]
-        + [f"{RESULTS}/{study}/report/{name}.html" for name in REPORT_PAGES]
-        + [
-            f"{RESULTS}/{study}/benchmarks.csv",
-            f"{RESULTS}/{study}/report/benchmarks.html",
-        ]
-    )
+def logged(log, done, function, *args, **kwargs):
+    """Call `function` inside the Snakemake process, passing it the logger when it takes `log`;
+    `done` (a string, or a function of the result) goes to the job's log, or the traceback.
+    """
+    with job_log(log[0]) as logger:
+        if "log" in inspect.signature(function).parameters:
+            kwargs["log"] = logger
+        result = function(*args, **kwargs)
+        logger(done(result) if callable(done) else done)
+    return result
 
 
 def exact_estimators(study):

@@ -16,9 +16,14 @@ rule download_mnist:
         mem_mb=2000,
         runtime=30,
     run:
-        image_data.check_download_allowed(config["studies"], "mnist", DATA_DIR)
-        image_data.download("mnist", DATA_DIR)
-        file_logger(log[0])(f"MNIST downloaded into {DATA_DIR}")
+        logged(
+            log,
+            f"MNIST downloaded into {DATA_DIR}",
+            image_data.fetch,
+            config["studies"],
+            "mnist",
+            DATA_DIR,
+        )
 
 
 rule download_cifar10:
@@ -30,9 +35,14 @@ rule download_cifar10:
         mem_mb=2000,
         runtime=30,
     run:
-        image_data.check_download_allowed(config["studies"], "cifar10", DATA_DIR)
-        image_data.download("cifar10", DATA_DIR)
-        file_logger(log[0])(f"CIFAR-10 downloaded into {DATA_DIR}")
+        logged(
+            log,
+            f"CIFAR-10 downloaded into {DATA_DIR}",
+            image_data.fetch,
+            config["studies"],
+            "cifar10",
+            DATA_DIR,
+        )
 
 
 rule download_cifar100:
@@ -44,9 +54,14 @@ rule download_cifar100:
         mem_mb=2000,
         runtime=30,
     run:
-        image_data.check_download_allowed(config["studies"], "cifar100", DATA_DIR)
-        image_data.download("cifar100", DATA_DIR)
-        file_logger(log[0])(f"CIFAR-100 downloaded into {DATA_DIR}")
+        logged(
+            log,
+            f"CIFAR-100 downloaded into {DATA_DIR}",
+            image_data.fetch,
+            config["studies"],
+            "cifar100",
+            DATA_DIR,
+        )
 
 
 localrules:

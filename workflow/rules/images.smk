@@ -1,27 +1,6 @@
-# Study-level outputs of the image studies: Table 1 (every study of kind `table1`) and the
-# small-MNIST figures (kind `mnist_small`). `snakemake table1` / `mnist_small` build the studies
-# of those names; their options come from tables.table1_options / mnist_small_options.
-from fragility.report import tables  # noqa: E402
-
+# Study-level outputs of the image studies: Table 1 (studies of kind `table1`) and the small-MNIST
+# figures (kind `mnist_small`); their options come from tables.table1_options / mnist_small_options.
 PAPER_TABLE1 = str(Path(workflow.basedir) / "workflow/resources/paper_table1.csv")
-TABLE1_STUDIES = tables.studies_of_kind(config, "table1")
-MNIST_SMALL_STUDIES = tables.studies_of_kind(config, "mnist_small")
-MNIST_SMALL_FIGURES = [
-    "scatter_top_and_percentile",
-    "correlation_by_subset",
-    "correlation_vs_decay",
-    "correlation_across_test_points",
-]
-for _study in TABLE1_STUDIES:
-    STUDY_FIGURES[_study] = [
-        f"{RESULTS}/{_study}/{name}" for name in ("table1.csv", "table1_vs_paper.csv")
-    ] + [f"{RESULTS}/{_study}/figures/table1_vs_paper.{ext}" for ext in ("png", "pdf")]
-for _study in MNIST_SMALL_STUDIES:
-    STUDY_FIGURES[_study] = [
-        f"{RESULTS}/{_study}/figures/{name}.{ext}"
-        for name in MNIST_SMALL_FIGURES
-        for ext in ("png", "pdf")
-    ]
 
 
 rule table1_tables:
@@ -34,21 +13,23 @@ rule table1_tables:
     log:
         f"{RESULTS}/logs/{{study}}/table1_tables.log",
     wildcard_constraints:
-        study="|".join(TABLE1_STUDIES) or "(?!)",
+        study=kind_constraint("table1"),
     resources:
         mem_mb=1000,
         runtime=5,
     params:
         options=lambda w: tables.table1_options(config, w.study),
     run:
-        tables.write_table1(
+        logged(
+            log,
+            "Table 1 written",
+            tables.write_table1,
             input.correlations,
             input.paper,
             table_out=output.table,
             versus_out=output.versus,
             **params.options,
         )
-        file_logger(log[0])("Table 1 written")
 
 
 rule plot_table1:
@@ -66,7 +47,7 @@ rule plot_table1:
     log:
         f"{RESULTS}/logs/{{study}}/plot_table1.log",
     wildcard_constraints:
-        study="|".join(TABLE1_STUDIES) or "(?!)",
+        study=kind_constraint("table1"),
     resources:
         mem_mb=1000,
         runtime=5,
@@ -75,8 +56,9 @@ rule plot_table1:
     run:
         from fragility.report.figures_images import table1_figure
 
-        table1_figure(input[0], params.outdir)
-        file_logger(log[0])("Table 1 figure written")
+        logged(
+            log, "Table 1 figure written", table1_figure, input[0], params.outdir
+        )
 
 
 rule plot_mnist_small:
@@ -98,7 +80,7 @@ rule plot_mnist_small:
     log:
         f"{RESULTS}/logs/{{study}}/plot_mnist_small.log",
     wildcard_constraints:
-        study="|".join(MNIST_SMALL_STUDIES) or "(?!)",
+        study=kind_constraint("mnist_small"),
     resources:
         mem_mb=2000,
         runtime=10,
@@ -108,10 +90,15 @@ rule plot_mnist_small:
     run:
         from fragility.report.figures_images import mnist_small_figures
 
-        mnist_small_figures(
-            input.correlations, input.rows, params.outdir, **params.options
+        logged(
+            log,
+            "small-MNIST figures written",
+            mnist_small_figures,
+            input.correlations,
+            input.rows,
+            params.outdir,
+            **params.options,
         )
-        file_logger(log[0])("small-MNIST figures written")
 
 
 localrules:

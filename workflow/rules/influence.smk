@@ -42,9 +42,14 @@ checkpoint select:
     params:
         rules=lambda w: arch_cfg(w)["select"]["rules"],
     run:
-        logger = file_logger(log[0])
-        selection.select(input[0], params.rules, output[0], log=logger)
-        logger("selection written")
+        logged(
+            log,
+            "selection written",
+            selection.select,
+            input[0],
+            params.rules,
+            output[0],
+        )
 
 
 localrules:

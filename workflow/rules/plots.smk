@@ -1,47 +1,41 @@
-IRIS_FIGURES = [
-    "spearman_vs_depth",
-    "spearman_vs_width",
-    "param_change_scatter",
-    "estimator_spearman_vs_depth",
-    "top_eigenvalue_vs_depth",
-]
-STUDY_FIGURES["iris"] = [
-    f"{RESULTS}/iris/figures/{name}.{ext}"
-    for name in IRIS_FIGURES
-    for ext in ("png", "pdf")
-]
+# The Iris figures of the paper (Figures 1 and 2), for every study of kind `iris`.
 
 
 rule plot_iris:
     input:
-        correlations=os.path.join(RESULTS, "iris/correlations.parquet"),
-        rows=os.path.join(RESULTS, "iris/rows.parquet"),
-        diagnostics=os.path.join(RESULTS, "iris/influence_diagnostics.csv"),
-        training=os.path.join(RESULTS, "iris/training.csv"),
+        correlations=os.path.join(RESULTS, "{study}/correlations.parquet"),
+        rows=os.path.join(RESULTS, "{study}/rows.parquet"),
+        diagnostics=os.path.join(RESULTS, "{study}/influence_diagnostics.csv"),
+        training=os.path.join(RESULTS, "{study}/training.csv"),
     output:
         [
             report(
-                f"{RESULTS}/iris/figures/{name}.png",
+                f"{RESULTS}/{{study}}/figures/{name}.png",
                 caption=f"../report/iris_{name}.rst",
-                category="Study iris",
+                category="Study {study}",
                 subcategory="Figures of the paper",
-                labels={"study": "iris", "figure": name},
+                labels={"study": "{study}", "figure": name},
             )
             for name in IRIS_FIGURES
         ],
-        [f"{RESULTS}/iris/figures/{name}.pdf" for name in IRIS_FIGURES],
+        [f"{RESULTS}/{{study}}/figures/{name}.pdf" for name in IRIS_FIGURES],
     log:
-        os.path.join(RESULTS, "logs/iris/plot_iris.log"),
+        os.path.join(RESULTS, "logs/{study}/plot_iris.log"),
+    wildcard_constraints:
+        study=kind_constraint("iris"),
     resources:
         mem_mb=2000,
         runtime=10,
     params:
-        figures=lambda w: config["studies"]["iris"].get("figures", {}),
+        figures=lambda w: grid.study_block(config, w.study).get("figures", {}),
         outdir=lambda w, output: os.path.dirname(output[0]),
     run:
         from fragility.report.figures import iris_figures
 
-        iris_figures(
+        logged(
+            log,
+            "figures written",
+            iris_figures,
             input.correlations,
             input.rows,
             input.diagnostics,
@@ -49,7 +43,6 @@ rule plot_iris:
             params.outdir,
             params.figures,
         )
-        file_logger(log[0])("figures written")
 
 
 localrules:

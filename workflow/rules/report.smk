@@ -1,16 +1,8 @@
 # What `snakemake --report report.html` shows: every study's tables (as HTML views of the CSVs),
 # the overview figures, per-rule run time and memory, and the configuration used.
-from fragility.report import tables  # noqa: E402
 
 
 report: "../report/workflow.rst"
-
-
-TABLE1_REPORT_STUDIES = tables.studies_of_kind(config, "table1")
-for _study in TABLE1_REPORT_STUDIES:
-    STUDY_FIGURES[_study] = STUDY_FIGURES.get(_study, []) + [
-        f"{RESULTS}/{_study}/report/table1.html"
-    ]
 
 
 rule table1_report_page:
@@ -28,58 +20,62 @@ rule table1_report_page:
     log:
         os.path.join(RESULTS, "logs/{study}/table1_report_page.log"),
     wildcard_constraints:
-        study="|".join(TABLE1_REPORT_STUDIES) or "(?!)",
+        study=kind_constraint("table1"),
     resources:
         mem_mb=1000,
         runtime=5,
     run:
-        aggregate.table1_page(input.table, input.versus, output[0])
-        file_logger(log[0])("Table 1 page written")
+        logged(
+            log,
+            "Table 1 page written",
+            aggregate.table1_page,
+            input.table,
+            input.versus,
+            output[0],
+        )
 
 
-for _study in config["studies"]:
-    STUDY_FIGURES[_study] = STUDY_FIGURES.get(_study, []) + report_targets(_study)
-
-
-rule study_figures:
+rule overview_figure:
     input:
         correlations=os.path.join(RESULTS, "{study}/correlations.parquet"),
         rows=os.path.join(RESULTS, "{study}/rows.parquet"),
         estimators=os.path.join(RESULTS, "{study}/estimators.csv"),
     output:
-        [
-            report(
-                os.path.join(RESULTS, f"{{study}}/figures/overview/{name}.png"),
-                caption=f"../report/{name}.rst",
-                category="Study {study}",
-                subcategory="Figures",
-                labels={"study": "{study}", "figure": name},
-            )
-            for name in OVERVIEW_FIGURES
-        ],
-        [
-            os.path.join(RESULTS, f"{{study}}/figures/overview/{name}.pdf")
-            for name in OVERVIEW_FIGURES
-        ],
+        report(
+            os.path.join(RESULTS, "{study}/figures/overview/{figure}.png"),
+            caption="../report/{figure}.rst",
+            category="Study {study}",
+            subcategory="Figures",
+            labels={"study": "{study}", "figure": "{figure}"},
+        ),
+        os.path.join(RESULTS, "{study}/figures/overview/{figure}.pdf"),
     log:
-        os.path.join(RESULTS, "logs/{study}/study_figures.log"),
+        os.path.join(RESULTS, "logs/{study}/overview_{figure}.log"),
+    wildcard_constraints:
+        figure="|".join(outputs.OVERVIEW_FIGURES),
     resources:
         mem_mb=2000,
         runtime=10,
     params:
-        figures=lambda w: grid.study_block(config, w.study).get("figures", {}),
+        figures=lambda w: {
+            **outputs.sweep_options(config, w.study),
+            **grid.study_block(config, w.study).get("figures", {}),
+        },
         outdir=lambda w, output: str(Path(output[0]).parent),
     run:
         from fragility.report.figures import study_figures
 
-        study_figures(
+        logged(
+            log,
+            f"figure {wildcards.figure} written",
+            study_figures,
             input.correlations,
             input.rows,
             input.estimators,
             params.outdir,
             params.figures,
+            names=[wildcards.figure],
         )
-        file_logger(log[0])("overview figures written")
 
 
 rule study_report_pages:
@@ -109,10 +105,14 @@ rule study_report_pages:
         outdir=lambda w, output: str(Path(output[0]).parent),
         config_text=lambda w: yaml_dump(config),
     run:
-        aggregate.study_report_pages(
-            params.study_dir, params.outdir, params.config_text
+        logged(
+            log,
+            "report pages written",
+            aggregate.study_report_pages,
+            params.study_dir,
+            params.outdir,
+            params.config_text,
         )
-        file_logger(log[0])("report pages written")
 
 
 rule gather_benchmarks:
@@ -138,14 +138,18 @@ rule gather_benchmarks:
         benchmarks=os.path.join(RESULTS, "benchmarks/{study}"),
         logs=os.path.join(RESULTS, "logs/{study}"),
     run:
-        jobs = aggregate.gather_benchmarks(
-            params.benchmarks, params.logs, *output
+        logged(
+            log,
+            lambda jobs: f"{len(jobs)} benchmark files gathered",
+            aggregate.gather_benchmarks,
+            params.benchmarks,
+            params.logs,
+            *output,
         )
-        file_logger(log[0])(f"{len(jobs)} benchmark files gathered")
 
 
 localrules:
     table1_report_page,
-    study_figures,
+    overview_figure,
     study_report_pages,
     gather_benchmarks,

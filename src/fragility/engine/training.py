@@ -259,6 +259,10 @@ def train_copies(
                         f"lower train.lr (now {settings.lr}) or check the data"
                     )
                 history.append({"step": done, "loss_mean": float(values.mean()), "loss_max": float(values.max())})
+                elapsed = time.perf_counter() - began
+                left = elapsed / (done - start_step) * (settings.steps - done)
+                log(f"step {done}/{settings.steps}: loss {values.mean():.6g}" + (f" (max over {k} copies {values.max():.6g})"
+                    if k > 1 else "") + f", {elapsed:.0f} s so far, about {left:.0f} s left")
             if checkpoint_path and settings.checkpoint_every and done % settings.checkpoint_every == 0 and done < settings.steps:
                 save_torch({"step": done, "fingerprint": fingerprint, "thetas": thetas.detach().cpu(),
                             "optimizer": optimizer.state_dict(),

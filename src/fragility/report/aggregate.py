@@ -33,14 +33,6 @@ NOISE_COLUMNS = ["effect", "drift_noise", "repeat_noise", "repeat_n", "noise", "
                  "noise_flag"]
 
 
-def _cell_from_path(path: str, root: str = "results") -> dict:
-    """{root}/{study}/{dataset}/{arch}/wd{decay}/seed{seed}/<file> → the cell's keys."""
-    parts = Path(path).parts
-    i = parts.index(root) if root in parts else len(parts) - 6
-    study, dataset, arch, wd, seed = parts[i + 1 : i + 6]
-    return {"study": study, "dataset": dataset, "arch": arch, "decay": float(wd[2:]), "seed": int(seed[4:])}
-
-
 def _text(value) -> str:
     return "" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
 
@@ -239,7 +231,12 @@ def gather_benchmarks(benchmark_dir, log_dir, jobs_out, summary_out, page_out=No
 def aggregate_study(correlation_paths, row_paths, metric_paths, diagnostic_paths,
                     correlations_out, summary_out, rows_out, training_out, diagnostics_out,
                     by_seed_out=None, noise_out=None, estimators_out=None, reference="exact",
-                    correlation: dict | None = None) -> pd.DataFrame:
+                    correlation: dict | None = None, metric_cells=(), diagnostic_cells=()) -> pd.DataFrame:
+    """Stack a study's per-cell tables and write its summaries. `metric_cells[i]` and
+    `diagnostic_cells[i]` are the cell keys (study, dataset, arch, decay, seed) of `metric_paths[i]`
+    and `diagnostic_paths[i]`, given by the caller (paths are never parsed)."""
+    if len(metric_cells) != len(metric_paths) or len(diagnostic_cells) != len(diagnostic_paths):
+        raise ValueError("aggregate_study: one cell per metrics file and per diagnostics file is needed")
     correlations = pd.concat([pd.read_parquet(p) for p in correlation_paths], ignore_index=True)
     write_parquet(correlations, correlations_out)
     write_csv(summary_table(correlations), summary_out)
@@ -252,20 +249,20 @@ def aggregate_study(correlation_paths, row_paths, metric_paths, diagnostic_paths
     if estimators_out:
         write_csv(estimator_table(correlations, rows, reference, correlation=correlation), estimators_out)
     training, model_flags = [], {}
-    for path in metric_paths:
+    for path, cell in zip(metric_paths, metric_cells):
         metrics = json.loads(Path(path).read_text())
         metrics.pop("history", None)
-        cell = _cell_from_path(path)
+        cell = {key: cell[key] for key in CELL_KEYS}
         model_flags[tuple(cell.values())] = ";".join(f"model_not_trained:{f}" for f in metrics.get("flags", []))
         metrics["flags"] = ";".join(metrics.get("flags", []))
         training.append({**cell, **metrics})
     write_csv(pd.DataFrame(training), training_out)
     diagnostics = []
-    for path in diagnostic_paths:
+    for path, cell in zip(diagnostic_paths, diagnostic_cells):
         record = json.loads(Path(path).read_text())
         points = record.pop("test_points", [])
         statuses = ";".join(sorted({p["status"] for p in points}))
-        cell = _cell_from_path(path)
+        cell = {key: cell[key] for key in CELL_KEYS}
         diagnostics.append({**cell, **{k: v for k, v in record.items() if not isinstance(v, (list, dict))},
                             "statuses": statuses, "flag": model_flags.get(tuple(cell.values()), "")})
     write_csv(pd.DataFrame(diagnostics), diagnostics_out)

@@ -225,13 +225,15 @@ def _sweep_with_bands(ax, frame: pd.DataFrame, x: str, value: str, group: str, l
     ax.grid(alpha=0.3)
 
 
-def correlation_sweeps(corr: pd.DataFrame, outdir, estimator: str, options: dict | None = None) -> None:
-    """Pearson and Spearman of Δ̂ vs Δ against depth (at a width), width (at a depth) and decay."""
+def correlation_sweeps(corr: pd.DataFrame, outdir, estimator: str, options: dict | None = None,
+                       names=("correlation_vs_depth", "correlation_vs_width", "correlation_vs_decay")) -> None:
+    """Pearson and Spearman of Δ̂ vs Δ against depth (at a width), width (at a depth) and decay
+    (the sweeps in `names`)."""
     options = options or {}
     corr = _with_shape(corr.assign(flag=corr["flag"].fillna("")))
     base = corr[(corr.target == "loss_change") & (corr.subset == "all") & (corr.estimator == estimator)]
     if base.empty:
-        for name in ("correlation_vs_depth", "correlation_vs_width", "correlation_vs_decay"):
+        for name in names:
             _note_figure(outdir, name, f"estimator '{estimator}' has no loss-change correlations in this study")
         return
     width = int(options.get("depth_sweep_width", base.width.mode().iloc[0] if base.width.notna().any() else 0))
@@ -244,7 +246,7 @@ def correlation_sweeps(corr: pd.DataFrame, outdir, estimator: str, options: dict
               ("correlation_vs_width", "width", base[base.depth == depth], datasets + ["decay", "test_point"],
                f"width ({depth} hidden layer{'s' if depth != 1 else ''})"),
               ("correlation_vs_decay", "decay", base, datasets + ["arch", "test_point"], "weight decay λ")]
-    for name, x, frame, group, xlabel in sweeps:
+    for name, x, frame, group, xlabel in [sweep for sweep in sweeps if sweep[0] in names]:
 
         def label_of(key, group=group):
             return ", ".join(decay_name(v) if column == "decay" else str(v) for column, v in zip(group, key))
@@ -303,14 +305,61 @@ def estimator_comparison(est: pd.DataFrame, outdir, name="estimator_comparison",
     save(fig, outdir, name)
 
 
-def study_figures(correlations_path, rows_path, estimators_path, outdir, options: dict | None = None) -> None:
-    """The figures every study gets: predicted vs actual per cell, sweeps with bands, estimator study."""
+def correlation_by_test_point(corr: pd.DataFrame, outdir, name="correlation_by_test_point", target="loss_change") -> None:
+    """Every estimator's Pearson and Spearman of Δ̂ vs Δ (bootstrap intervals) per cell and test
+    point: the audit's main figure. A flagged value (model not trained, estimator failed, constant
+    values) is drawn as a cross at 0 with its flag's name, never as a number."""
+    part = corr[(corr.target == target) & (corr.subset == "all")].copy()
+    if part.empty:
+        return _note_figure(outdir, name, f"no '{target}' correlations in this study")
+    part["flag"] = part["flag"].fillna("")
+    prefix = part.dataset.astype(str) + "\n" if part.dataset.nunique() > 1 else ""
+    part["cell"] = prefix + pd.Series([f"{a}\n{decay_name(d)}\nseed {s}, {t}" for a, d, s, t in
+                                       zip(part.arch, part.decay, part.seed, part.test_point)], index=part.index)
+    cells = list(dict.fromkeys(part.cell))
+    methods = list(dict.fromkeys(part.estimator))
+    fig, axes = plt.subplots(2, 1, figsize=(max(6, 0.8 * len(cells) + 2), 7), sharex=True)
+    offsets = np.linspace(-0.3, 0.3, len(methods)) if len(methods) > 1 else [0.0]
+    for ax, method in zip(axes, ("pearson", "spearman")):
+        for off, estimator in zip(offsets, methods):
+            rows = part[part.estimator == estimator].set_index("cell").reindex(cells)
+            xs = np.arange(len(cells)) + off
+            ok = (rows.flag.fillna("missing") == "").to_numpy() & rows[method].notna().to_numpy()
+            lo = rows.get(f"{method}_lo", rows[method])
+            hi = rows.get(f"{method}_hi", rows[method])
+            yerr = np.vstack([(rows[method] - lo).clip(lower=0), (hi - rows[method]).clip(lower=0)])
+            ax.errorbar(xs[ok], rows[method][ok], yerr=yerr[:, ok], fmt="o", capsize=2, label=estimator)
+            for x, flag in zip(xs[~ok], rows.flag[~ok].replace("", "undefined").fillna("missing")):
+                ax.plot(x, 0, marker="x", color="grey")
+                ax.annotate(flag, (x, 0), fontsize=6, rotation=60)
+        ax.axhline(0, color="grey", lw=0.5)
+        ax.set_ylim(-1.05, 1.05)
+        ax.set_ylabel(f"{method.capitalize()}(Δ̂, Δ)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7, ncol=min(4, len(methods)))
+    axes[0].set_title("influence estimate vs re-training, per cell and test point (95 % bootstrap intervals)", fontsize=9)
+    axes[1].set_xticks(np.arange(len(cells)))
+    axes[1].set_xticklabels(cells, fontsize=6)
+    fig.tight_layout()
+    save(fig, outdir, name)
+
+
+def study_figures(correlations_path, rows_path, estimators_path, outdir, options: dict | None = None,
+                  names=("predicted_vs_actual", "correlation_by_test_point", "correlation_vs_depth", "correlation_vs_width",
+                         "correlation_vs_decay", "estimator_comparison")) -> None:
+    """The overview figures `names` (study/outputs.py decides which a study has something to draw
+    in): predicted vs actual per cell, correlations per test point, sweeps with bands, estimator study."""
     options = options or {}
     corr = pd.read_parquet(correlations_path)
     corr["flag"] = corr["flag"].fillna("")
-    rows = pd.read_parquet(rows_path)
     estimator = options.get("estimator") or ("exact" if (corr.estimator == "exact").any() else corr.estimator.iloc[0])
-    predicted_vs_actual(corr, rows, outdir, estimator)
-    correlation_sweeps(corr, outdir, estimator, options)
-    est = pd.read_csv(estimators_path, keep_default_na=False, na_values=[""])
-    estimator_comparison(est, outdir)
+    if "predicted_vs_actual" in names:
+        predicted_vs_actual(corr, pd.read_parquet(rows_path), outdir, estimator)
+    if "correlation_by_test_point" in names:
+        correlation_by_test_point(corr, outdir)
+    sweeps = [n for n in names if n.startswith("correlation_vs_")]
+    if sweeps:
+        correlation_sweeps(corr, outdir, estimator, options, names=sweeps)
+    if "estimator_comparison" in names:
+        est = pd.read_csv(estimators_path, keep_default_na=False, na_values=[""])
+        estimator_comparison(est, outdir)

@@ -63,6 +63,11 @@ def cell_dir(cell: dict, root: str = "results") -> str:
     return f"{root}/" + CELL_PATTERN.format(**cell)
 
 
+def cell_keys(config: dict, cell: dict) -> dict:
+    """A cell's keys as the tables hold them: the decay as its number (mapped through the config)."""
+    return {**cell, "decay": decay_value(config, cell["study"], cell["decay"]), "seed": int(cell["seed"])}
+
+
 def decay_value(config: dict, study: str, label: str) -> float:
     for decay in study_block(config, study)["decays"]:
         if decay_label(decay) == label:
@@ -116,9 +121,6 @@ def enabled_studies(config: dict) -> list[str]:
 def check_config(config: dict) -> None:
     """Checks a JSON schema cannot express; raises ValueError naming the offending key."""
     for study, block in config["studies"].items():
-        if block.get("kind") == "iris" and study != "iris":  # workflow/rules/plots.smk: rule plot_iris
-            raise ValueError(f"studies.{study}.kind: the Iris figures are drawn for the study named 'iris' only; "
-                             f"name this study 'iris' or give it kind 'generic'")
         task = block.get("task", "cross_entropy")
         if task not in TASK_NAMES:
             if ":" not in task:

@@ -62,6 +62,25 @@ def load_trained(model_path: str, device="cpu"):
     return net, theta, record
 
 
+def check_outputs(model, x, n_outputs: int, key: str) -> None:
+    """ValueError naming `key` unless the model maps a batch [m, ...] to outputs [m, n_outputs].
+    Run in eval mode, so that no BatchNorm statistic moves."""
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        try:
+            out = model(x)
+        except Exception as err:
+            raise ValueError(f"{key}: the model fails on a batch of inputs of shape {tuple(x.shape)}: "
+                             f"{type(err).__name__}: {err}") from err
+        finally:
+            model.train(was_training)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (len(x), n_outputs):
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(f"{key}: the model maps inputs {tuple(x.shape)} to {shape}; expected ({len(x)}, {n_outputs}) "
+                         f"(one output per class, or per regression target)")
+
+
 def train(data_path, arch, decay, seed, train_cfg, dtype_name, device_name, model_out, metrics_out, checkpoint_path=None,
           models_cfg=None, task_name="cross_entropy", log=print):
     """Train θ* from a seeded initialisation; record losses, accuracies, gradient norm and flags.
@@ -74,6 +93,7 @@ def train(data_path, arch, decay, seed, train_cfg, dtype_name, device_name, mode
     model = init_from_spec(*factory, split.input_shape, split.n_classes, seed=seed, dtype=dtype).to(device)
     task = make_task(task_name)
     task.check_targets(split.y_train, split.n_classes, "task")
+    check_outputs(model, x[:2], split.n_classes, factory[2])
     net = FlatModel(model, task)
     settings = TrainSettings.from_config(train_cfg, order_seed=seed)
     log(f"training {arch} ({net.num_parameters} parameters) with decay {decay} for {settings.steps} steps on {device}")
