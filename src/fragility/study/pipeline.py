@@ -108,7 +108,7 @@ def pick_test_points(model_path, data_path, specs, out_path, device_name="auto")
     split = Split.load(data_path)
     _, _, xt, yt = _tensors(split, theta.dtype, device)
     losses = health.evaluate(net, theta, xt, yt)["losses"].cpu().numpy()
-    points = choose_test_points(losses, specs)
+    points = choose_test_points(losses, specs, seed=int(record.get("seed", 0)))
     write_json({"test_points": points, "test_losses": losses.tolist()}, out_path)
     return points
 
