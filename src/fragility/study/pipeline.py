@@ -101,6 +101,18 @@ def train(data_path, arch, decay, seed, train_cfg, dtype_name, device_name, mode
     return metrics
 
 
+def retraining_steps(loo_cfg: dict, retrain_cfg: dict, n: int) -> int:
+    """Length of a re-training: `loo.steps`, or `loo.epochs` passes over the n training points:
+    ceil(epochs · ceil(n / b)) steps with b the re-training's batch size (full batch: b = n), as
+    an epoch of `training.batch_rows` is ceil(n / b) minibatches of one permutation."""
+    if ("steps" in loo_cfg) == ("epochs" in loo_cfg):
+        raise ValueError("loo: set exactly one of loo.steps and loo.epochs")
+    if "steps" in loo_cfg:
+        return int(loo_cfg["steps"])
+    batch = min(int(retrain_cfg.get("batch_size") or n), n)
+    return max(1, math.ceil(float(loo_cfg["epochs"]) * math.ceil(n / batch)))
+
+
 # --------------------------------------------------------------------------- test points
 def pick_test_points(model_path, data_path, specs, out_path, device_name="auto"):
     device = resolve_device(device_name)
@@ -158,7 +170,8 @@ def run_loo(model_path, data_path, test_points_path, removed, loo_cfg, train_cfg
             weights[c, i] = 0.0
     # the training settings loo sets itself (optimiser, checkpoint interval, ...) replace train's
     retrain_cfg = {**train_cfg, **{key: v for key, v in loo_cfg.items() if key in TrainSettings.CONFIG_KEYS}}
-    settings = TrainSettings.from_config(retrain_cfg, steps=int(loo_cfg["steps"]), order_seed=order_seed)
+    settings = TrainSettings.from_config(retrain_cfg, steps=retraining_steps(loo_cfg, retrain_cfg, n),
+                                         order_seed=order_seed)
     log(f"re-training {k} copies of {record['arch']} for {settings.steps} steps (removed: {removed})")
     result, checkpoints = train_in_passes(net, x, y, record["decay"], theta.repeat(k, 1), weights, settings,
                                           loo_cfg.get("copies_per_pass"), checkpoint_path=checkpoint_path, log=log)
