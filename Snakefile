@@ -1,6 +1,7 @@
 # Influence functions vs leave-one-out re-training (Basu, Pope & Feizi, ICLR 2021).
-# Targets: `all` (every enabled study), `iris`, `mnist_small`, `table1`, or any output path under
-# results/ (e.g. results/table1/table1.csv).
+# Targets: `all` (every enabled study), `iris`, `mnist_small`, `table1`, `appendix` (its two
+# studies `appendix_cifar100` and `appendix_imagenet`), or any output path under results/
+# (e.g. results/table1/table1.csv).
 
 
 configfile: "config.yaml"
@@ -38,3 +39,19 @@ rule mnist_small:
 rule table1:
     input:
         study_targets("table1"),
+
+
+rule appendix_cifar100:
+    input:
+        study_targets("appendix_cifar100"),
+
+
+rule appendix_imagenet:
+    input:
+        study_targets("appendix_imagenet"),
+
+
+rule appendix:
+    input:
+        rules.appendix_cifar100.input,
+        rules.appendix_imagenet.input,

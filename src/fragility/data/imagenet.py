@@ -31,37 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .files import EXTENSIONS, ImageNetFilesMissing, class_folders, imagenet_root, missing_imagenet  # noqa: F401
 from .split import Split
-
-EXTENSIONS = (".jpeg", ".jpg", ".png")
-
-
-def imagenet_root(data_dir: str, root: str | None) -> Path:
-    return Path(root) if root else Path(data_dir) / "imagenet"
-
-
-class ImageNetFilesMissing(FileNotFoundError):
-    """The ImageNet folders are not where the config says; the message says where they must be."""
-
-
-def _missing(root: Path, what: str) -> FileNotFoundError:
-    return ImageNetFilesMissing(
-        f"ImageNet: {what}. The files must be at {root.resolve()}/train/<wnid>/*.JPEG and "
-        f"{root.resolve()}/val/<wnid>/*.JPEG (the layout torchvision.datasets.ImageFolder reads; val sorted "
-        "into one folder per class). They are never downloaded: copy or link your copy there, or set the "
-        "dataset's `root` to the folder that holds train/ and val/.")
-
-
-def class_folders(root: Path) -> list[str]:
-    """The wnids (class folder names) of `root/train`, sorted; FileNotFoundError saying where the files go."""
-    for part in ("train", "val"):
-        if not (root / part).is_dir():
-            raise _missing(root, f"no folder {(root / part).resolve()}")
-    wnids = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
-    if not wnids:
-        raise _missing(root, f"{(root / 'train').resolve()} holds no class folders")
-    return wnids
-
 
 def image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in EXTENSIONS)
@@ -114,7 +85,7 @@ def load_imagenet(data_dir: str = "data", root: str | None = None, classes: int 
         for part, k in (("train", train_per_class), ("val", test_per_class)):
             folder = root / part / wnid
             if not folder.is_dir():
-                raise _missing(root, f"class {wnid} has no folder {folder.resolve()}")
+                raise missing_imagenet(root, f"class {wnid} has no folder {folder.resolve()}")
             picked = choose(image_files(folder), k, rng, f"{part}_per_class for {wnid}" if part == "train"
                             else f"test_per_class for {wnid} (images in val/{wnid})")
             files[part] += picked
