@@ -113,3 +113,79 @@ def test_steps_and_epochs_together_stop_the_config_check():
     config["studies"]["iris"]["overrides"] = {"mlp-d1-w5": {"loo": {"epochs": 2}}}
     with pytest.raises(ValueError, match=r"studies\.iris\.loo \(architecture mlp-d1-w5\): set exactly one .* both"):
         check_config(config)
+
+
+# ----------------------------------------------------------------------------- through the workflow
+def snakemake(work, *args, timeout=300):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    return subprocess.run([str(Path(sys.executable).parent / "snakemake"), *args], cwd=work, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def imagenet_overlay(root) -> str:
+    return f"""
+studies:
+  appendix_imagenet:
+    datasets:
+      imagenet: {{root: "{root}", classes: 2, train_per_class: 3, test_per_class: 2, image_size: 16, resize: 20}}
+"""
+
+
+def test_imagenet_study_prepares_its_data_from_the_jpeg_folders(tmp_path):
+    from workflow_files import copy_workflow
+
+    from fragility.data.split import Split
+
+    root = write_imagenet(tmp_path / "imagenet")
+    work = copy_workflow(tmp_path / "wf", overlays={"imagenet_test.yaml": imagenet_overlay(root)})
+    target = "results/appendix_imagenet/imagenet/data.pt"
+    proc = snakemake(work, target, "--cores", "1", "--configfile", "configs/imagenet_test.yaml")
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    split = Split.load(work / target)
+    direct = load_split("imagenet", {"root": str(root), "classes": 2, "train_per_class": 3, "test_per_class": 2,
+                                     "image_size": 16, "resize": 20, "subset_seed": 0, "normalize": True},
+                        data_dir="unused")
+    assert split.x_train.shape == (6, 3, 16, 16) and split.x_test.shape == (4, 3, 16, 16)
+    assert torch.equal(split.x_train, direct.x_train) and torch.equal(split.y_test, direct.y_test)
+    assert (work / "results/appendix_imagenet/imagenet/imagenet_folders.json").exists()
+
+
+def test_missing_imagenet_folders_stop_the_run_before_any_job(tmp_path):
+    from workflow_files import copy_workflow
+
+    missing = tmp_path / "nowhere"
+    work = copy_workflow(tmp_path / "wf", overlays={"imagenet_test.yaml": imagenet_overlay(missing)})
+    proc = snakemake(work, "results/appendix_imagenet/imagenet/data.pt", "--cores", "1",
+                     "--configfile", "configs/imagenet_test.yaml")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "Error in rule check_imagenet" in out and f"{missing.resolve()}/train/<wnid>/*.JPEG" in out, out[-4000:]
+    assert "never downloaded" in out
+    assert not (work / "results/logs/appendix_imagenet/imagenet/prepare_data.log").exists()  # nothing else ran
+
+
+def test_appendix_dry_run_lists_gpu_jobs_with_their_resources(tmp_path):
+    import re
+
+    from workflow_files import copy_workflow
+
+    work = copy_workflow(tmp_path / "wf")
+    proc = snakemake(work, "-n", "--profile", "slurm", "appendix")
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    jobs = re.findall(r"^(?:local)?rule (\w+):\n((?:    .*\n)+)", proc.stdout, re.M)
+    by_rule: dict[str, list[str]] = {}
+    for rule, body in jobs:
+        by_rule.setdefault(rule, []).append(body)
+    for rule in ("train", "influence", "loo_drift"):
+        studies = {re.search(r"results/(appendix_\w+?)/", body).group(1) for body in by_rule[rule]
+                   if "gpu=1" in body}
+        assert studies == {"appendix_cifar100", "appendix_imagenet"}, (rule, by_rule[rule])
+    imagenet_train = next(b for b in by_rule["train"] if "appendix_imagenet" in b)
+    assert "mem_mb=64000" in imagenet_train and "runtime=1440" in imagenet_train and "cpus_per_task=8" in imagenet_train
+    imagenet_data = next(b for b in by_rule["prepare_data"] if "appendix_imagenet" in b)
+    assert "mem_mb=32000" in imagenet_data and "gpu=" not in imagenet_data
+    # the folder check and the download run where Snakemake runs (localrules), before any GPU job
+    assert len(by_rule["check_imagenet"]) == 1 and len(by_rule["download_cifar100"]) == 1
