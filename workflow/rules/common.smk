@@ -220,6 +220,25 @@ def loo_repeat_input(wildcards):
     return [os.path.join(CELL.format(**wildcards), "loo/repeat.parquet")]
 
 
+def data_resource(wildcards, key, fallback):
+    """`resources.data.<key>` of the study block (prepare_data has no architecture)."""
+    block = grid.study_block(config, wildcards.study)
+    return block.get("resources", {}).get("data", {}).get(key, fallback)
+
+
+def check_imagenet_job(wildcards, output, log):
+    """Adapter for rule check_imagenet (runs inside the Snakemake process)."""
+    from fragility.data import files
+
+    dataset_cfg = grid.study_block(config, wildcards.study)["datasets"][
+        wildcards.dataset
+    ]
+    found = files.check_imagenet_folders(
+        dataset_cfg, config.get("data_dir", "data"), output[0]
+    )
+    file_logger(log[0])(f"ImageNet folders: {found}")
+
+
 def correlate_job(input, output, params, log):
     """Adapter for rule correlate (runs inside the Snakemake process)."""
     correlate.correlate_cell(

@@ -1,9 +1,3 @@
-def data_resource(wildcards, key, fallback):
-    """`resources.data.<key>` of the study block (prepare_data has no architecture)."""
-    block = grid.study_block(config, wildcards.study)
-    return block.get("resources", {}).get("data", {}).get(key, fallback)
-
-
 rule prepare_data:
     input:
         lambda w: image_data.required_files(
@@ -53,14 +47,7 @@ rule check_imagenet:
     log:
         os.path.join(RESULTS, "logs/{study}/{dataset}/check_imagenet.log"),
     run:
-        found = image_data.check_imagenet_folders(
-            grid.study_block(config, wildcards.study)["datasets"][
-                wildcards.dataset
-            ],
-            DATA_DIR,
-            output[0],
-        )
-        file_logger(log[0])(f"ImageNet folders: {found}")
+        check_imagenet_job(wildcards, output, log)
 
 
 localrules:
