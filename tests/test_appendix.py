@@ -189,3 +189,62 @@ def test_appendix_dry_run_lists_gpu_jobs_with_their_resources(tmp_path):
     assert "mem_mb=32000" in imagenet_data and "gpu=" not in imagenet_data
     # the folder check and the download run where Snakemake runs (localrules), before any GPU job
     assert len(by_rule["check_imagenet"]) == 1 and len(by_rule["download_cifar100"]) == 1
+
+
+# ----------------------------------------------------------------------------- the new config keys
+@pytest.mark.parametrize("path, value, ok", [
+    (("test_points",), ["random2"], True), (("test_points",), ["random"], False),
+    (("loo",), {"epochs": 2, "chunk_size": 1}, True), (("loo",), {"epochs": 0, "chunk_size": 1}, False),
+    (("loo",), {"chunk_size": 1}, False), (("loo",), {"steps": 10, "epochs": 2, "chunk_size": 1}, False),
+    (("resources", "group"), ["fit"], True), (("resources", "group"), ["fit", "loo"], True),
+    (("resources", "group"), True, True), (("resources", "group"), ["train"], False),
+    (("resources", "group"), "fit", False), (("resources", "data"), {"mem_mb": 8000}, True),
+])
+def test_schema_of_the_new_keys(path, value, ok):
+    import yaml
+    from snakemake.exceptions import WorkflowError
+    from snakemake.utils import validate
+
+    from workflow_files import REPO
+
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    block = config["studies"]["iris"]
+    for key in path[:-1]:
+        block = block.setdefault(key, {})
+    block[path[-1]] = value
+    schema = str(REPO / "workflow" / "schemas" / "config.schema.yaml")
+    if ok:
+        validate(config, schema)
+    else:
+        with pytest.raises(WorkflowError):
+            validate(config, schema)
+
+
+@pytest.mark.parametrize("study", ["appendix_cifar100", "appendix_imagenet"])
+def test_appendix_studies_follow_the_paper(study):
+    import yaml
+
+    from workflow_files import REPO
+
+    block = yaml.safe_load((REPO / "config.yaml").read_text())["studies"][study]
+    assert block["enabled"] is False
+    if study == "appendix_cifar100":
+        assert block["architectures"] == ["resnet18"] and block["decays"] == [0.0005]
+        assert list(block["datasets"]) == ["cifar100"]
+    else:
+        assert block["architectures"] == ["resnet50-imagenet"] and block["test_points"] == ["random2"]
+        assert block["select"]["rules"] == [{"top_k": 50}] and block["loo"]["epochs"] == 2
+        assert "steps" not in block["loo"]
+
+
+def test_resnet50_imagenet_is_torchvisions_224px_net():
+    import torchvision
+
+    from fragility.models.registry import build_model, count_parameters
+
+    net = build_model("resnet50-imagenet", (3, 224, 224), 1000)
+    assert count_parameters(net) == count_parameters(torchvision.models.resnet50(weights=None)) == 25_557_032
+    assert net.conv1.kernel_size == (7, 7) and net.conv1.stride == (2, 2)
+    assert isinstance(net.maxpool, torch.nn.MaxPool2d)
+    with torch.no_grad():
+        assert net.eval()(torch.zeros(1, 3, 64, 64)).shape == (1, 1000)
