@@ -102,6 +102,9 @@ def test_retraining_length_in_epochs():
     assert retraining_steps({"steps": 60}, {"batch_size": 128}, 1000) == 60
     with pytest.raises(ValueError, match="exactly one of loo.steps and loo.epochs"):
         retraining_steps({"steps": 60, "epochs": 2}, {}, 1000)
+    assert retraining_steps({"steps": None, "epochs": 2}, {"batch_size": 128}, 1000) == 16  # null unsets
+    with pytest.raises(ValueError, match="exactly one"):
+        retraining_steps({"steps": None}, {}, 1000)
 
 
 def test_steps_and_epochs_together_stop_the_config_check():
@@ -113,6 +116,8 @@ def test_steps_and_epochs_together_stop_the_config_check():
     config["studies"]["iris"]["overrides"] = {"mlp-d1-w5": {"loo": {"epochs": 2}}}
     with pytest.raises(ValueError, match=r"studies\.iris\.loo \(architecture mlp-d1-w5\): set exactly one .* both"):
         check_config(config)
+    config["studies"]["iris"]["overrides"] = {"mlp-d1-w5": {"loo": {"epochs": 2, "steps": None}}}
+    check_config(config)  # an override switching to epochs unsets steps with null
 
 
 # ----------------------------------------------------------------------------- through the workflow
@@ -195,7 +200,7 @@ def test_appendix_dry_run_lists_gpu_jobs_with_their_resources(tmp_path):
 @pytest.mark.parametrize("path, value, ok", [
     (("test_points",), ["random2"], True), (("test_points",), ["random"], False),
     (("loo",), {"epochs": 2, "chunk_size": 1}, True), (("loo",), {"epochs": 0, "chunk_size": 1}, False),
-    (("loo",), {"chunk_size": 1}, False), (("loo",), {"steps": 10, "epochs": 2, "chunk_size": 1}, False),
+    (("loo",), {"chunk_size": 1}, False), (("loo",), {"steps": None, "epochs": 2, "chunk_size": 1}, True),
     (("resources", "group"), ["fit"], True), (("resources", "group"), ["fit", "loo"], True),
     (("resources", "group"), True, True), (("resources", "group"), ["train"], False),
     (("resources", "group"), "fit", False), (("resources", "data"), {"mem_mb": 8000}, True),

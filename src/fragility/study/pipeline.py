@@ -105,12 +105,13 @@ def retraining_steps(loo_cfg: dict, retrain_cfg: dict, n: int) -> int:
     """Length of a re-training: `loo.steps`, or `loo.epochs` passes over the n training points:
     ceil(epochs · ceil(n / b)) steps with b the re-training's batch size (full batch: b = n), as
     an epoch of `training.batch_rows` is ceil(n / b) minibatches of one permutation."""
-    if ("steps" in loo_cfg) == ("epochs" in loo_cfg):
+    steps, epochs = loo_cfg.get("steps"), loo_cfg.get("epochs")  # null = not set (an overlay's way to drop one)
+    if (steps is None) == (epochs is None):
         raise ValueError("loo: set exactly one of loo.steps and loo.epochs")
-    if "steps" in loo_cfg:
-        return int(loo_cfg["steps"])
+    if steps is not None:
+        return int(steps)
     batch = min(int(retrain_cfg.get("batch_size") or n), n)
-    return max(1, math.ceil(float(loo_cfg["epochs"]) * math.ceil(n / batch)))
+    return max(1, math.ceil(float(epochs) * math.ceil(n / batch)))
 
 
 # --------------------------------------------------------------------------- test points
