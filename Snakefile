@@ -1,6 +1,7 @@
 # Influence functions vs leave-one-out re-training (Basu, Pope & Feizi, ICLR 2021).
-# Targets: `all` (every enabled study), a study's name (`iris`, `mnist_small`, `table1`, or any
-# study of your config), or any output path under results/ (e.g. results/table1/table1.csv).
+# Targets: `all` (every enabled study), a study's name (`iris`, `mnist_small`, `table1`, the appendix
+# studies `appendix_cifar100` and `appendix_imagenet`, or any study of your config), `appendix` (both
+# appendix studies), or any output path under results/ (e.g. results/table1/table1.csv).
 
 
 configfile: "config.yaml"
@@ -34,3 +35,12 @@ for _study in config["studies"]:
             _study
         input:
             study_targets(_study),
+
+
+rule appendix:
+    input:
+        [
+            study_targets(study)
+            for study in ("appendix_cifar100", "appendix_imagenet")
+            if study in config["studies"]
+        ],

@@ -53,6 +53,28 @@ def test_test_point_specs():
     assert choose_test_points(losses, ["p100"])[0]["index"] == 1
 
 
+def test_random_test_points_are_seeded_distinct_and_independent_of_the_losses():
+    losses = np.linspace(0.0, 1.0, 50)
+    drawn = choose_test_points(losses, ["random5"], seed=3)
+    assert [p["name"] for p in drawn] == [f"random{r}" for r in range(1, 6)]
+    indices = [p["index"] for p in drawn]
+    assert len(set(indices)) == 5 and all(0 <= i < 50 for i in indices)
+    assert [p["loss"] for p in drawn] == [float(losses[i]) for i in indices]
+    # the same seed draws the same points whatever the losses (every architecture and decay of a seed)
+    assert [p["index"] for p in choose_test_points(np.random.default_rng(0).random(50), ["random5"], seed=3)] == indices
+    assert [p["index"] for p in choose_test_points(losses, ["random5"], seed=4)] != indices
+    # uniform: over many seeds every test point is drawn about equally often (k/n each)
+    draws = [p["index"] for s in range(2000) for p in choose_test_points(losses[:10], ["random2"], seed=s)]
+    counts = np.bincount(draws, minlength=10)
+    assert counts.sum() == 4000 and np.all(np.abs(counts / 2000 - 0.2) < 0.03), counts
+    # all of them: a permutation
+    assert sorted(p["index"] for p in choose_test_points(losses[:7], ["random7"], seed=1)) == list(range(7))
+    with pytest.raises(ValueError, match="'random8' asks for 8 points but the test set has 7"):
+        choose_test_points(losses[:7], ["random8"])
+    with pytest.raises(ValueError, match="asks for 0 points"):
+        choose_test_points(losses[:7], ["random0"])
+
+
 def test_selection_rules():
     scores = np.arange(100, dtype=float)[::-1]  # index i has |Δ̂| = 99 - i
     top = select_training_points(scores, [{"top_fraction": 0.166}])

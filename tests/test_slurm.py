@@ -2,10 +2,12 @@
 tools/slurm/one_node_slurm.sh, driven by `snakemake --profile profiles/slurm-test`.
 
 One run of a 2-cell Iris grid goes through sbatch: cell mlp-d1-w5 is healthy, cell mlp-d2-w5
-is given a learning rate that makes its loss non-finite. The tests check that the jobs were
-submitted and tracked through SLURM (sacct), that the healthy cell's numbers equal a local run's,
-and that the failing cell was retried per the profile, reported clearly, and did not stop the
-healthy one. The cluster is started once for the module and torn down at its end (unless it
+is given a learning rate that makes its loss non-finite. The healthy cell groups only its "fit"
+stage and splits its 20 re-trained points into 3 LOO chunks, which the profile submits as one
+SLURM job array. The tests check that the jobs were submitted and tracked through SLURM (sacct),
+that the LOO chunks ran as the tasks of one array (`jobid_index` in sacct), that the healthy
+cell's numbers equal a local run's bit for bit, that the efficiency report was written, and that
+the failing cell was retried per the profile, reported clearly, and did not stop the healthy one. The cluster is started once for the module and torn down at its end (unless it
 was already running). Skipped with the reason when SLURM cannot be started here; set
 FRAGILITY_REQUIRE_SLURM=1 to turn that skip into a failure (CI).
 """
@@ -33,7 +35,10 @@ SCRIPT = REPO / "tools" / "slurm" / "one_node_slurm.sh"
 BIN = Path(sys.executable).parent
 SNAKEMAKE = str(BIN / "snakemake")
 # mlp-d2-w5 diverges: NonFiniteLossError (NaN at step 100), every attempt
-OVERLAY = TWO_CELLS + "      mlp-d2-w5: {train: {lr: 1.0e+30}}\n"
+# mlp-d1-w5: 20 selected points in chunks of 7 = 3 loo_chunk jobs, not grouped, so one job array
+OVERLAY = TWO_CELLS + ("      mlp-d2-w5: {train: {lr: 1.0e+30}}\n"
+                       "      mlp-d1-w5: {resources: {group: [fit]}, loo: {chunk_size: 7}}\n")
+N_CHUNKS = 3
 CONFIG_ARGS = ["--configfile", "configs/tiny.yaml", "configs/slurm_test.yaml"]
 GOOD = "results/iris/iris/mlp-d1-w5/wd0/seed0"
 BAD = "results/iris/iris/mlp-d2-w5/wd0/seed0"
@@ -130,8 +135,10 @@ def sacct(run_id: str, since: float) -> list[dict]:
 
 def test_jobs_are_submitted_with_sbatch_and_tracked_with_sacct(runs):
     jobs, out = runs["jobs"], runs["proc"].stdout
-    submitted = re.findall(r"has been submitted with SLURM jobid (\d+)", out)
-    assert submitted and {j["JobID"] for j in jobs} == set(submitted), (submitted, jobs)
+    submitted = set(re.findall(r"has been submitted with SLURM jobid (\d+)", out))
+    for array_id, first, last in arrays(out):
+        submitted |= {f"{array_id}_{k}" for k in range(first, last + 1)}
+    assert submitted and {j["JobID"] for j in jobs} == submitted, (submitted, jobs)
     completed = [j for j in jobs if j["State"] == "COMPLETED"]
     # the healthy cell: its "fit" group (train, test points, influence, drift) and its LOO jobs
     assert len(completed) >= 2, jobs
@@ -143,10 +150,46 @@ def test_slurm_results_equal_a_local_run(runs):
     slurm, local = runs["slurm"], runs["local"]
     assert torch.equal(torch.load(slurm / GOOD / "model.pt", weights_only=False)["theta"],
                        torch.load(local / GOOD / "model.pt", weights_only=False)["theta"])
-    for table in ("influence/exact.parquet", "influence/lissa.parquet", "loo/chunk0000.parquet", "rows.parquet",
-                  "correlations.parquet"):
+    chunks = [f"loo/chunk{k:04d}.parquet" for k in range(N_CHUNKS)]
+    assert sorted(p.name for p in (slurm / GOOD / "loo").glob("chunk*.parquet")) == [Path(c).name for c in chunks]
+    for table in ("influence/exact.parquet", "influence/lissa.parquet", *chunks, "loo/drift.parquet",
+                  "rows.parquet", "correlations.parquet"):
         pd.testing.assert_frame_equal(pd.read_parquet(slurm / GOOD / table), pd.read_parquet(local / GOOD / table),
                                       check_exact=True, obj=table)
+
+
+def arrays(out: str) -> list[tuple[str, int, int]]:
+    """(SLURM array id, first task, last task) of every job array the plugin reports submitting."""
+    found = re.findall(r"Submitted array job with Snakemake IDs [\d,]+ and SLURM job ID (\d+)\. "
+                       r"The individual task IDs are (\d+)-(\d+)", out)
+    return [(array_id, int(first), int(last)) for array_id, first, last in found]
+
+
+def test_loo_chunks_of_a_cell_run_as_one_job_array(runs):
+    out, jobs = runs["proc"].stdout, runs["jobs"]
+    found = arrays(out)
+    assert len(found) == 1 and found[0][1:] == (1, N_CHUNKS), (found, out[-5000:])
+    array_id = found[0][0]
+    tasks = {j["JobID"]: j for j in jobs if j["JobID"].startswith(f"{array_id}_")}
+    # sacct lists each task as <array job id>_<index>, one per LOO chunk, each COMPLETED
+    assert sorted(tasks) == [f"{array_id}_{k}" for k in range(1, N_CHUNKS + 1)], jobs
+    assert all(j["State"] == "COMPLETED" for j in tasks.values()), tasks
+    assert all(j["JobName"] == tasks[f"{array_id}_1"]["JobName"] for j in tasks.values())
+    assert not re.search(r"Job \d+ has been submitted with SLURM jobid \d+ \(log: \S*rule_loo_chunk", out)
+
+
+def test_efficiency_report_is_written_from_sacct(runs):
+    reports = list((runs["slurm"] / "results" / "logs" / "slurm").glob("efficiency_report_*.csv"))
+    assert len(reports) == 1, reports
+    report = pd.read_csv(reports[0])
+    assert {"JobID", "Elapsed_sec", "CPU Efficiency (%)", "Memory Usage (%)"} <= set(report.columns)
+    # one row per srun step (<job>.<step>), the array's tasks as <array>_<index>.<step>. Plugin 2.8.0
+    # runs an array's first task in the batch step itself (no srun step), so it has no row.
+    array_id = arrays(runs["proc"].stdout)[0][0]
+    steps = set(report["JobID"].astype(str))
+    assert {f"{array_id}_{k}.0" for k in range(2, N_CHUNKS + 1)} <= steps, sorted(steps)
+    in_array = report["JobID"].astype(str).str.startswith(f"{array_id}_")
+    assert (report.loc[in_array, "Elapsed_sec"] > 0).all(), report
 
 
 def test_failing_cell_is_retried_then_reported_while_the_other_finishes(runs):

@@ -5,7 +5,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 # what a run needs: the Snakefile, configs, rules, profiles (and the `slurm` link to one), envs, the library
-WORKFLOW_FILES = ["Snakefile", "config.yaml", "configs", "workflow", "profiles", "slurm", "envs", "src"]
+# (with pyproject.toml, which envs/environment.post-deploy.sh installs)
+WORKFLOW_FILES = ["Snakefile", "config.yaml", "configs", "workflow", "profiles", "slurm", "envs", "src", "pyproject.toml"]
 
 # the tests' two-cell grid over configs/tiny.yaml: mlp-d1-w5 and mlp-d2-w5 at decay 0; a test adds
 # its own per-architecture overrides

@@ -3,13 +3,33 @@ import os
 import sys
 from pathlib import Path
 
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
 min_version("8.0")
 
+# The library is imported as installed in the environment, never through an inserted path:
+# tools/setup.sh installs it editable into .venv, envs/environment.post-deploy.sh into the conda
+# environment of `--sdm conda` (CONDA_ENV). PYTHONPATH=src runs a checkout whose environment
+# has another copy installed; it reaches the jobs too (local and sbatch jobs inherit it).
 SOURCE = os.path.join(workflow.basedir, "src")
-sys.path.insert(0, SOURCE)
 CONDA_ENV = "../../envs/environment.yaml"
+try:
+    import fragility
+except ImportError as error:
+    raise WorkflowError(
+        f"the library 'fragility' is not installed in this Python ({sys.executable}): run "
+        f"`bash tools/setup.sh` (or `pip install --no-deps -e {workflow.basedir}`), or set "
+        f"PYTHONPATH={SOURCE}"
+    ) from error
+if not os.path.realpath(fragility.__file__).startswith(
+    os.path.realpath(SOURCE) + os.sep
+):
+    print(
+        f"note: using the library installed at {os.path.dirname(fragility.__file__)}, "
+        f"not this workflow's {SOURCE} (PYTHONPATH={SOURCE} selects it)",
+        file=sys.stderr,
+    )
 
 from fragility.study import correlate, grid, selection  # noqa: E402
 from fragility.report import aggregate  # noqa: E402
@@ -135,16 +155,20 @@ def cluster_threads(rule_key):
 
 
 def cluster_group(stage, rule_key):
-    """Group name of a CPU-only job when the cell's config sets `resources.group: true`.
+    """Group name of a CPU-only job when the cell's `resources.group` is true or lists `stage`.
 
     Stage "fit" joins train → test_points → influence → drift control of a cell into one cluster
     job; stage "loo" joins a cell's LOO chunks and noise repeat. `--group-components fit=N` (profiles/slurm) packs N
     cells into one submission. GPU jobs are never grouped: parallel members would add up GPUs.
+    `group: [fit]` groups only the fit stage, leaving the LOO jobs to SLURM job arrays
+    (`slurm-array-jobs` in profiles/slurm; a grouped job is never part of an array).
     """
 
     def get(wildcards):
         cfg = arch_cfg(wildcards).get("resources", {})
-        if cfg.get("group", False) and cfg.get(rule_key, {}).get("gpu", 0) == 0:
+        group = cfg.get("group", False)
+        stages = ("fit", "loo") if group is True else (group or ())
+        if stage in stages and cfg.get(rule_key, {}).get("gpu", 0) == 0:
             return stage
         return None
 
@@ -181,6 +205,24 @@ def loo_repeat_input(wildcards):
     if repeat_settings(wildcards)["count"] == 0:
         return []
     return [os.path.join(CELL.format(**wildcards), "loo/repeat.parquet")]
+
+
+def data_resource(wildcards, key, fallback):
+    """`resources.data.<key>` of the study block (prepare_data has no architecture)."""
+    block = grid.study_block(config, wildcards.study)
+    return block.get("resources", {}).get("data", {}).get(key, fallback)
+
+
+def check_imagenet_job(wildcards, output):
+    """Adapter for rule check_imagenet (runs inside the Snakemake process)."""
+    from fragility.data import files
+
+    dataset_cfg = grid.study_block(config, wildcards.study)["datasets"][
+        wildcards.dataset
+    ]
+    return files.check_imagenet_folders(
+        dataset_cfg, config.get("data_dir", "data"), output[0]
+    )
 
 
 def correlate_job(input, output, params):

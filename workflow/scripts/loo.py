@@ -1,11 +1,5 @@
 """Leave-one-out re-training of one chunk of selected points, or of the no-removal drift control."""
 
-import os
-import sys
-
-# the library in src/ (importable in any environment: venv, --sdm conda, cluster nodes)
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "src"))
-
 from fragility.study.grid import read_selected, with_run_settings
 from fragility.study.pipeline import run_loo
 from fragility.runtime import peak_gpu_memory_mb, resolve_device, start_job

@@ -1,11 +1,5 @@
 """Repeat of some leave-one-out re-trainings (and the drift control) with another minibatch order."""
 
-import os
-import sys
-
-# the library in src/ (importable in any environment: venv, --sdm conda, cluster nodes)
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "src"))
-
 from fragility.study.grid import with_run_settings
 from fragility.study.pipeline import repeat_loo
 from fragility.runtime import peak_gpu_memory_mb, resolve_device, start_job

@@ -1,9 +1,3 @@
-import os
-import sys
-
-# the library in src/ (importable in any environment: venv, --sdm conda, cluster nodes)
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "src"))
-
 from fragility.study.pipeline import prepare_data
 from fragility.runtime import start_job
 

@@ -1,9 +1,3 @@
-import os
-import sys
-
-# the library in src/ (importable in any environment: venv, --sdm conda, cluster nodes)
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "src"))
-
 from fragility.study.grid import with_run_settings
 from fragility.study.pipeline import train
 from fragility.runtime import peak_gpu_memory_mb, resolve_device, start_job

@@ -4,7 +4,9 @@ imports neither torch nor torchvision at module level."""
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 
 # torchvision dataset name, its folder under data_dir, and the files its loader reads
 TORCHVISION = {
@@ -81,3 +83,57 @@ def fetch(studies: dict, name: str, data_dir: str) -> list[str]:
     """`download` after `check_download_allowed`: what the download rules run."""
     check_download_allowed(studies, name, data_dir)
     return download(name, data_dir)
+
+
+# ImageNet: the folders a cluster already has (never downloaded); fragility.data.imagenet decodes them
+EXTENSIONS = (".jpeg", ".jpg", ".png")
+
+
+def imagenet_root(data_dir: str, root: str | None) -> Path:
+    return Path(root) if root else Path(data_dir) / "imagenet"
+
+
+class ImageNetFilesMissing(FileNotFoundError):
+    """The ImageNet folders are not where the config says; the message says where they must be."""
+
+
+def missing_imagenet(root: Path, what: str) -> FileNotFoundError:
+    return ImageNetFilesMissing(
+        f"ImageNet: {what}. The files must be at {root.resolve()}/train/<wnid>/*.JPEG and "
+        f"{root.resolve()}/val/<wnid>/*.JPEG (the layout torchvision.datasets.ImageFolder reads; val sorted "
+        "into one folder per class). They are never downloaded: copy or link your copy there, or set the "
+        "dataset's `root` to the folder that holds train/ and val/.")
+
+
+def class_folders(root: Path) -> list[str]:
+    """The wnids (class folder names) of `root/train`, sorted; FileNotFoundError saying where the files go."""
+    for part in ("train", "val"):
+        if not (root / part).is_dir():
+            raise missing_imagenet(root, f"no folder {(root / part).resolve()}")
+    wnids = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
+    if not wnids:
+        raise missing_imagenet(root, f"{(root / 'train').resolve()} holds no class folders")
+    return wnids
+
+
+def is_imagenet(dataset_id: str, dataset_cfg: dict) -> bool:
+    return dataset_cfg.get("loader", dataset_id) == "imagenet"
+
+
+def check_imagenet_folders(dataset_cfg: dict, data_dir: str, out_path: str | None = None) -> dict:
+    """Check the ImageNet layout a dataset block points at, without decoding anything: train/ and
+    val/ exist, and every class folder of train/ has one in val/. Returns (and writes) the counts."""
+    root = imagenet_root(data_dir, dataset_cfg.get("root"))
+    wnids = class_folders(root)
+    classes = dataset_cfg.get("classes")
+    wanted = sorted(classes) if isinstance(classes, list) else wnids
+    for wnid in wanted:
+        for part in ("train", "val"):
+            if not (root / part / wnid).is_dir():
+                raise missing_imagenet(root, f"class {wnid} has no folder {(root / part / wnid).resolve()}")
+    found = {"root": str(root.resolve()), "classes": len(wnids),
+             "val_classes": sum(1 for p in (root / "val").iterdir() if p.is_dir())}
+    if out_path:
+        Path(out_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(out_path).write_text(json.dumps(found, indent=1))
+    return found

@@ -23,6 +23,7 @@ LOADERS = {
     "mnist": "fragility.data.images:load_mnist",
     "cifar10": "fragility.data.images:load_cifar10",
     "cifar100": "fragility.data.images:load_cifar100",
+    "imagenet": "fragility.data.imagenet:load_imagenet",
 }
 
 

@@ -158,8 +158,22 @@ def resnet50(input_shape, n_classes: int) -> nn.Module:
     return small_image_resnet("resnet50", c, n_classes)
 
 
+def resnet50_imagenet(input_shape, n_classes: int) -> nn.Module:
+    """torchvision's ResNet50 as defined for 224-px ImageNet: 7×7 stride-2 stem and 3×3 max pool
+    (23.5 M parameters for 1,000 classes; the small-image `resnet50` keeps full resolution in its
+    first stage, 16× the work at 224 px)."""
+    import torchvision
+
+    c, _, _ = _shape(input_shape)
+    model = torchvision.models.resnet50(weights=None, num_classes=n_classes)
+    if c != 3:
+        model.conv1 = nn.Conv2d(c, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
+    return model
+
+
 IMAGE_ARCHITECTURES = {"smallcnn": smallcnn, "lenet": lenet, "vgg13": vgg13, "vgg14": vgg14, "resnet18": resnet18,
-                       "resnet50": resnet50}
+                       "resnet50": resnet50, "resnet50-imagenet": resnet50_imagenet}
 INPUT_SHAPES = {"MNIST (1×28×28)": (1, 28, 28), "CIFAR (3×32×32)": (3, 32, 32)}
 
 

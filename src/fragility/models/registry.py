@@ -3,7 +3,8 @@
 A name in a study's `architectures` list is one of
 - `mlp-d{depth}-w{width}`: a feed-forward ReLU net with `depth` hidden layers of `width` units
   (`mlp-d0-w0` is a linear model: logistic regression or least squares, a convex model);
-- a shipped image architecture (`ARCHITECTURES`: smallcnn, lenet, vgg13, vgg14, resnet18, resnet50);
+- a shipped image architecture (`ARCHITECTURES`: smallcnn, lenet, vgg13, vgg14, resnet18, resnet50,
+  resnet50-imagenet for 224-px inputs);
 - a key of the config's top-level `models` block, which names a factory of your own:
 
       models:
@@ -23,8 +24,8 @@ import re
 from .. import plugins
 
 MLP_NAME = re.compile(r"^mlp-d(\d+)-w(\d+)$")
-ARCHITECTURES = {name: f"fragility.models.images:{name}" for name in
-                 ("smallcnn", "lenet", "vgg13", "vgg14", "resnet18", "resnet50")}
+ARCHITECTURES = {name: f"fragility.models.images:{name.replace('-', '_')}" for name in
+                 ("smallcnn", "lenet", "vgg13", "vgg14", "resnet18", "resnet50", "resnet50-imagenet")}
 MLP_FACTORY = "fragility.models.mlp:mlp"
 FACTORY_ARGUMENTS = ("input_shape", "n_classes")
 

@@ -145,6 +145,10 @@ def check_config(config: dict) -> None:
             by = merged["select"]["by"]
             if by not in merged["influence"]["methods"]:
                 raise ValueError(f"studies.{study}.select.by: '{by}' is not one of influence.methods {sorted(merged['influence']['methods'])}")
+            steps, epochs = merged["loo"].get("steps"), merged["loo"].get("epochs")
+            if (steps is None) == (epochs is None):
+                raise ValueError(f"studies.{study}.loo (architecture {arch}): set exactly one of loo.steps and "
+                                 f"loo.epochs (null unsets one), got {'both' if steps is not None else 'neither'}")
         figures = block.get("figures", {})
         if figures.get("scatter_architecture", block["architectures"][0]) not in block["architectures"]:
             raise ValueError(f"studies.{study}.figures.scatter_architecture: '{figures['scatter_architecture']}' is not "

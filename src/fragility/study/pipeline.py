@@ -127,6 +127,19 @@ def train(data_path, arch, decay, seed, train_cfg, dtype_name, device_name, mode
     return metrics
 
 
+def retraining_steps(loo_cfg: dict, retrain_cfg: dict, n: int) -> int:
+    """Length of a re-training: `loo.steps`, or `loo.epochs` passes over the n training points:
+    ceil(epochs · ceil(n / b)) steps with b the re-training's batch size (full batch: b = n), as
+    an epoch of `training.batch_rows` is ceil(n / b) minibatches of one permutation."""
+    steps, epochs = loo_cfg.get("steps"), loo_cfg.get("epochs")  # null = not set (an overlay's way to drop one)
+    if (steps is None) == (epochs is None):
+        raise ValueError("loo: set exactly one of loo.steps and loo.epochs")
+    if steps is not None:
+        return int(steps)
+    batch = min(int(retrain_cfg.get("batch_size") or n), n)
+    return max(1, math.ceil(float(epochs) * math.ceil(n / batch)))
+
+
 # --------------------------------------------------------------------------- test points
 def pick_test_points(model_path, data_path, specs, out_path, device_name="auto"):
     device = resolve_device(device_name)
@@ -134,7 +147,7 @@ def pick_test_points(model_path, data_path, specs, out_path, device_name="auto")
     split = Split.load(data_path)
     _, _, xt, yt = _tensors(split, theta.dtype, device)
     losses = health.evaluate(net, theta, xt, yt)["measurements"].cpu().numpy()
-    points = choose_test_points(losses, specs)
+    points = choose_test_points(losses, specs, seed=int(record.get("seed", 0)))
     write_json({"test_points": points, "test_losses": losses.tolist()}, out_path)
     return points
 
@@ -184,7 +197,8 @@ def run_loo(model_path, data_path, test_points_path, removed, loo_cfg, train_cfg
             weights[c, i] = 0.0
     # the training settings loo sets itself (optimiser, checkpoint interval, ...) replace train's
     retrain_cfg = {**train_cfg, **{key: v for key, v in loo_cfg.items() if key in TrainSettings.CONFIG_KEYS}}
-    settings = TrainSettings.from_config(retrain_cfg, steps=int(loo_cfg["steps"]), order_seed=order_seed)
+    settings = TrainSettings.from_config(retrain_cfg, steps=retraining_steps(loo_cfg, retrain_cfg, n),
+                                         order_seed=order_seed)
     log(f"re-training {k} copies of {record['arch']} for {settings.steps} steps (removed: {removed})")
     result, checkpoints = train_in_passes(net, x, y, record["decay"], theta.repeat(k, 1), weights, settings,
                                           loo_cfg.get("copies_per_pass"), checkpoint_path=checkpoint_path, log=log)

@@ -1,7 +1,10 @@
 """Which test points to explain and which training points to re-train.
 
 Test-point specs (strings): `max` (highest test loss), `median` (the 50th percentile of test
-loss), `p<q>` (q-th percentile), `top<k>` (the k highest-loss points, named top1..topk).
+loss), `p<q>` (q-th percentile), `top<k>` (the k highest-loss points, named top1..topk),
+`random<k>` (k distinct test points drawn uniformly without replacement, named random1..randomk,
+seeded by the cell's seed alone: the same points for every architecture and decay of that seed,
+whatever the losses; the paper's ImageNet cells use two random test points).
 
 Selection rules (per test point, on |Δ̂|): `{top_fraction: f}`, `{top_k: k}` and
 `{around_percentile: q, k: m}` (the m points whose |Δ̂| rank is nearest the q-th percentile).
@@ -23,8 +26,14 @@ def _percentile_index(losses: np.ndarray, q: float) -> int:
     return int(order[rank])
 
 
-def choose_test_points(losses, specs: list[str]) -> list[dict]:
-    """Resolve specs against per-test-point losses at θ*; returns [{name, index, loss}]."""
+def random_test_points(n: int, k: int, seed: int) -> list[int]:
+    """k distinct indices of n test points, uniform without replacement, from `seed` only."""
+    return [int(i) for i in np.random.default_rng([int(seed), 7_211]).choice(n, size=k, replace=False)]
+
+
+def choose_test_points(losses, specs: list[str], seed: int = 0) -> list[dict]:
+    """Resolve specs against per-test-point losses at θ*; returns [{name, index, loss}].
+    `seed` (the cell's seed) draws the `random<k>` points."""
     losses = np.asarray(losses, dtype=float)
     if len(losses) == 0:
         raise ValueError("the test set is empty")
@@ -44,8 +53,13 @@ def choose_test_points(losses, specs: list[str]) -> list[dict]:
             if k > len(losses):
                 raise ValueError(f"test_points: '{spec}' asks for {k} points but the test set has {len(losses)}")
             chosen.extend((f"top{r + 1}", int(order[r])) for r in range(k))
+        elif m := re.fullmatch(r"random(\d+)", spec):
+            k = int(m.group(1))
+            if not 1 <= k <= len(losses):
+                raise ValueError(f"test_points: '{spec}' asks for {k} points but the test set has {len(losses)}")
+            chosen.extend((f"random{r + 1}", i) for r, i in enumerate(random_test_points(len(losses), k, seed)))
         else:
-            raise ValueError(f"test_points: unknown spec '{spec}' (use max, median, p<q> or top<k>)")
+            raise ValueError(f"test_points: unknown spec '{spec}' (use max, median, p<q>, top<k> or random<k>)")
     seen, out = set(), []
     for name, index in chosen:
         if name not in seen:
