@@ -203,3 +203,16 @@ def test_every_job_keeps_gpu_float32_at_full_precision(monkeypatch):
         assert torch.backends.cudnn.allow_tf32 is False and torch.backends.cuda.matmul.allow_tf32 is False
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def test_the_config_reader_owns_seeds_chunks_and_repeats():
+    config = _config()
+    config["studies"]["iris"]["loo"]["repeats"] = {"count": 2}
+    assert grid.loo_order_seed(3) == 3 + grid.LOO_ORDER_OFFSET
+    assert grid.repeat_settings(config, "iris", "mlp-d1-w5") == {"count": 2, "order_seed_offset": 1}
+    assert grid.repeat_order_seed(config, "iris", "mlp-d1-w5", 3) == grid.loo_order_seed(3) + 1
+    assert grid.loo_chunk_count(config, "iris", "mlp-d1-w5", 9) == 3  # chunk_size 4
+    assert grid.loo_chunk_count(config, "iris", "mlp-d2-w5", 9) == 9  # its override: chunk_size 1
+    assert grid.influence_chunks(config, "iris", "mlp-d1-w5") == {"chunk_size": 1024, "scoring_chunk_size": None}
+    assert grid.damping_for({"damping": 0.01, "damping_without_decay": 0.001}, 0.0) == 0.001
+    assert grid.damping_for({"damping": 0.01, "damping_without_decay": 0.001}, 0.005) == 0.01

@@ -182,9 +182,9 @@ def device():
 def loo_chunks(wildcards):
     """The re-training chunks of a cell, known once its `select` checkpoint has run."""
     selected = checkpoints.select.get(**wildcards).output[0]
-    indices = grid.read_selected(selected)
-    size = arch_cfg(wildcards)["loo"]["chunk_size"]
-    n_chunks = (len(indices) + size - 1) // size
+    n_chunks = grid.loo_chunk_count(
+        config, wildcards.study, wildcards.arch, len(grid.read_selected(selected))
+    )
     return [
         os.path.join(CELL.format(**wildcards), f"loo/chunk{k:04d}.parquet")
         for k in range(n_chunks)
@@ -192,12 +192,7 @@ def loo_chunks(wildcards):
 
 
 def repeat_settings(wildcards):
-    """`loo.repeats` of a cell's merged config, with its defaults (count 0 disables)."""
-    return {
-        "count": 0,
-        "order_seed_offset": 1,
-        **arch_cfg(wildcards)["loo"].get("repeats", {}),
-    }
+    return grid.repeat_settings(config, wildcards.study, wildcards.arch)
 
 
 def loo_repeat_input(wildcards):

@@ -20,8 +20,7 @@ rule influence:
     params:
         method=lambda w: grid.estimators(config, w.study, w.arch)[w.estimator],
         damping=damping_of,
-        chunk_size=lambda w: arch_cfg(w)["influence"].get("chunk_size", 1024),
-        scoring_chunk_size=lambda w: arch_cfg(w)["influence"].get("scoring_chunk_size"),
+        chunks=lambda w: grid.influence_chunks(config, w.study, w.arch),
         device=device(),
     script:
         "../scripts/influence.py"

@@ -21,7 +21,7 @@ rule loo_chunk:
     params:
         loo=settings_of("loo"),
         train=settings_of("train"),
-        order_seed=lambda w: int(w.seed) + 7919,
+        order_seed=lambda w: grid.loo_order_seed(w.seed),
         device=device(),
         checkpoint=lambda w: os.path.join(
             CELL.format(**w), f"loo/chunk{w.chunk}.checkpoint.pt"
@@ -52,7 +52,7 @@ rule loo_drift:
     params:
         loo=settings_of("loo", unused=("chunk_size",)),
         train=settings_of("train"),
-        order_seed=lambda w: int(w.seed) + 7919,
+        order_seed=lambda w: grid.loo_order_seed(w.seed),
         device=device(),
         checkpoint=lambda w: os.path.join(CELL.format(**w), "loo/drift.checkpoint.pt"),
     script:

@@ -25,8 +25,7 @@ rule loo_repeat:
         repeats=lambda w: repeat_settings(w)["count"],
         loo=settings_of("loo", unused=("chunk_size",)),
         train=settings_of("train"),
-        order_seed=lambda w: rules.loo_drift.params.order_seed(w)
-        + repeat_settings(w)["order_seed_offset"],
+        order_seed=lambda w: grid.repeat_order_seed(config, w.study, w.arch, w.seed),
         device=device(),
         checkpoint=lambda w: os.path.join(CELL.format(**w), "loo/repeat.checkpoint"),
     script:

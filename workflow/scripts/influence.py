@@ -5,7 +5,7 @@ log = start_job(snakemake.log[0], snakemake.threads)
 p = snakemake.params
 compute_influence(snakemake.input.model, snakemake.input.data, snakemake.input.test_points, snakemake.wildcards.estimator,
                   p.method, p.damping, snakemake.output.table, snakemake.output.diagnostics, device_name=p.device,
-                  chunk_size=p.chunk_size, scoring_chunk_size=p.scoring_chunk_size, log=log)
+                  **p.chunks, log=log)
 peak = peak_gpu_memory_mb(resolve_device(snakemake.params.device))
 if peak is not None:
     log(f"peak_gpu_memory_mb={peak:.1f}")  # read by the benchmarks table

@@ -114,6 +114,37 @@ def damping_for(influence_cfg: dict, decay: float) -> float:
     return float(influence_cfg["damping"])
 
 
+# the minibatch order of every re-training of a cell (LOO chunks, drift control and the other
+# ground truths) is seeded by the cell's seed plus this offset, so that it differs from θ*'s own
+LOO_ORDER_OFFSET = 7919
+
+
+def loo_order_seed(seed) -> int:
+    return int(seed) + LOO_ORDER_OFFSET
+
+
+def repeat_settings(config: dict, study: str, arch: str) -> dict:
+    """`loo.repeats` of a cell with its defaults (count 0 disables the repeat re-trainings)."""
+    return {"count": 0, "order_seed_offset": 1, **arch_config(config, study, arch)["loo"].get("repeats", {})}
+
+
+def repeat_order_seed(config: dict, study: str, arch: str, seed) -> int:
+    return loo_order_seed(seed) + int(repeat_settings(config, study, arch)["order_seed_offset"])
+
+
+def loo_chunk_count(config: dict, study: str, arch: str, n_selected: int) -> int:
+    """How many `loo.chunk_size` chunks the cell's selected points make."""
+    size = int(arch_config(config, study, arch)["loo"]["chunk_size"])
+    return (n_selected + size - 1) // size
+
+
+def influence_chunks(config: dict, study: str, arch: str) -> dict:
+    """The rows per pass of an influence job: `chunk_size` (curvature products, default 1024) and
+    `scoring_chunk_size` (scoring; None: the engine's default for the device)."""
+    block = arch_config(config, study, arch)["influence"]
+    return {"chunk_size": int(block.get("chunk_size", 1024)), "scoring_chunk_size": block.get("scoring_chunk_size")}
+
+
 def enabled_studies(config: dict) -> list[str]:
     return [name for name, block in config["studies"].items() if block.get("enabled", True)]
 
