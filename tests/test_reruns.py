@@ -283,7 +283,7 @@ def test_training_killed_mid_run_resumes_from_its_checkpoint_to_the_same_paramet
                              str(KILL_AT_STEP)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     assert not model.exists() and not metrics.exists()
-    assert torch.load(checkpoint, weights_only=False)["step"] == 200
+    assert torch.load(checkpoint, weights_only=True)["step"] == 200
 
     messages = []
     train(data, "mlp-d2-w5", 0.001, 0, TRAIN_CFG, "float64", "cpu", model, metrics, checkpoint_path=checkpoint,

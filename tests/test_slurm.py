@@ -141,8 +141,8 @@ def test_jobs_are_submitted_with_sbatch_and_tracked_with_sacct(runs):
 
 def test_slurm_results_equal_a_local_run(runs):
     slurm, local = runs["slurm"], runs["local"]
-    assert torch.equal(torch.load(slurm / GOOD / "model.pt", weights_only=False)["theta"],
-                       torch.load(local / GOOD / "model.pt", weights_only=False)["theta"])
+    assert torch.equal(torch.load(slurm / GOOD / "model.pt", weights_only=True)["theta"],
+                       torch.load(local / GOOD / "model.pt", weights_only=True)["theta"])
     for table in ("influence/exact.parquet", "influence/lissa.parquet", "loo/chunk0000.parquet", "rows.parquet",
                   "correlations.parquet"):
         pd.testing.assert_frame_equal(pd.read_parquet(slurm / GOOD / table), pd.read_parquet(local / GOOD / table),

@@ -4,7 +4,7 @@
 rule correlate:
     input:
         influence=lambda w: [
-            os.path.join(CELL.format(**w), f"influence/{name}.parquet")
+            os.path.join(in_grid(CELL)(w), f"influence/{name}.parquet")
             for name in grid.estimators(config, w.study, w.arch)
         ],
         test_points=os.path.join(CELL, "test_points.json"),
@@ -26,7 +26,7 @@ rule correlate:
         cell=lambda w: {**cell_of(w), "decay": decay_of(w), "seed": int(w.seed)},
         correlation=lambda w: arch_cfg(w).get("correlation", {}),
     run:
-        correlate_job(input, output, params, log)
+        correlate_job(input, output, params, log, wildcards)
 
 
 rule aggregate:
@@ -57,7 +57,7 @@ rule aggregate:
         exact=lambda w: exact_estimators(w.study),
         correlation=lambda w: grid.study_block(config, w.study).get("correlation", {}),
     run:
-        aggregate_job(input, output, params, log)
+        aggregate_job(input, output, params, log, wildcards)
 
 
 localrules:

@@ -12,7 +12,7 @@ CONDA_ENV = "../../envs/environment.yaml"
 
 from fragility.study import correlate, grid, selection  # noqa: E402
 from fragility.report import aggregate  # noqa: E402
-from fragility.runtime import file_logger  # noqa: E402
+from fragility.runtime import file_logger, job_label, naming_failures  # noqa: E402
 
 validate(config, schema="../schemas/config.schema.yaml")
 grid.check_config(config)
@@ -33,6 +33,18 @@ wildcard_constraints:
     seed="[0-9]+",
     estimator="[a-z0-9_]+",
     chunk="[0-9]+",
+
+
+def in_grid(pattern):
+    """Input function: `pattern` filled with the job's wildcards, once they are checked to name a
+    part of the study's grid (grid.check_wildcards): a path outside it fails at DAG build with a
+    message listing what exists, instead of being planned."""
+
+    def get(wildcards):
+        grid.check_wildcards(config, dict(wildcards.items()))
+        return pattern.format(**wildcards)
+
+    return get
 
 
 def enabled_studies(config):
@@ -68,6 +80,7 @@ def decay_of(wildcards):
 
 def cell_paths(study, pattern):
     """`pattern` (relative to a cell directory) for every cell of `study`."""
+    grid.check_wildcards(config, {"study": study})
     return [
         os.path.join(grid.cell_dir(c, RESULTS), "") + pattern
         for c in grid.cells(config, study)
@@ -196,8 +209,14 @@ def loo_repeat_input(wildcards):
     return [os.path.join(CELL.format(**wildcards), "loo/repeat.parquet")]
 
 
-def correlate_job(input, output, params, log):
+def correlate_job(input, output, params, log, wildcards):
     """Adapter for rule correlate (runs inside the Snakemake process)."""
+    with naming_failures(job_label("correlate", wildcards), file_logger(log[0])):
+        _correlate(input, output, params)
+    file_logger(log[0])("correlations written")
+
+
+def _correlate(input, output, params):
     correlate.correlate_cell(
         params.cell,
         dict(zip(params.estimators, input.influence)),
@@ -211,11 +230,16 @@ def correlate_job(input, output, params, log):
         repeat_path=input.repeat[0] if input.repeat else None,
         options=params.correlation,
     )
-    file_logger(log[0])("correlations written")
 
 
-def aggregate_job(input, output, params, log):
+def aggregate_job(input, output, params, log, wildcards):
     """Adapter for rule aggregate (runs inside the Snakemake process)."""
+    with naming_failures(job_label("aggregate", wildcards), file_logger(log[0])):
+        _aggregate(input, output, params)
+    file_logger(log[0])("study tables written")
+
+
+def _aggregate(input, output, params):
     aggregate.aggregate_study(
         input.correlations,
         input.rows,
@@ -232,7 +256,6 @@ def aggregate_job(input, output, params, log):
         reference=params.exact,
         correlation=params.correlation,
     )
-    file_logger(log[0])("study tables written")
 
 
 # report (workflow/rules/report.smk)

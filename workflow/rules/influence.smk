@@ -1,6 +1,6 @@
 rule influence:
     input:
-        model=os.path.join(CELL, "model.pt"),
+        model=in_grid(os.path.join(CELL, "model.pt")),
         data=os.path.join(RESULTS, "{study}/{dataset}/data.pt"),
         test_points=os.path.join(CELL, "test_points.json"),
     output:
@@ -29,9 +29,7 @@ rule influence:
 
 checkpoint select:
     input:
-        lambda w: os.path.join(
-            CELL.format(**w), f"influence/{arch_cfg(w)['select']['by']}.parquet"
-        ),
+        lambda w: in_grid(CELL)(w) + f"/influence/{arch_cfg(w)['select']['by']}.parquet",
     output:
         os.path.join(CELL, "selected.json"),
     log:
@@ -43,7 +41,8 @@ checkpoint select:
         rules=lambda w: arch_cfg(w)["select"]["rules"],
     run:
         logger = file_logger(log[0])
-        selection.select(input[0], params.rules, output[0], log=logger)
+        with naming_failures(job_label("select", wildcards), logger):
+            selection.select(input[0], params.rules, output[0], log=logger)
         logger("selection written")
 
 

@@ -138,9 +138,7 @@ rule gather_benchmarks:
         benchmarks=os.path.join(RESULTS, "benchmarks/{study}"),
         logs=os.path.join(RESULTS, "logs/{study}"),
     run:
-        jobs = aggregate.gather_benchmarks(
-            params.benchmarks, params.logs, *output
-        )
+        jobs = aggregate.gather_benchmarks(params.benchmarks, params.logs, *output)
         file_logger(log[0])(f"{len(jobs)} benchmark files gathered")
 
 

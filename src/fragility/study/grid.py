@@ -31,10 +31,65 @@ def deep_merge(base: dict, update: dict) -> dict:
     return out
 
 
+class GridError(ValueError):
+    """A path names a cell, dataset or estimator that is not in the study's grid."""
+
+
 def study_block(config: dict, study: str) -> dict:
     if study not in config["studies"]:
-        raise KeyError(f"studies.{study}: no such study in the config; known: {sorted(config['studies'])}")
+        raise GridError(f"studies.{study}: no such study in the config; known: {sorted(config['studies'])}")
     return config["studies"][study]
+
+
+def _listing(values) -> str:
+    return ", ".join(str(v) for v in values)
+
+
+def check_wildcards(config: dict, wildcards: dict) -> None:
+    """A target path's wildcards (study, dataset, arch, decay, seed, estimator; any subset) name a
+    part of the study's grid; GridError naming the path's part and listing what exists otherwise.
+    Every per-cell rule calls this at DAG build, so a path outside the grid is never planned."""
+    values = {key: str(value) for key, value in wildcards.items()}
+    study = values["study"]
+    if study not in config["studies"]:
+        raise GridError(f"results/{study}/: '{study}' is not a study of the config; studies: {_listing(config['studies'])}")
+    block = config["studies"][study]
+    where = f"results/{study}/"
+    if "dataset" in values:
+        dataset = values["dataset"]
+        if dataset not in block["datasets"]:
+            raise GridError(f"{where}{dataset}/: '{dataset}' is not a dataset of studies.{study}.datasets; "
+                            f"its datasets: {_listing(block['datasets'])}")
+        where += f"{dataset}/"
+    if "arch" in values:
+        arch = values["arch"]
+        if arch not in block["architectures"]:
+            raise GridError(f"{where}{arch}/: '{arch}' is not one of studies.{study}.architectures: "
+                            f"{_listing(block['architectures'])}")
+        if "dataset" in values and not any(c["arch"] == arch and c["dataset"] == values["dataset"]
+                                           for c in cells(config, study)):
+            raise GridError(f"{where}{arch}/: studies.{study}.exclude leaves out {arch} on {values['dataset']}; "
+                            f"its architectures on {values['dataset']}: "
+                            f"{_listing(sorted({c['arch'] for c in cells(config, study) if c['dataset'] == values['dataset']}))}")
+        where += f"{arch}/"
+    if "decay" in values:
+        labels = [decay_label(d) for d in block["decays"]]
+        if values["decay"] not in labels:
+            raise GridError(f"{where}wd{values['decay']}/: studies.{study}.decays {block['decays']} has no decay written "
+                            f"'{values['decay']}'; the decays are written {_listing('wd' + label for label in labels)} "
+                            "(a decay is written the way Python's '%g' writes it: 0.0 as wd0, 0.005 as wd0.005)")
+        where += f"wd{values['decay']}/"
+    if "seed" in values:
+        if not values["seed"].isdigit() or int(values["seed"]) not in [int(s) for s in block["seeds"]] \
+                or values["seed"] != str(int(values["seed"])):
+            raise GridError(f"{where}seed{values['seed']}/: {values['seed']} is not one of studies.{study}.seeds; "
+                            f"the seeds are written {_listing('seed' + str(int(s)) for s in block['seeds'])}")
+        where += f"seed{values['seed']}/"
+    if "estimator" in values and "arch" in values:
+        names = list(estimators(config, study, values["arch"]))
+        if values["estimator"] not in names:
+            raise GridError(f"{where}influence/{values['estimator']}: '{values['estimator']}' is not an estimator of "
+                            f"studies.{study}.influence.methods; its estimators: {_listing(names)}")
 
 
 def arch_config(config: dict, study: str, arch: str) -> dict:
@@ -66,7 +121,8 @@ def decay_value(config: dict, study: str, label: str) -> float:
     for decay in study_block(config, study)["decays"]:
         if decay_label(decay) == label:
             return float(decay)
-    raise KeyError(f"studies.{study}.decays has no value written '{label}'")
+    check_wildcards(config, {"study": study, "decay": label})
+    raise GridError(f"studies.{study}.decays has no value written '{label}'")
 
 
 # Settings that change how a job runs, not what it computes: how often it logs and checkpoints,
