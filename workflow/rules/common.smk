@@ -14,10 +14,12 @@ from fragility.study import correlate, grid, selection  # noqa: E402
 from fragility.report import aggregate  # noqa: E402
 from fragility.runtime import file_logger, job_label, naming_failures  # noqa: E402
 
-grid.check_select_rules(config)  # before the schema, whose message for these is unreadable
-validate(config, schema="../schemas/config.schema.yaml")
-grid.check_config(config)
-grid.check_method_options(config, grid.read_config_files(workflow.configfiles))
+SCHEMA = os.path.join(workflow.basedir, "workflow/schemas/config.schema.yaml")
+grid.check_all(
+    config,
+    grid.read_config_files(workflow.configfiles),
+    schema_check=lambda c: validate(c, schema=SCHEMA),
+)
 
 RESULTS = "results"
 CELL = os.path.join(RESULTS, "{study}/{dataset}/{arch}/wd{decay}/seed{seed}")

@@ -163,6 +163,16 @@ def enabled_studies(config: dict) -> list[str]:
     return [name for name, block in config["studies"].items() if block.get("enabled", True)]
 
 
+def check_all(config: dict, files: list[tuple[str, dict]], schema_check) -> None:
+    """Every check made when the DAG is built, in order (workflow/rules/common.smk): the shape of
+    the selection rules, `schema_check(config)` (the JSON schema; it also fills in defaults), the
+    checks a schema cannot express, and the options written in each config file (`files`)."""
+    check_select_rules(config)
+    schema_check(config)
+    check_config(config)
+    check_method_options(config, files)
+
+
 def check_config(config: dict) -> None:
     """Checks a JSON schema cannot express; raises ValueError naming the offending key."""
     for study, block in config["studies"].items():
