@@ -175,3 +175,30 @@ def test_snakemake_dry_run_refuses(tmp_path, target, overlay, fragments):
     assert proc.returncode != 0 and "Job stats" not in proc.stdout, proc.stdout[-3000:]
     for fragment in fragments:
         assert fragment in proc.stdout, proc.stdout[-3000:]
+
+
+# ------------------------------------------------------------------ a failed job names its cell
+def test_a_job_error_starts_with_its_rule_and_cell():
+    from fragility.runtime import JobError, job_label, naming_failures
+
+    logged = []
+    label = job_label("influence", {**CELL, "estimator": "lissa"})
+    assert label == "rule influence, cell results/iris/iris/mlp-d1-w5/wd0.005/seed0, estimator=lissa"
+    assert job_label("prepare_data", {"study": "iris", "dataset": "iris"}) == "rule prepare_data, study iris, dataset iris"
+    with pytest.raises(JobError, match=r"^rule influence, cell .*/seed0, estimator=lissa: IndexError: boom$") as caught:
+        with naming_failures(label, logged.append):
+            raise IndexError("boom")
+    assert isinstance(caught.value.__cause__, IndexError) and logged == [f"FAILED {caught.value}"]
+
+
+@pytest.mark.slow
+def test_a_training_that_diverges_names_its_cell(tmp_path):
+    work = copy_workflow(tmp_path / "wf", overlays={"bad.yaml": IRIS + "train: {lr: 1.0e+6}\n"})
+    cell = "results/iris/iris/mlp-d1-w5/wd0/seed0"
+    proc = subprocess.run([SNAKEMAKE, "--cores", "1", f"{cell}/model.pt", "--configfile", "configs/tiny.yaml",
+                           "configs/bad.yaml"], cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          timeout=600)
+    assert proc.returncode != 0
+    log = (work / "results/logs/iris/iris/mlp-d1-w5/wd0/seed0/train.log").read_text()
+    expected = f"JobError: rule train, cell {cell}: NonFiniteLossError: training loss became non-finite"
+    assert expected in log and expected in proc.stdout  # the profile shows a failed job's log
