@@ -213,6 +213,14 @@ def loo_repeat_input(wildcards):
     return [os.path.join(CELL.format(**wildcards), "loo/repeat.parquet")]
 
 
+def select_job(input, output, params, log, wildcards):
+    """Adapter for checkpoint select (runs inside the Snakemake process)."""
+    logger = file_logger(log[0])
+    with naming_failures(job_label("select", wildcards), logger):
+        selection.select(input[0], params.rules, output[0], log=logger)
+    logger("selection written")
+
+
 def correlate_job(input, output, params, log, wildcards):
     """Adapter for rule correlate (runs inside the Snakemake process)."""
     with naming_failures(job_label("correlate", wildcards), file_logger(log[0])):

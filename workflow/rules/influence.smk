@@ -29,7 +29,9 @@ rule influence:
 
 checkpoint select:
     input:
-        lambda w: in_grid(CELL)(w) + f"/influence/{arch_cfg(w)['select']['by']}.parquet",
+        lambda w: os.path.join(
+            in_grid(CELL)(w), f"influence/{arch_cfg(w)['select']['by']}.parquet"
+        ),
     output:
         os.path.join(CELL, "selected.json"),
     log:
@@ -40,10 +42,7 @@ checkpoint select:
     params:
         rules=lambda w: arch_cfg(w)["select"]["rules"],
     run:
-        logger = file_logger(log[0])
-        with naming_failures(job_label("select", wildcards), logger):
-            selection.select(input[0], params.rules, output[0], log=logger)
-        logger("selection written")
+        select_job(input, output, params, log, wildcards)
 
 
 localrules:
