@@ -33,12 +33,22 @@ def merged_files(overlay: str) -> tuple[dict, list[tuple[str, dict]]]:
 
 def dag_checks(overlay: str) -> None:
     config, files = merged_files(overlay)
-    grid.check_all(config, files, schema_check=lambda c: validate(c, SCHEMA))
+    grid.check_all(config, files, SCHEMA, fill_defaults=lambda c: validate(c, SCHEMA))
 
 
 IRIS = "studies:\n  iris:\n    "
 BAD_CONFIGS = [  # (id, overlay, fragments of the message)
-    ("top0", IRIS + "test_points: [top0]", ["top0"]),
+    ("unknown-top-level-key", "colour: red", ["configs/bad.yaml: colour: unknown key 'colour'; the keys here are"]),
+    ("unknown-key", IRIS + "train: {stepz: 10}", ["configs/bad.yaml: studies.iris.train.stepz: unknown key 'stepz'",
+                                                  "steps"]),
+    ("yaml-exponent", IRIS + "train: {lr: 1e-3}",
+     ["configs/bad.yaml: studies.iris.train.lr: '1e-3' is a string, not a number", "write 1.0e-3 or 0.001"]),
+    ("yaml-exponent-unsigned", IRIS + "loo: {lr: 2.5e4}", ["studies.iris.loo.lr", "write 2.5e+4 or 25000"]),
+    ("quoted-number", IRIS + "train: {lr: '0.01'}", ["studies.iris.train.lr", "write it without quotes"]),
+    ("wrong-type", IRIS + "train: {lr: fast}", ["configs/bad.yaml: studies.iris.train.lr: 'fast' is not a number"]),
+    ("negative-steps", IRIS + "loo: {steps: -5}", ["studies.iris.loo.steps", "-5 is less than the minimum of 1"]),
+    ("bad-enum", IRIS + "train: {optimizer: lbfgs}", ["studies.iris.train.optimizer", "'lbfgs' is not one of gd, sgd, adam"]),
+    ("top0", IRIS + "test_points: [top0]", ["studies.iris.test_points[0]: 'top0' is not a test-point spec", "k ≥ 1"]),
     ("top999", IRIS + "test_points: [top999]", ["studies.iris.test_points", "top999", "asks for 999 test points", "30"]),
     ("p150", IRIS + "test_points: [p150]", ["studies.iris.test_points", "'p150' is not a percentile"]),
     ("override-p150", IRIS + "overrides: {mlp-d1-w5: {test_points: [max, p150]}}",
@@ -80,6 +90,7 @@ def test_a_bad_config_is_refused_at_dag_build_naming_the_key(overlay, fragments)
     message = str(caught.value)
     for fragment in fragments:
         assert fragment in message, message[:2000]
+    assert len(message) < 600 and "\n" not in message, message[:2000]  # the key and the problem, not a schema dump
 
 
 @pytest.mark.parametrize("overlay", [
@@ -163,6 +174,8 @@ E2E = [  # (id, target, overlay, fragments): the checks are wired into the workf
     ("dataset-target", "results/iris/mnist/data.pt", "", ["'mnist'", "its datasets: iris"]),
     ("other-methods-option", "iris", IRIS + "influence: {methods: {lissa: {rank: 3}}}", ["configs/bad.yaml", "rank"]),
     ("two-rule-kinds", "iris", IRIS + "select: {rules: [{top_fraction: 0.1, top_k: 5}]}", ["not top_fraction and top_k"]),
+    ("yaml-exponent", "iris", IRIS + "train: {lr: 1e-3}", ["configs/bad.yaml: studies.iris.train.lr", "1.0e-3 or 0.001"]),
+    ("unknown-top-level-key", "iris", "colour: red\n", ["configs/bad.yaml: colour: unknown key 'colour'"]),
 ]
 
 
@@ -175,6 +188,7 @@ def test_snakemake_dry_run_refuses(tmp_path, target, overlay, fragments):
     assert proc.returncode != 0 and "Job stats" not in proc.stdout, proc.stdout[-3000:]
     for fragment in fragments:
         assert fragment in proc.stdout, proc.stdout[-3000:]
+    assert len(proc.stdout.splitlines()) < 40, proc.stdout[-3000:]  # no schema dump
 
 
 # ------------------------------------------------------------------ a failed job names its cell

@@ -231,8 +231,8 @@ def test_until_omit_from_and_one_cell_target(tmp_path):
     "patch, names",
     [
         ("train: {stepz: 10}", ["stepz"]),
-        ("train: {lr: fast}", ["'fast' is not of type 'number'", "['train']['lr']"]),
-        ("loo: {steps: -5}", ["-5 is less than the minimum of 1", "['loo']['steps']"]),
+        ("train: {lr: fast}", ["configs/bad.yaml: studies.iris.train.lr: 'fast' is not a number"]),
+        ("loo: {steps: -5}", ["configs/bad.yaml: studies.iris.loo.steps: -5 is less than the minimum of 1"]),
         ("architectures: [mlp-d1-w5, resnet-9000]", ["studies.iris.architectures", "resnet-9000"]),
     ],
     ids=["unknown-key", "wrong-type", "negative-steps", "unknown-architecture"],

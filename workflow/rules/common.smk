@@ -15,10 +15,16 @@ from fragility.report import aggregate  # noqa: E402
 from fragility.runtime import file_logger, job_label, naming_failures  # noqa: E402
 
 SCHEMA = os.path.join(workflow.basedir, "workflow/schemas/config.schema.yaml")
+# the config files in the order they were merged: the `configfile:` of the Snakefile, then --configfile
+CLI_CONFIGFILES = list(workflow.overwrite_configfiles or [])
+CONFIGFILES = [
+    f for f in workflow.configfiles if f not in CLI_CONFIGFILES
+] + CLI_CONFIGFILES
 grid.check_all(
     config,
-    grid.read_config_files(workflow.configfiles),
-    schema_check=lambda c: validate(c, schema=SCHEMA),
+    grid.read_config_files(CONFIGFILES),
+    SCHEMA,
+    fill_defaults=lambda c: validate(c, schema=SCHEMA),
 )
 
 RESULTS = "results"

@@ -163,13 +163,22 @@ def enabled_studies(config: dict) -> list[str]:
     return [name for name, block in config["studies"].items() if block.get("enabled", True)]
 
 
-def check_all(config: dict, files: list[tuple[str, dict]], schema_check) -> None:
+def check_all(config: dict, files: list[tuple[str, dict]], schema_path: str, fill_defaults=None) -> None:
     """Every check made when the DAG is built, in order (workflow/rules/common.smk): the shape of
-    the selection rules, `schema_check(config)` (the JSON schema; it also fills in defaults), the
-    checks a schema cannot express, and the options written in each config file (`files`)."""
-    check_select_rules(config)
-    schema_check(config)
-    check_config(config)
+    the selection rules, the JSON schema at `schema_path` (readable messages: config_errors), then
+    `fill_defaults(config)` (Snakemake's validate, which fills in the schema's defaults), the
+    checks a schema cannot express, and the options written in each config file. `files` are the
+    (name, parsed YAML) of the config files, so that each message names the file first."""
+    from .config_errors import check_schema, with_file
+
+    try:
+        check_select_rules(config)
+        check_schema(config, schema_path, files)
+        if fill_defaults is not None:
+            fill_defaults(config)
+        check_config(config)
+    except ValueError as err:
+        raise type(err)(with_file(str(err), files)) from None
     check_method_options(config, files)
 
 
