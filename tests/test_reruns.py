@@ -179,6 +179,30 @@ def test_deleting_one_loo_chunk_reruns_only_it_and_its_dependents(finished, tmp_
     pd.testing.assert_frame_equal(pd.read_parquet(work / chunk), original)  # same numbers again
 
 
+@pytest.mark.parametrize("name, first_rule", [("model.pt", "train"), ("test_points.json", "test_points")])
+def test_the_command_an_unreadable_file_error_prints_remakes_it(finished, tmp_path, name, first_rule):
+    """Deleting a per-cell file whose downstream outputs exist re-makes nothing; the command the
+    error for a corrupt file prints (`--forcerun <path>`) re-makes it and what depends on it."""
+    from fragility.io import CorruptFileError, load_torch, read_json
+
+    work = copy_workflow(tmp_path / "wf", finished["work"], with_state=True)
+    path = f"{CELL_B}/{name}"
+    (work / path).write_bytes(b"\x00 not what it should be")
+    os.chdir(work)  # the jobs read relative paths
+    try:
+        with pytest.raises(CorruptFileError) as caught:
+            load_torch(path) if name.endswith(".pt") else read_json(path)
+    finally:
+        os.chdir(REPO)
+    command = re.search(r"`snakemake ([^`]*)`", str(caught.value)).group(1).split()
+    assert command[-2:] == ["--forcerun", path], str(caught.value)
+    (work / path).unlink()
+    assert "Nothing to be done" in snakemake(work, TARGET, "-n", "--cores", "1").stdout  # deleting is not enough
+    counts = job_counts(snakemake(work, TARGET, "-n", "--cores", "1", "--forcerun", path).stdout)
+    assert counts.get(first_rule) == 1 and counts.get("select") == 1 and counts.get("aggregate") == 1, counts
+    assert "prepare_data" not in counts and counts.get("train", 0) == (first_rule == "train")
+
+
 def test_config_change_to_one_architecture_reruns_only_its_cell(finished, tmp_path):
     work = copy_workflow(tmp_path / "wf", finished["work"], with_state=True)
     (work / "configs" / "change.yaml").write_text(
