@@ -216,3 +216,19 @@ def test_a_training_that_diverges_names_its_cell(tmp_path):
     log = (work / "results/logs/iris/iris/mlp-d1-w5/wd0/seed0/train.log").read_text()
     expected = f"JobError: rule train, cell {cell}: NonFiniteLossError: training loss became non-finite"
     assert expected in log and expected in proc.stdout  # the profile shows a failed job's log
+
+
+def test_the_library_refuses_rules_and_specs_beyond_the_data():
+    """The same limits without the workflow: a rule asking for more training points than there
+    are, and top0, are errors (not a silent 'all of them' or an empty selection)."""
+    import numpy as np
+
+    from fragility.study.selection import choose_test_points, select_training_points
+
+    scores = np.arange(10.0)
+    for rule in ({"top_k": 11}, {"around_percentile": 50, "k": 11}):
+        with pytest.raises(ValueError, match="asks for 11 training points, but there are 10"):
+            select_training_points(scores, [rule])
+    assert len(select_training_points(scores, [{"top_k": 10}])) == 10
+    with pytest.raises(ValueError, match="top0"):
+        choose_test_points(scores, ["top0"])
