@@ -78,6 +78,9 @@ BAD_CONFIGS = [  # (id, overlay, fragments of the message)
     ("percentile-without-k", IRIS + "select: {rules: [{around_percentile: 30}]}",
      ["studies.iris.select.rules[0]", "around_percentile needs k"]),
     ("empty-rule", IRIS + "select: {rules: [{}]}", ["studies.iris.select.rules[0]", "is no rule"]),
+    ("exclude-unknown-arch", IRIS + "exclude: [{arch: mlp-d3-w5}]",
+     ["studies.iris.exclude[0].arch", "'mlp-d3-w5' is not one of the study's architectures: mlp-d1-w5, mlp-d2-w5"]),
+    ("exclude-everything", IRIS + "exclude: [{dataset: iris}]", ["studies.iris.exclude: leaves no cell"]),
     ("subset-too-large", "studies:\n  mnist_small:\n    datasets: {mnist_b: {loader: mnist, subset_size: 70000}}",
      ["studies.mnist_small.datasets.mnist_b.subset_size", "70000", "60000"]),
 ]

@@ -213,6 +213,16 @@ def check_config(config: dict) -> None:
         if "estimator" in figures and figures["estimator"] not in block["influence"]["methods"]:
             raise ValueError(f"studies.{study}.figures.estimator: '{figures['estimator']}' is not one of influence.methods "
                              f"{sorted(block['influence']['methods'])}")
+        for i, entry in enumerate(block.get("exclude", [])):
+            if not entry:
+                raise ValueError(f"studies.{study}.exclude[{i}]: an empty entry would exclude every cell; name a "
+                                 "dataset, an arch or both")
+            for key, known in (("dataset", block["datasets"]), ("arch", block["architectures"])):
+                if key in entry and entry[key] not in known:
+                    raise ValueError(f"studies.{study}.exclude[{i}].{key}: '{entry[key]}' is not one of the study's "
+                                     f"{'datasets' if key == 'dataset' else 'architectures'}: {_listing(known)}")
+        if block.get("enabled", True) and not cells(config, study):
+            raise ValueError(f"studies.{study}.exclude: leaves no cell of the study")
         _check_test_point_specs(study, block)
         _check_method_blocks(study, block)
         for dataset_id, dataset_cfg in block["datasets"].items():
