@@ -9,7 +9,6 @@ Per-architecture `overrides` are deep-merged into the study block for that archi
 from __future__ import annotations
 
 import copy
-
 import re
 
 from ..data.registry import dataset_loader, expected_sizes
@@ -68,8 +67,7 @@ def check_wildcards(config: dict, wildcards: dict) -> None:
         if arch not in block["architectures"]:
             raise GridError(f"{where}{arch}/: '{arch}' is not one of studies.{study}.architectures: "
                             f"{_listing(block['architectures'])}")
-        if "dataset" in values and not any(c["arch"] == arch and c["dataset"] == values["dataset"]
-                                           for c in cells(config, study)):
+        if "dataset" in values and _excluded(block, values["dataset"], arch):
             raise GridError(f"{where}{arch}/: studies.{study}.exclude leaves out {arch} on {values['dataset']}; "
                             f"its architectures on {values['dataset']}: "
                             f"{_listing(sorted({c['arch'] for c in cells(config, study) if c['dataset'] == values['dataset']}))}")
@@ -101,13 +99,18 @@ def arch_config(config: dict, study: str, arch: str) -> dict:
     return merged
 
 
+def _excluded(block: dict, dataset: str, arch: str) -> bool:
+    """Whether the study block's `exclude` leaves out (dataset, arch)."""
+    excluded = [(e.get("dataset"), e.get("arch")) for e in block.get("exclude", [])]
+    return (dataset, arch) in excluded or (None, arch) in excluded or (dataset, None) in excluded
+
+
 def cells(config: dict, study: str) -> list[dict]:
     block = study_block(config, study)
-    excluded = [(e.get("dataset"), e.get("arch")) for e in block.get("exclude", [])]
     out = []
     for dataset in block["datasets"]:
         for arch in block["architectures"]:
-            if (dataset, arch) in excluded or (None, arch) in excluded or (dataset, None) in excluded:
+            if _excluded(block, dataset, arch):
                 continue
             for decay in block["decays"]:
                 for seed in block["seeds"]:
