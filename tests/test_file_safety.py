@@ -49,20 +49,31 @@ class _Planted:
 def test_a_planted_torch_file_with_a_pickled_callable_is_refused_not_run(tmp_path):
     marker, planted = tmp_path / "ran", tmp_path / "model.pt"
     torch.save({"theta": torch.zeros(2), "payload": _Planted(marker)}, planted)
-    with pytest.raises(io.UnsafeFileError, match="refusing to load .*model.pt"):
+    with pytest.raises(io.UnsafeFileError, match="refusing to load .*model.pt: it holds a pickled io.open") as caught:
         io.load_torch(planted, required_keys=("theta",))
+    assert "weights_only=False" not in str(caught.value)  # torch's own advice, not to be followed here
     assert not marker.exists()
     # the control: loading it the unsafe way does run the payload
     torch.load(planted, weights_only=False)
     assert marker.exists()
 
 
-def test_a_truncated_torch_file_names_the_command_that_remakes_it(tmp_path):
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "plain-pickle"])
+def test_a_damaged_torch_file_names_the_command_that_remakes_it(tmp_path, damage):
+    import pickle
+
     path = tmp_path / "model.pt"
     io.save_torch({"theta": torch.zeros(100)}, path)
-    path.write_bytes(path.read_bytes()[:50])
-    with pytest.raises(io.CorruptFileError, match=f"--forcerun {path}"):
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[:50])
+    elif damage == "garbage":
+        path.write_bytes(b"garbage" * 10)
+    else:
+        path.write_bytes(pickle.dumps({"theta": [0.0]}, protocol=4))
+    with pytest.raises(io.CorruptFileError, match=f"--forcerun {path}") as caught:
         io.load_torch(path)
+    assert type(caught.value) is io.CorruptFileError  # damaged, not unsafe
+    assert "weights_only=False" not in str(caught.value)
 
 
 def test_everything_the_steps_save_loads_with_weights_only(tmp_path, iris64):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -103,15 +104,18 @@ def load_torch(path, required_keys=(), map_location="cpu", remedy: str | None = 
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        if "weights_only" in str(err) or "Unsupported global" in str(err):
-            first = str(err).strip().splitlines()[0]
+        # torch's message goes on to suggest weights_only=False: the one thing not to do here
+        text = str(err)
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        if found:
             raise UnsafeFileError(
-                f"refusing to load {path}: it holds objects other than tensors, numbers, strings, lists and dicts, "
-                f"and unpickling them could run code ({first}). This project never writes such files; if you did "
-                f"not put it there, someone else did. Remove it; {remedy}"
+                f"refusing to load {path}: it holds a pickled {found.group(1)}, not only tensors, numbers, strings, "
+                f"lists and dicts, and unpickling it could run code. This project never writes such files; if you "
+                f"did not put it there, someone else did. Remove it; {remedy}"
             ) from None
-        raise CorruptFileError(f"cannot read {path}: {type(err).__name__}: {err}. The file is corrupt or "
-                               f"truncated; {remedy}") from err
+        detail = re.search(r"WeightsUnpickler error:\s*(.+?)\n", text + "\n")
+        raise CorruptFileError(f"cannot read {path}: not a torch file as this project writes them "
+                               f"({detail.group(1).strip() if detail else type(err).__name__}); {remedy}") from None
     except Exception as err:  # torch raises many types for truncated or foreign files
         raise CorruptFileError(
             f"cannot read checkpoint {path}: {type(err).__name__}: {err}. "
