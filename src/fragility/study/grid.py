@@ -299,12 +299,15 @@ def _check_method_blocks(study: str, block: dict) -> None:
 
 def read_config_files(paths) -> list[tuple[str, dict]]:
     """(name, parsed YAML) of each config file, as the checks that name a file want them."""
+    import os
+
     import yaml
 
     out = []
     for path in paths:
+        name = os.path.relpath(path)
         with open(path) as handle:
-            out.append((str(path), yaml.safe_load(handle) or {}))
+            out.append((str(path) if name.startswith("..") else name, yaml.safe_load(handle) or {}))
     return out
 
 
