@@ -136,6 +136,7 @@ studies:
   appendix_imagenet:
     datasets:
       imagenet: {{root: "{root}", classes: 2, train_per_class: 3, test_per_class: 2, image_size: 16, resize: 20}}
+    select: {{rules: [{{top_k: 4}}]}}   # of the 6 training images
 """
 
 

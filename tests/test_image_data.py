@@ -18,7 +18,7 @@ import torch
 
 from fragility.data import files as image_files
 from fragility.data import images as image_data
-from fragility.data.registry import load_split
+from fragility.data.registry import expected_sizes, load_split
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -186,6 +186,9 @@ def test_offline_mnist_is_seeded_and_subsets(offline):
     small = load_split("mnist_offline", {"test_fraction": 0.2, "split_seed": 0, "subset_size": 300, "subset_seed": 2})
     assert small.meta["test_rows"] == offline.meta["test_rows"]  # same seed, same split, whatever the subset
     assert len(small.y_train) == 300 and set(small.meta["train_rows"]) <= set(offline.meta["train_rows"])
+    # the sizes the DAG build checks test points and selection rules against, known without loading
+    assert expected_sizes("mnist_offline", {"test_fraction": 0.2}) == (4000, 1000) == (len(offline.y_train), len(offline.y_test))
+    assert expected_sizes("mnist_offline", {"subset_size": 300}) == (300, len(small.y_test))
     other = load_split("mnist_offline", {"test_fraction": 0.2, "split_seed": 1})
     assert other.meta["test_rows"] != offline.meta["test_rows"]
 

@@ -179,6 +179,30 @@ def test_deleting_one_loo_chunk_reruns_only_it_and_its_dependents(finished, tmp_
     pd.testing.assert_frame_equal(pd.read_parquet(work / chunk), original)  # same numbers again
 
 
+@pytest.mark.parametrize("name, first_rule", [("model.pt", "train"), ("test_points.json", "test_points")])
+def test_the_command_an_unreadable_file_error_prints_remakes_it(finished, tmp_path, name, first_rule):
+    """Deleting a per-cell file whose downstream outputs exist re-makes nothing; the command the
+    error for a corrupt file prints (`--forcerun <path>`) re-makes it and what depends on it."""
+    from fragility.io import CorruptFileError, load_torch, read_json
+
+    work = copy_workflow(tmp_path / "wf", finished["work"], with_state=True)
+    path = f"{CELL_B}/{name}"
+    (work / path).write_bytes(b"\x00 not what it should be")
+    os.chdir(work)  # the jobs read relative paths
+    try:
+        with pytest.raises(CorruptFileError) as caught:
+            load_torch(path) if name.endswith(".pt") else read_json(path)
+    finally:
+        os.chdir(REPO)
+    command = re.search(r"`snakemake ([^`]*)`", str(caught.value)).group(1).split()
+    assert command[-2:] == ["--forcerun", path], str(caught.value)
+    (work / path).unlink()
+    assert "Nothing to be done" in snakemake(work, TARGET, "-n", "--cores", "1").stdout  # deleting is not enough
+    counts = job_counts(snakemake(work, TARGET, "-n", "--cores", "1", "--forcerun", path).stdout)
+    assert counts.get(first_rule) == 1 and counts.get("select") == 1 and counts.get("aggregate") == 1, counts
+    assert "prepare_data" not in counts and counts.get("train", 0) == (first_rule == "train")
+
+
 def test_config_change_to_one_architecture_reruns_only_its_cell(finished, tmp_path):
     work = copy_workflow(tmp_path / "wf", finished["work"], with_state=True)
     (work / "configs" / "change.yaml").write_text(
@@ -231,8 +255,8 @@ def test_until_omit_from_and_one_cell_target(tmp_path):
     "patch, names",
     [
         ("train: {stepz: 10}", ["stepz"]),
-        ("train: {lr: fast}", ["'fast' is not of type 'number'", "['train']['lr']"]),
-        ("loo: {steps: -5}", ["-5 is less than the minimum of 1", "['loo']['steps']"]),
+        ("train: {lr: fast}", ["configs/bad.yaml: studies.iris.train.lr: 'fast' is not a number"]),
+        ("loo: {steps: -5}", ["configs/bad.yaml: studies.iris.loo.steps: -5 is less than the minimum of 1"]),
         ("architectures: [mlp-d1-w5, resnet-9000]", ["studies.iris.architectures", "resnet-9000"]),
     ],
     ids=["unknown-key", "wrong-type", "negative-steps", "unknown-architecture"],
@@ -283,7 +307,7 @@ def test_training_killed_mid_run_resumes_from_its_checkpoint_to_the_same_paramet
                              str(KILL_AT_STEP)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     assert not model.exists() and not metrics.exists()
-    assert torch.load(checkpoint, weights_only=False)["step"] == 200
+    assert torch.load(checkpoint, weights_only=True)["step"] == 200
 
     messages = []
     train(data, "mlp-d2-w5", 0.001, 0, TRAIN_CFG, "float64", "cpu", model, metrics, checkpoint_path=checkpoint,

@@ -148,8 +148,8 @@ def test_jobs_are_submitted_with_sbatch_and_tracked_with_sacct(runs):
 
 def test_slurm_results_equal_a_local_run(runs):
     slurm, local = runs["slurm"], runs["local"]
-    assert torch.equal(torch.load(slurm / GOOD / "model.pt", weights_only=False)["theta"],
-                       torch.load(local / GOOD / "model.pt", weights_only=False)["theta"])
+    assert torch.equal(torch.load(slurm / GOOD / "model.pt", weights_only=True)["theta"],
+                       torch.load(local / GOOD / "model.pt", weights_only=True)["theta"])
     chunks = [f"loo/chunk{k:04d}.parquet" for k in range(N_CHUNKS)]
     assert sorted(p.name for p in (slurm / GOOD / "loo").glob("chunk*.parquet")) == [Path(c).name for c in chunks]
     for table in ("influence/exact.parquet", "influence/lissa.parquet", *chunks, "loo/drift.parquet",

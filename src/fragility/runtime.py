@@ -89,14 +89,54 @@ def file_logger(log_path: str | None):
     return log
 
 
+class JobError(RuntimeError):
+    """A workflow job failed; the message names the rule and the cell first, then the cause."""
+
+
+CELL_KEYS = ("study", "dataset", "arch", "decay", "seed")
+
+
+def job_label(rule: str, wildcards) -> str:
+    """`rule train, cell results/iris/iris/mlp-d1-w5/wd0/seed0` (+ estimator=…, chunk=…) from a
+    job's wildcards (a mapping or Snakemake's wildcards object)."""
+    values = {key: str(wildcards[key]) for key in wildcards.keys()}
+    if all(key in values for key in CELL_KEYS):
+        where = "cell results/{study}/{dataset}/{arch}/wd{decay}/seed{seed}".format(**values)
+    else:
+        where = ", ".join(f"{key} {values[key]}" for key in CELL_KEYS if key in values)
+    extra = [f"{key}={value}" for key, value in values.items() if key not in CELL_KEYS]
+    return ", ".join([f"rule {rule}"] + ([where] if where else []) + extra)
+
+
+class naming_failures:
+    """`with naming_failures(label, log):` turns any exception into a JobError whose message
+    starts with `label` (which rule, study, cell, seed), chained to the original, and logs it."""
+
+    def __init__(self, label: str, log=None):
+        self.label, self.log = label, log
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, err, tb):
+        if err is None or not isinstance(err, Exception) or isinstance(err, JobError):
+            return False
+        message = f"{self.label}: {type(err).__name__}: {err}"
+        if self.log:
+            self.log(f"FAILED {message}")
+        raise JobError(message) from err
+
+
 @contextlib.contextmanager
-def job_log(log_path: str):
-    """For rules that run inside the Snakemake process (`run:`): yields `file_logger(log_path)`;
-    an exception is written to the log with its traceback, then raised again, so a failed job's
-    log says why it failed."""
+def job_log(log_path: str, label: str | None = None):
+    """For jobs that run inside the Snakemake process (`run:`): yields `file_logger(log_path)`;
+    an exception is written to the log with its traceback and raised again, as a JobError whose
+    message starts with `label` (which rule and cell) when one is given."""
     log = file_logger(log_path)
     try:
         yield log
-    except BaseException as err:
+    except Exception as err:
         log(f"failed: {type(err).__name__}: {err}\n{traceback.format_exc()}")
+        if label and not isinstance(err, JobError):
+            raise JobError(f"{label}: {type(err).__name__}: {err}") from err
         raise

@@ -4,7 +4,7 @@
 rule correlate:
     input:
         influence=lambda w: [
-            os.path.join(CELL.format(**w), f"influence/{name}.parquet")
+            os.path.join(in_grid(CELL)(w), f"influence/{name}.parquet")
             for name in grid.estimators(config, w.study, w.arch)
         ],
         test_points=os.path.join(CELL, "test_points.json"),
@@ -26,7 +26,15 @@ rule correlate:
         cell=lambda w: {**cell_of(w), "decay": decay_of(w), "seed": int(w.seed)},
         correlation=lambda w: arch_cfg(w).get("correlation", {}),
     run:
-        logged(log, "correlations written", correlate_job, input, output, params)
+        logged(
+            log,
+            "correlations written",
+            correlate_job,
+            input,
+            output,
+            params,
+            label=job_label(rule, wildcards),
+        )
 
 
 rule aggregate:
@@ -65,7 +73,15 @@ rule aggregate:
         exact=lambda w: exact_estimators(w.study),
         correlation=lambda w: grid.study_block(config, w.study).get("correlation", {}),
     run:
-        logged(log, "study tables written", aggregate_job, input, output, params)
+        logged(
+            log,
+            "study tables written",
+            aggregate_job,
+            input,
+            output,
+            params,
+            label=job_label(rule, wildcards),
+        )
 
 
 localrules:

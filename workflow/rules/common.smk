@@ -33,10 +33,20 @@ if not os.path.realpath(fragility.__file__).startswith(
 
 from fragility.study import correlate, grid, selection  # noqa: E402
 from fragility.report import aggregate  # noqa: E402
-from fragility.runtime import job_log  # noqa: E402
+from fragility.runtime import job_label, job_log, naming_failures  # noqa: E402
 
-validate(config, schema="../schemas/config.schema.yaml")
-grid.check_config(config)
+SCHEMA = os.path.join(workflow.basedir, "workflow/schemas/config.schema.yaml")
+# the config files in the order they were merged: the `configfile:` of the Snakefile, then --configfile
+CLI_CONFIGFILES = list(workflow.overwrite_configfiles or [])
+CONFIGFILES = [
+    f for f in workflow.configfiles if f not in CLI_CONFIGFILES
+] + CLI_CONFIGFILES
+grid.check_all(
+    config,
+    grid.read_config_files(CONFIGFILES),
+    SCHEMA,
+    fill_defaults=lambda c: validate(c, schema=SCHEMA),
+)
 
 RESULTS = "results"
 CELL = os.path.join(RESULTS, "{study}/{dataset}/{arch}/wd{decay}/seed{seed}")
@@ -54,6 +64,18 @@ wildcard_constraints:
     seed="[0-9]+",
     estimator="[a-z0-9_]+",
     chunk="[0-9]+",
+
+
+def in_grid(pattern):
+    """Input function: `pattern` filled with the job's wildcards, once they are checked to name a
+    part of the study's grid (grid.check_wildcards): a path outside it fails at DAG build with a
+    message listing what exists, instead of being planned."""
+
+    def get(wildcards):
+        grid.check_wildcards(config, dict(wildcards.items()))
+        return pattern.format(**wildcards)
+
+    return get
 
 
 def enabled_studies(config):
@@ -89,6 +111,7 @@ def decay_of(wildcards):
 
 def cell_paths(study, pattern):
     """`pattern` (relative to a cell directory) for every cell of `study`."""
+    grid.check_wildcards(config, {"study": study})
     return [
         os.path.join(grid.cell_dir(c, RESULTS), "") + pattern
         for c in grid.cells(config, study)
@@ -259,11 +282,11 @@ def aggregate_job(input, output, params):
     )
 
 
-def logged(log, done, function, *args, **kwargs):
+def logged(log, done, function, *args, label=None, **kwargs):
     """Call `function` inside the Snakemake process, passing it the logger when it takes `log`;
-    `done` (a string, or a function of the result) goes to the job's log, or the traceback.
-    """
-    with job_log(log[0]) as logger:
+    `done` (a string, or a function of the result) goes to the job's log, or the traceback; a
+    failure is raised naming `label` (runtime.job_label: the rule and the cell)."""
+    with job_log(log[0], label) as logger:
         if "log" in inspect.signature(function).parameters:
             kwargs["log"] = logger
         result = function(*args, **kwargs)

@@ -1,6 +1,7 @@
 rule prepare_data:
     input:
-        lambda w: image_data.required_files(
+        lambda w: grid.check_wildcards(config, dict(w.items()))
+        or image_data.required_files(
             w.dataset,
             grid.study_block(config, w.study)["datasets"][w.dataset],
             DATA_DIR,

@@ -1,6 +1,6 @@
 rule influence:
     input:
-        model=os.path.join(CELL, "model.pt"),
+        model=in_grid(os.path.join(CELL, "model.pt")),
         data=os.path.join(RESULTS, "{study}/{dataset}/data.pt"),
         test_points=os.path.join(CELL, "test_points.json"),
     output:
@@ -29,7 +29,7 @@ rule influence:
 checkpoint select:
     input:
         lambda w: os.path.join(
-            CELL.format(**w), f"influence/{arch_cfg(w)['select']['by']}.parquet"
+            in_grid(CELL)(w), f"influence/{arch_cfg(w)['select']['by']}.parquet"
         ),
     output:
         os.path.join(CELL, "selected.json"),
@@ -48,6 +48,7 @@ checkpoint select:
             input[0],
             params.rules,
             output[0],
+            label=job_label(rule, wildcards),
         )
 
 

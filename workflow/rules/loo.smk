@@ -1,6 +1,6 @@
 rule loo_chunk:
     input:
-        model=os.path.join(CELL, "model.pt"),
+        model=in_grid(os.path.join(CELL, "model.pt")),
         data=os.path.join(RESULTS, "{study}/{dataset}/data.pt"),
         test_points=os.path.join(CELL, "test_points.json"),
         selected=os.path.join(CELL, "selected.json"),
@@ -32,7 +32,7 @@ rule loo_chunk:
 
 rule loo_drift:
     input:
-        model=os.path.join(CELL, "model.pt"),
+        model=in_grid(os.path.join(CELL, "model.pt")),
         data=os.path.join(RESULTS, "{study}/{dataset}/data.pt"),
         test_points=os.path.join(CELL, "test_points.json"),
     output:

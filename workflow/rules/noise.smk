@@ -4,7 +4,7 @@
 
 rule loo_repeat:
     input:
-        model=os.path.join(CELL, "model.pt"),
+        model=in_grid(os.path.join(CELL, "model.pt")),
         data=os.path.join(RESULTS, "{study}/{dataset}/data.pt"),
         test_points=os.path.join(CELL, "test_points.json"),
         selected=os.path.join(CELL, "selected.json"),

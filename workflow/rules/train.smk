@@ -1,6 +1,6 @@
 rule train:
     input:
-        data=os.path.join(RESULTS, "{study}/{dataset}/data.pt"),
+        data=in_grid(os.path.join(RESULTS, "{study}/{dataset}/data.pt")),
     output:
         model=os.path.join(CELL, "model.pt"),
         metrics=os.path.join(CELL, "train_metrics.json"),
@@ -31,7 +31,7 @@ rule train:
 
 rule test_points:
     input:
-        model=os.path.join(CELL, "model.pt"),
+        model=in_grid(os.path.join(CELL, "model.pt")),
         data=os.path.join(RESULTS, "{study}/{dataset}/data.pt"),
     output:
         os.path.join(CELL, "test_points.json"),

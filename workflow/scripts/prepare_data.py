@@ -1,7 +1,11 @@
+from fragility.study.grid import check_sizes
 from fragility.study.pipeline import prepare_data
-from fragility.runtime import start_job
+from fragility.runtime import job_label, naming_failures, start_job
 
 log = start_job(snakemake.log[0])
-data_dir = snakemake.config.get("data_dir", "data")  # not a param: moving the files changes no result
-info = prepare_data(snakemake.wildcards.dataset, snakemake.params.dataset_cfg, data_dir, snakemake.output[0])
-log(f"prepared {snakemake.wildcards.dataset}: {info}")
+with naming_failures(job_label(snakemake.rule, snakemake.wildcards), log):  # the error names its cell
+    data_dir = snakemake.config.get("data_dir", "data")  # not a param: moving the files changes no result
+    w = snakemake.wildcards
+    info = prepare_data(w.dataset, snakemake.params.dataset_cfg, data_dir, snakemake.output[0],
+                        check=lambda n_train, n_test: check_sizes(snakemake.config, w.study, w.dataset, n_train, n_test))
+    log(f"prepared {snakemake.wildcards.dataset}: {info}")

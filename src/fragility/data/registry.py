@@ -67,3 +67,35 @@ def load_split(dataset_id: str, cfg: dict, data_dir: str = "data"):
     except ValueError as err:
         raise plugins.PluginError(f"{key}: '{spec}' returned a bad split: {err}") from None
     return split
+
+
+# Rows per class of the shipped loaders that split a labelled set themselves (stratified_split),
+# and the fixed train/test sizes of the torchvision ones: enough to know a split's sizes from its
+# options alone, without loading anything.
+_STRATIFIED = {"iris": (3, 50, 0.2), "mnist_offline": (10, 500, 0.2)}  # classes, rows per class, default test_fraction
+_FIXED = {"mnist": (60000, 10000), "cifar10": (50000, 10000), "cifar100": (50000, 10000)}
+
+
+def expected_sizes(dataset_id: str, cfg: dict) -> tuple[int, int] | None:
+    """(n_train, n_test) that the loader of `datasets.<dataset_id>` will return, computed from its
+    options as the loader computes them (stratified_split's round(test_fraction · n_c) test rows
+    per class; training_subset's max(1, round(f · n)) or subset_size rows); None for a loader of
+    one's own, whose sizes are known only once `prepare_data` has run."""
+    name = cfg.get("loader", dataset_id)
+    if name in _STRATIFIED:
+        classes, per_class, default_fraction = _STRATIFIED[name]
+        k = int(round(float(cfg.get("test_fraction", default_fraction)) * per_class))
+        n_train, n_test = classes * (per_class - k), classes * k
+    elif name in _FIXED:
+        n_train, n_test = _FIXED[name]
+    else:
+        return None
+    if name != "iris":  # the image loaders train on an optional subset
+        if cfg.get("subset_fraction") is not None:
+            n_train = max(1, int(round(float(cfg["subset_fraction"]) * n_train)))
+        elif cfg.get("subset_size") is not None:
+            if int(cfg["subset_size"]) > n_train:
+                raise ValueError(f"datasets.{dataset_id}.subset_size: {cfg['subset_size']} is more than the "
+                                 f"{n_train} training points of '{name}'")
+            n_train = int(cfg["subset_size"])
+    return n_train, n_test

@@ -206,7 +206,8 @@ def train_copies(
     fingerprint = run_fingerprint(x, y, decay, theta_init, weights, settings) if checkpoint_path else None
     state = None
     if checkpoint_path and Path(checkpoint_path).exists():
-        state = load_torch(checkpoint_path, required_keys=("step", "thetas", "optimizer", "schedule", "buffers"))
+        state = load_torch(checkpoint_path, required_keys=("step", "thetas", "optimizer", "schedule", "buffers"),
+                           remedy="delete it: it is only a resume checkpoint, and the job starts from step 0 without it")
         if state.get("fingerprint") != fingerprint:
             log(f"checkpoint {checkpoint_path} was written by another run (different settings, data, starting point "
                 "or removed points); starting from step 0 and replacing it")

@@ -9,10 +9,11 @@ Per-architecture `overrides` are deep-merged into the study block for that archi
 from __future__ import annotations
 
 import copy
+import re
 
-from ..data.registry import dataset_loader
 from .. import plugins
-from ..engine.methods import TASK_NAMES, method_settings
+from ..data.registry import dataset_loader, expected_sizes
+from ..engine.methods import OPTIONS_READ, TASK_NAMES, method_settings
 from ..models.registry import check_architecture, model_spec
 
 CELL_PATTERN = "{study}/{dataset}/{arch}/wd{decay}/seed{seed}"
@@ -32,10 +33,64 @@ def deep_merge(base: dict, update: dict) -> dict:
     return out
 
 
+class GridError(ValueError):
+    """A path names a cell, dataset or estimator that is not in the study's grid."""
+
+
 def study_block(config: dict, study: str) -> dict:
     if study not in config["studies"]:
-        raise KeyError(f"studies.{study}: no such study in the config; known: {sorted(config['studies'])}")
+        raise GridError(f"studies.{study}: no such study in the config; known: {sorted(config['studies'])}")
     return config["studies"][study]
+
+
+def _listing(values) -> str:
+    return ", ".join(str(v) for v in values)
+
+
+def check_wildcards(config: dict, wildcards: dict) -> None:
+    """A target path's wildcards (study, dataset, arch, decay, seed, estimator; any subset) name a
+    part of the study's grid; GridError naming the path's part and listing what exists otherwise.
+    Every per-cell rule calls this at DAG build, so a path outside the grid is never planned."""
+    values = {key: str(value) for key, value in wildcards.items()}
+    study = values["study"]
+    if study not in config["studies"]:
+        raise GridError(f"results/{study}/: '{study}' is not a study of the config; studies: {_listing(config['studies'])}")
+    block = config["studies"][study]
+    where = f"results/{study}/"
+    if "dataset" in values:
+        dataset = values["dataset"]
+        if dataset not in block["datasets"]:
+            raise GridError(f"{where}{dataset}/: '{dataset}' is not a dataset of studies.{study}.datasets; "
+                            f"its datasets: {_listing(block['datasets'])}")
+        where += f"{dataset}/"
+    if "arch" in values:
+        arch = values["arch"]
+        if arch not in block["architectures"]:
+            raise GridError(f"{where}{arch}/: '{arch}' is not one of studies.{study}.architectures: "
+                            f"{_listing(block['architectures'])}")
+        if "dataset" in values and _excluded(block, values["dataset"], arch):
+            raise GridError(f"{where}{arch}/: studies.{study}.exclude leaves out {arch} on {values['dataset']}; "
+                            f"its architectures on {values['dataset']}: "
+                            f"{_listing(sorted({c['arch'] for c in cells(config, study) if c['dataset'] == values['dataset']}))}")
+        where += f"{arch}/"
+    if "decay" in values:
+        labels = [decay_label(d) for d in block["decays"]]
+        if values["decay"] not in labels:
+            raise GridError(f"{where}wd{values['decay']}/: studies.{study}.decays {block['decays']} has no decay written "
+                            f"'{values['decay']}'; the decays are written {_listing('wd' + label for label in labels)} "
+                            "(a decay is written the way Python's '%g' writes it: 0.0 as wd0, 0.005 as wd0.005)")
+        where += f"wd{values['decay']}/"
+    if "seed" in values:
+        if not values["seed"].isdigit() or int(values["seed"]) not in [int(s) for s in block["seeds"]] \
+                or values["seed"] != str(int(values["seed"])):
+            raise GridError(f"{where}seed{values['seed']}/: {values['seed']} is not one of studies.{study}.seeds; "
+                            f"the seeds are written {_listing('seed' + str(int(s)) for s in block['seeds'])}")
+        where += f"seed{values['seed']}/"
+    if "estimator" in values and "arch" in values:
+        names = list(estimators(config, study, values["arch"]))
+        if values["estimator"] not in names:
+            raise GridError(f"{where}influence/{values['estimator']}: '{values['estimator']}' is not an estimator of "
+                            f"studies.{study}.influence.methods; its estimators: {_listing(names)}")
 
 
 def arch_config(config: dict, study: str, arch: str) -> dict:
@@ -45,13 +100,18 @@ def arch_config(config: dict, study: str, arch: str) -> dict:
     return merged
 
 
+def _excluded(block: dict, dataset: str, arch: str) -> bool:
+    """Whether the study block's `exclude` leaves out (dataset, arch)."""
+    excluded = [(e.get("dataset"), e.get("arch")) for e in block.get("exclude", [])]
+    return (dataset, arch) in excluded or (None, arch) in excluded or (dataset, None) in excluded
+
+
 def cells(config: dict, study: str) -> list[dict]:
     block = study_block(config, study)
-    excluded = [(e.get("dataset"), e.get("arch")) for e in block.get("exclude", [])]
     out = []
     for dataset in block["datasets"]:
         for arch in block["architectures"]:
-            if (dataset, arch) in excluded or (None, arch) in excluded or (dataset, None) in excluded:
+            if _excluded(block, dataset, arch):
                 continue
             for decay in block["decays"]:
                 for seed in block["seeds"]:
@@ -72,7 +132,8 @@ def decay_value(config: dict, study: str, label: str) -> float:
     for decay in study_block(config, study)["decays"]:
         if decay_label(decay) == label:
             return float(decay)
-    raise KeyError(f"studies.{study}.decays has no value written '{label}'")
+    check_wildcards(config, {"study": study, "decay": label})
+    raise GridError(f"studies.{study}.decays has no value written '{label}'")
 
 
 # Settings that change how a job runs, not what it computes: how often it logs and checkpoints,
@@ -149,6 +210,25 @@ def enabled_studies(config: dict) -> list[str]:
     return [name for name, block in config["studies"].items() if block.get("enabled", True)]
 
 
+def check_all(config: dict, files: list[tuple[str, dict]], schema_path: str, fill_defaults=None) -> None:
+    """Every check made when the DAG is built, in order (workflow/rules/common.smk): the shape of
+    the selection rules, the JSON schema at `schema_path` (readable messages: config_errors), then
+    `fill_defaults(config)` (Snakemake's validate, which fills in the schema's defaults), the
+    checks a schema cannot express, and the options written in each config file. `files` are the
+    (name, parsed YAML) of the config files, so that each message names the file first."""
+    from .config_errors import check_schema, with_file
+
+    try:
+        check_select_rules(config)
+        check_schema(config, schema_path, files)
+        if fill_defaults is not None:
+            fill_defaults(config)
+        check_config(config)
+    except ValueError as err:
+        raise type(err)(with_file(str(err), files)) from None
+    check_method_options(config, files)
+
+
 def check_config(config: dict) -> None:
     """Checks a JSON schema cannot express; raises ValueError naming the offending key."""
     for study, block in config["studies"].items():
@@ -187,11 +267,163 @@ def check_config(config: dict) -> None:
         if "estimator" in figures and figures["estimator"] not in block["influence"]["methods"]:
             raise ValueError(f"studies.{study}.figures.estimator: '{figures['estimator']}' is not one of influence.methods "
                              f"{sorted(block['influence']['methods'])}")
+        for i, entry in enumerate(block.get("exclude", [])):
+            if not entry:
+                raise ValueError(f"studies.{study}.exclude[{i}]: an empty entry would exclude every cell; name a "
+                                 "dataset, an arch or both")
+            for key, known in (("dataset", block["datasets"]), ("arch", block["architectures"])):
+                if key in entry and entry[key] not in known:
+                    raise ValueError(f"studies.{study}.exclude[{i}].{key}: '{entry[key]}' is not one of the study's "
+                                     f"{'datasets' if key == 'dataset' else 'architectures'}: {_listing(known)}")
+        if block.get("enabled", True) and not cells(config, study):
+            raise ValueError(f"studies.{study}.exclude: leaves no cell of the study")
+        _check_test_point_specs(study, block)
+        _check_method_blocks(study, block)
+        for dataset_id, dataset_cfg in block["datasets"].items():
+            try:
+                sizes = expected_sizes(dataset_id, dataset_cfg)
+            except ValueError as err:
+                raise ValueError(f"studies.{study}.{err}") from None
+            if sizes is not None:
+                check_sizes(config, study, dataset_id, *sizes)
         labels = [decay_label(d) for d in block["decays"]]
         if len(set(labels)) != len(labels):
             raise ValueError(f"studies.{study}.decays: duplicate values {block['decays']}")
         if len(set(block["seeds"])) != len(block["seeds"]):
             raise ValueError(f"studies.{study}.seeds: duplicate values {block['seeds']}")
+
+
+RULE_KINDS = ("top_fraction", "top_k", "around_percentile")
+
+
+def check_select_rules(config: dict) -> None:
+    """Before the schema: each `select.rules` entry is one rule (top_fraction, top_k, or
+    around_percentile with k). The schema says the same, but its message for it is unreadable."""
+    for study, block in (config.get("studies") or {}).items():
+        if not isinstance(block, dict):
+            continue
+        places = [(f"studies.{study}.select.rules", (block.get("select") or {}).get("rules"))]
+        for arch, patch in (block.get("overrides") or {}).items():
+            if isinstance(patch, dict):
+                places.append((f"studies.{study}.overrides.{arch}.select.rules", (patch.get("select") or {}).get("rules")))
+        for key, rules in places:
+            for i, rule in enumerate(rules if isinstance(rules, list) else []):
+                if not isinstance(rule, dict):
+                    continue
+                kinds = [kind for kind in RULE_KINDS if kind in rule]
+                if len(kinds) > 1:
+                    raise ValueError(f"{key}[{i}]: one rule takes one of {', '.join(RULE_KINDS)}, not {' and '.join(kinds)}; "
+                                     f"write them as {len(kinds)} rules (the points re-trained are their union)")
+                if not kinds:
+                    raise ValueError(f"{key}[{i}]: {rule} is no rule; write {{top_fraction: f}}, {{top_k: k}} or "
+                                     "{around_percentile: q, k: m}")
+                if kinds == ["around_percentile"] and "k" not in rule:
+                    raise ValueError(f"{key}[{i}]: around_percentile needs k, the number of points around it")
+                if "k" in rule and kinds != ["around_percentile"]:
+                    raise ValueError(f"{key}[{i}]: k belongs to around_percentile; with {kinds[0]} leave it out")
+
+
+def _check_test_point_specs(study: str, block: dict) -> None:
+    places = [(f"studies.{study}.test_points", block["test_points"])]
+    places += [(f"studies.{study}.overrides.{arch}.test_points", patch["test_points"])
+               for arch, patch in block.get("overrides", {}).items() if "test_points" in patch]
+    for key, specs in places:
+        for spec in specs:
+            if (m := re.fullmatch(r"p(\d+(?:\.\d+)?)", spec)) and float(m.group(1)) > 100:
+                raise ValueError(f"{key}: '{spec}' is not a percentile (p0 to p100)")
+            if re.fullmatch(r"top0+", spec):
+                raise ValueError(f"{key}: '{spec}' asks for no test points (top<k> needs k ≥ 1)")
+
+
+def _check_method_blocks(study: str, block: dict) -> None:
+    """Every estimator of the study block, and of each override, names a method."""
+    places = [(f"studies.{study}.influence.methods", block["influence"]["methods"], None)]
+    places += [(f"studies.{study}.overrides.{arch}.influence.methods", patch["influence"]["methods"], arch)
+               for arch, patch in block.get("overrides", {}).items() if "methods" in patch.get("influence", {})]
+    for key, methods, arch in places:
+        for name, settings in methods.items():
+            merged = settings if arch is None else {**block["influence"]["methods"].get(name, {}), **settings}
+            if merged.get("method", name) not in OPTIONS_READ:
+                raise ValueError(f"{key}.{name}: the estimator '{name}' names no method (it has no `method:` and "
+                                 f"'{name}' is not one); give it `method:` one of {', '.join(OPTIONS_READ)}")
+
+
+def read_config_files(paths) -> list[tuple[str, dict]]:
+    """(name, parsed YAML) of each config file, as the checks that name a file want them."""
+    import os
+
+    import yaml
+
+    out = []
+    for path in paths:
+        name = os.path.relpath(path)
+        with open(path) as handle:
+            out.append((str(path) if name.startswith("..") else name, yaml.safe_load(handle) or {}))
+    return out
+
+
+def check_method_options(config: dict, files: list[tuple[str, dict]]) -> None:
+    """The options written with an estimator in one config file are options its method reads:
+    `lissa: {rank: 3}` is a mistake, not a setting. The method is the one written in the same
+    block, else the estimator's method in the merged `config`. Options that reach an estimator
+    from another layer (config.yaml under a `--configfile` overlay that switches the method, or
+    the study block under an override that does) are dropped by `estimators`, by design, and not
+    checked. ValueError naming the file and the key."""
+    for file_name, raw in files:
+        for study, block in ((raw or {}).get("studies") or {}).items():
+            if not isinstance(block, dict) or study not in config["studies"]:
+                continue
+            places = [(f"studies.{study}", block, None)]
+            places += [(f"studies.{study}.overrides.{arch}", patch, arch)
+                       for arch, patch in (block.get("overrides") or {}).items() if isinstance(patch, dict)]
+            for key, part, arch in places:
+                for name, settings in (((part.get("influence") or {}).get("methods")) or {}).items():
+                    if not isinstance(settings, dict):
+                        continue
+                    final = (arch_config(config, study, arch) if arch else config["studies"][study])["influence"]["methods"]
+                    method = settings.get("method") or final.get(name, {}).get("method", name)
+                    for option in settings:
+                        if option == "method" or method not in OPTIONS_READ or option in OPTIONS_READ[method]:
+                            continue
+                        owners = [m for m, read in OPTIONS_READ.items() if option in read]
+                        raise ValueError(
+                            f"{file_name}: {key}.influence.methods.{name}.{option}: the {method} method does not read "
+                            f"'{option}'" + (f" (an option of {', '.join(owners)})" if owners else "")
+                            + f"; {method} reads {', '.join(OPTIONS_READ[method])}")
+
+
+def test_point_count(spec: str) -> int:
+    """How many test points a spec needs: k for top<k>, else 1."""
+    m = re.fullmatch(r"top(\d+)", spec)
+    return int(m.group(1)) if m else 1
+
+
+def check_sizes(config: dict, study: str, dataset: str, n_train: int, n_test: int) -> None:
+    """The split of `datasets.<dataset>` (n_train, n_test) is large enough for every cell of the
+    study on it: its test points (top<k> needs k test points) and selection rules (top_k and
+    around_percentile's k need that many training points). ValueError naming the key otherwise.
+    Called at DAG build for the shipped loaders (data.registry.expected_sizes), and by
+    prepare_data before it writes anything for a loader of one's own."""
+    where = f"studies.{study}.datasets.{dataset}"
+    if n_train < 1 or n_test < 1:
+        raise ValueError(f"{where}: the split has {n_train} training and {n_test} test points; both need at least one "
+                         "(test_fraction too close to 0 or 1?)")
+    block = study_block(config, study)
+    for arch in sorted({c["arch"] for c in cells(config, study) if c["dataset"] == dataset}, key=block["architectures"].index):
+        patch = block.get("overrides", {}).get(arch, {})
+        merged = arch_config(config, study, arch)
+        key = f"studies.{study}.overrides.{arch}" if "test_points" in patch else f"studies.{study}"
+        for spec in merged["test_points"]:
+            if test_point_count(spec) > n_test:
+                raise ValueError(f"{key}.test_points: '{spec}' asks for {test_point_count(spec)} test points, but "
+                                 f"{dataset} has {n_test} ({where})")
+        key = f"studies.{study}.overrides.{arch}" if "rules" in patch.get("select", {}) else f"studies.{study}"
+        for i, rule in enumerate(merged["select"]["rules"]):
+            k = rule.get("top_k", rule.get("k"))
+            if k is not None and int(k) > n_train:
+                name = "top_k" if "top_k" in rule else "k"
+                raise ValueError(f"{key}.select.rules[{i}].{name}: asks for {k} training points to re-train, but "
+                                 f"{dataset} has {n_train} ({where}; all of them: top_fraction: 1)")
 
 
 def read_selected(path) -> list[int]:

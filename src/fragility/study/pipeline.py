@@ -31,8 +31,12 @@ MODEL_KEYS = ("arch", "factory", "task", "input_shape", "n_classes", "dtype", "t
 
 
 # --------------------------------------------------------------------------- data
-def prepare_data(dataset_id: str, dataset_cfg: dict, data_dir: str, out_path: str) -> dict:
+def prepare_data(dataset_id: str, dataset_cfg: dict, data_dir: str, out_path: str, check=None) -> dict:
+    """Load the split and save it to `out_path`; `check(n_train, n_test)` runs before anything is
+    written (grid.check_sizes: are the test points and selection rules within the split's sizes)."""
     split = load_split(dataset_id, dataset_cfg, data_dir=data_dir)
+    if check is not None:
+        check(len(split.y_train), len(split.y_test))
     split.save(out_path)
     return {"n_train": len(split.y_train), "n_test": len(split.y_test), "input_shape": split.input_shape}
 

@@ -50,6 +50,8 @@ def choose_test_points(losses, specs: list[str], seed: int = 0) -> list[dict]:
         elif m := re.fullmatch(r"top(\d+)", spec):
             order = np.argsort(-losses, kind="stable")
             k = int(m.group(1))
+            if k < 1:
+                raise ValueError(f"test_points: '{spec}' asks for no test points (top<k> needs k ≥ 1)")
             if k > len(losses):
                 raise ValueError(f"test_points: '{spec}' asks for {k} points but the test set has {len(losses)}")
             chosen.extend((f"top{r + 1}", int(order[r])) for r in range(k))
@@ -81,10 +83,10 @@ def select_training_points(abs_scores: np.ndarray, rules: list[dict]) -> dict[in
             k = max(1, int(round(float(rule["top_fraction"]) * n)))
             label, indices = "top", order[:k]
         elif "top_k" in rule:
-            k = min(int(rule["top_k"]), n)
+            k = _rule_size(rule, "top_k", n)
             label, indices = "top", order[:k]
         elif "around_percentile" in rule:
-            q, k = float(rule["around_percentile"]), min(int(rule["k"]), n)
+            q, k = float(rule["around_percentile"]), _rule_size(rule, "k", n)
             ascending = order[::-1]
             centre = int(round(q / 100.0 * (n - 1)))
             lo = min(max(0, centre - k // 2), n - k)
@@ -94,6 +96,13 @@ def select_training_points(abs_scores: np.ndarray, rules: list[dict]) -> dict[in
         for i in indices:
             picked.setdefault(int(i), label)
     return picked
+
+
+def _rule_size(rule: dict, key: str, n: int) -> int:
+    k = int(rule[key])
+    if not 1 <= k <= n:
+        raise ValueError(f"select.rules: {rule} asks for {k} training points, but there are {n}")
+    return k
 
 
 def chunk(indices: list[int], size: int) -> list[list[int]]:
