@@ -105,3 +105,17 @@ def test_everything_the_steps_save_loads_with_weights_only(tmp_path, iris64):
                      checkpoint_path=checkpoint, log=lambda m: None)
         state = io.load_torch(checkpoint, required_keys=("step", "thetas", "optimizer", "schedule", "buffers"))
         assert state["step"] == 10
+
+
+def test_a_split_whose_meta_holds_numpy_numbers_saves_loadably(tmp_path):
+    """A loader of one's own may record numpy scalars and arrays in `meta`: they are saved as plain
+    numbers and lists, so the split loads with weights_only=True."""
+    import numpy as np
+
+    from fragility.data.split import Split
+
+    split = Split(torch.zeros(3, 2), torch.tensor([0, 1, 0]), torch.zeros(1, 2), torch.tensor([1]), np.int64(2),
+                  meta={"mean": np.float64(1.5), "rows": np.arange(3), "nested": {"std": (np.float32(2.0),)}})
+    split.save(tmp_path / "data.pt")
+    again = Split.load(tmp_path / "data.pt")
+    assert again.meta == {"mean": 1.5, "rows": [0, 1, 2], "nested": {"std": [2.0]}} and again.n_classes == 2

@@ -145,3 +145,15 @@ def _json_default(value):
     if hasattr(value, "tolist"):
         return value.tolist()
     raise TypeError(f"cannot serialise {type(value).__name__} to JSON")
+
+
+def plain(value):
+    """`value` with numpy scalars and arrays (at any depth of dicts, lists and tuples) turned into
+    Python numbers and lists, so that it can be saved and loaded with `weights_only=True`."""
+    if isinstance(value, dict):
+        return {plain(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if type(value).__module__ == "numpy":
+        return value.tolist()
+    return value

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..io import load_torch, save_torch
+from ..io import load_torch, plain, save_torch
 
 
 @dataclass
@@ -67,8 +67,8 @@ class Split:
                 "y_train": self.y_train,
                 "x_test": self.x_test,
                 "y_test": self.y_test,
-                "n_classes": self.n_classes,
-                "meta": self.meta,
+                "n_classes": int(self.n_classes),
+                "meta": plain(self.meta),  # a loader of one's own may put numpy numbers there
             },
             path,
         )
