@@ -1,5 +1,6 @@
 import inspect
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -55,6 +56,18 @@ wildcard_constraints:
     estimator="[a-z0-9_]+",
     chunk="[0-9]+",
 
+
+# Studies with `fuse_fit: true` compute a cell's model, test points, influence tables and drift
+# control in one job (fused.smk); the split rules (train, test_points, influence, loo_drift) take
+# every other study: SPLIT_STUDY is a study name that is not one of the fused ones.
+FUSED_STUDIES = grid.fused_studies(config)
+SPLIT_STUDY = (
+    "(?!(?:{})(?![a-z0-9_]))[a-z0-9_]+".format(
+        "|".join(re.escape(s) for s in FUSED_STUDIES)
+    )
+    if FUSED_STUDIES
+    else "[a-z0-9_]+"
+)
 
 def enabled_studies(config):
     return grid.enabled_studies(config)

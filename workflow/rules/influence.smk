@@ -1,4 +1,6 @@
 rule influence:
+    wildcard_constraints:
+        study=SPLIT_STUDY,  # fused studies: rule fit_<study> (fused.smk)
     input:
         model=os.path.join(CELL, "model.pt"),
         data=os.path.join(RESULTS, "{study}/{dataset}/data.pt"),

@@ -31,6 +31,8 @@ rule loo_chunk:
 
 
 rule loo_drift:
+    wildcard_constraints:
+        study=SPLIT_STUDY,  # fused studies: rule fit_<study> (fused.smk)
     input:
         model=os.path.join(CELL, "model.pt"),
         data=os.path.join(RESULTS, "{study}/{dataset}/data.pt"),

@@ -1,4 +1,6 @@
 rule train:
+    wildcard_constraints:
+        study=SPLIT_STUDY,  # fused studies: rule fit_<study> (fused.smk)
     input:
         data=os.path.join(RESULTS, "{study}/{dataset}/data.pt"),
     output:
@@ -30,6 +32,8 @@ rule train:
 
 
 rule test_points:
+    wildcard_constraints:
+        study=SPLIT_STUDY,  # fused studies: rule fit_<study> (fused.smk)
     input:
         model=os.path.join(CELL, "model.pt"),
         data=os.path.join(RESULTS, "{study}/{dataset}/data.pt"),

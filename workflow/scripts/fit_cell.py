@@ -1,0 +1,54 @@
+"""A cell's train → test points → influence (every estimator) → drift control in one process
+(`fuse_fit`, workflow/rules/fused.smk). Each step calls the function its split rule's script calls,
+with the same arguments, and writes to that rule's log; fit.log records each step's time."""
+
+import sys
+import time
+
+from fragility.study.grid import with_run_settings
+from fragility.study.pipeline import compute_influence, pick_test_points, run_loo, train
+from fragility.runtime import file_logger, peak_gpu_memory_mb, resolve_device, start_job
+
+i, o, logs, p, w = snakemake.input, snakemake.output, snakemake.log, snakemake.params, snakemake.wildcards
+summary = file_logger(logs.fit)
+open(logs.fit, "w").close()
+
+
+def step(name, log_path):
+    """Send stdout/stderr (a traceback too) to the step's own log; return its logger."""
+    previous = sys.stdout
+    log = start_job(log_path, snakemake.threads)
+    if previous not in (sys.__stdout__, sys.__stderr__):
+        previous.close()
+    summary(f"{name} started (log {log_path})")
+    return log
+
+
+began = time.perf_counter()
+log = step("train", logs.train)
+train_cfg = with_run_settings(p.train, snakemake.config, w.study, w.arch, "train")  # + logging, checkpoints
+metrics = train(i.data, w.arch, p.decay, int(w.seed), train_cfg, p.dtype, p.device, o.model, o.metrics,
+                checkpoint_path=p.checkpoint, models_cfg=snakemake.config.get("models"), task_name=p.task, log=log)
+log(f"train loss {metrics['train_loss']:.4g}, accuracy {metrics['train_accuracy']:.3f}, flags {metrics['flags']}")
+
+log = step("test_points", logs.test_points)
+points = pick_test_points(o.model, i.data, p.specs, o.test_points, p.device)
+log(f"test points: {points}")
+
+for name in p.estimators:
+    log = step(f"influence {name}", getattr(logs, f"influence_{name}"))
+    compute_influence(o.model, i.data, o.test_points, name, p.methods[name], p.damping, getattr(o, f"table_{name}"),
+                      getattr(o, f"diagnostics_{name}"), device_name=p.device, chunk_size=p.chunk_size,
+                      scoring_chunk_size=p.scoring_chunk_size, log=log)
+
+log = step("loo_drift", logs.loo_drift)
+loo_cfg = with_run_settings(p.loo, snakemake.config, w.study, w.arch, "loo")  # + checkpoints, copies per pass
+train_cfg = with_run_settings(p.train, snakemake.config, w.study, w.arch, "train")
+seconds = run_loo(o.model, i.data, o.test_points, [-1], loo_cfg, train_cfg, o.drift_table, device_name=p.device,
+                  order_seed=p.order_seed, checkpoint_path=p.drift_checkpoint, theta_out=o.drift_theta, log=log)
+log(f"re-trained 1 copies in {seconds:.1f}s")
+
+summary(f"all steps done in {time.perf_counter() - began:.1f}s")
+peak = peak_gpu_memory_mb(resolve_device(p.device))
+if peak is not None:
+    summary(f"peak_gpu_memory_mb={peak:.1f}")  # read by the benchmarks table
