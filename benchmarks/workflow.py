@@ -1,0 +1,218 @@
+"""Fixed costs of the workflow: a no-op job's overhead, and one whole small cell through Snakemake.
+
+    nice .venv/bin/python benchmarks/workflow.py                 # both sections, 3 repeats
+    .venv/bin/python benchmarks/workflow.py --only noop --repeat 5
+    options: --only noop cell, --repeat N (median of N), --cores N (default 1), --markdown FILE
+
+noop: Snakemake runs N independent jobs of a bare workflow with `--cores 1`; the per-job overhead
+is (T(N) − T(1)) / (N − 1), for three kinds of job: `run:` (inside the Snakemake process), a
+`script:` that imports nothing, and a `script:` that imports the library's pipeline (torch,
+pandas), which is what every heavy step of the study pays before it computes.
+
+cell: one Iris cell of configs/tiny.yaml (mlp-d1-w5, decay 0.005: train → test points → 2
+influence estimators → selection → drift control → LOO chunk → correlations) from a fresh copy of
+the workflow, with `fuse_fit: false` (one job per step, the image studies' layout) and `fuse_fit:
+true` (train → influence → drift control as one job). Both copies' cell files must be equal
+(checked: every parquet table and json file of the cell). Wall time and CPU time (user + sys of
+Snakemake and all its jobs) are reported: on a loaded machine the CPU time is the comparable one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
+WORKFLOW_FILES = ["Snakefile", "config.yaml", "configs", "workflow", "profiles", "envs"]
+CELL = "results/iris/iris/mlp-d1-w5/wd0.005/seed0"
+
+NOOP_SNAKEFILE = """
+N = int(config["n"])
+
+rule all:
+    input: expand("out/{kind}_{i}.txt", kind=config["kind"], i=range(N))
+
+rule run_job:
+    output: "out/run_{i}.txt"
+    run:
+        open(output[0], "w").close()
+
+rule bare_script:
+    output: "out/bare_{i}.txt"
+    script: "bare.py"
+
+rule library_script:
+    output: "out/library_{i}.txt"
+    script: "library.py"
+"""
+BARE = 'open(snakemake.output[0], "w").close()\n'
+LIBRARY = 'import fragility.study.pipeline  # torch, pandas\nopen(snakemake.output[0], "w").close()\n'
+
+
+def timed(cmd, cwd, env=None):
+    """(wall seconds, CPU seconds of the command and all its children), failing loudly."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stdout[-4000:]}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, cpu, proc.stdout
+
+
+def env_with_library():
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), *filter(None, [env.get("PYTHONPATH")])])
+    return env
+
+
+def noop(repeat, n_jobs, cores):
+    rows = []
+    for kind in ("run", "bare", "library"):
+        samples = {1: [], n_jobs: []}
+        for _ in range(repeat):
+            for n in (1, n_jobs):
+                with tempfile.TemporaryDirectory() as tmp:
+                    Path(tmp, "Snakefile").write_text(NOOP_SNAKEFILE)
+                    Path(tmp, "bare.py").write_text(BARE)
+                    Path(tmp, "library.py").write_text(LIBRARY)
+                    wall, cpu, _ = timed([SNAKEMAKE, "--cores", str(cores), "--quiet", "--config", f"n={n}",
+                                          f"kind={kind}"], tmp, env_with_library())
+                    samples[n].append((wall, cpu))
+        med = {n: (statistics.median(w for w, _ in s), statistics.median(c for _, c in s)) for n, s in samples.items()}
+        rows.append({
+            "section": "no-op job", "case": f"`{kind}` job" + {"run": " (in-process)", "bare": " (script, no imports)",
+                                                              "library": " (script importing the pipeline)"}[kind],
+            "wall_per_job_s": (med[n_jobs][0] - med[1][0]) / (n_jobs - 1),
+            "cpu_per_job_s": (med[n_jobs][1] - med[1][1]) / (n_jobs - 1),
+            "note": f"median of {repeat}; {n_jobs} jobs vs 1, --cores {cores}; one job run: {med[1][0]:.1f} s wall",
+        })
+    return rows
+
+
+def copy_workflow(dest: Path, fuse: bool) -> Path:
+    dest.mkdir(parents=True)
+    for name in WORKFLOW_FILES:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
+        elif src.exists():
+            shutil.copy2(src, dest / name)
+    (dest / "configs" / "bench_fuse.yaml").write_text(f"studies: {{iris: {{fuse_fit: {str(fuse).lower()}}}}}\n")
+    return dest
+
+
+def cell_files(workdir: Path) -> dict:
+    """Every table and json file of the cell, read (parquet as a DataFrame)."""
+    out = {}
+    cell = workdir / CELL
+    for path in sorted(cell.rglob("*")):
+        rel = str(path.relative_to(cell))
+        if path.suffix == ".parquet":
+            out[rel] = pd.read_parquet(path)
+        elif path.suffix == ".json":
+            out[rel] = json.loads(path.read_text())
+    return out
+
+
+def strip_times(value):
+    """JSON without its timing fields (they differ from run to run)."""
+    if isinstance(value, dict):
+        return {k: strip_times(v) for k, v in value.items() if "second" not in k and k != "history"}
+    if isinstance(value, list):
+        return [strip_times(v) for v in value]
+    return value
+
+
+def same_files(a: dict, b: dict) -> str:
+    if set(a) != set(b):
+        return f"different files: {sorted(set(a) ^ set(b))}"
+    for name in a:
+        x, y = a[name], b[name]
+        if isinstance(x, pd.DataFrame):
+            if not x.equals(y):
+                return f"{name} differs"
+        elif strip_times(x) != strip_times(y):
+            return f"{name} differs"
+    return f"identical ({len(a)} files)"
+
+
+def cell(repeat, cores):
+    samples = {False: [], True: []}
+    files = {}
+    jobs = {}
+    for _ in range(repeat):
+        for fuse in (False, True):
+            with tempfile.TemporaryDirectory() as tmp:
+                work = copy_workflow(Path(tmp) / "w", fuse)
+                target = f"{CELL}/correlations.parquet"
+                args = ["--configfile", "configs/tiny.yaml", "configs/bench_fuse.yaml"]
+                wall, cpu, out = timed([SNAKEMAKE, "--cores", str(cores), target, *args], work, env_with_library())
+                samples[fuse].append((wall, cpu))
+                files[fuse] = cell_files(work)
+                jobs[fuse] = sum(1 for line in out.splitlines() if line.startswith("localrule ") or line.startswith("rule "))
+    med = {f: (statistics.median(w for w, _ in s), statistics.median(c for _, c in s)) for f, s in samples.items()}
+    agreement = same_files(files[False], files[True])
+    return [{
+        "section": "one small cell", "case": f"Iris mlp-d1-w5 cell of configs/tiny.yaml, {jobs[False]} jobs → {jobs[True]} jobs",
+        "ours_wall_s": med[True][0], "baseline_wall_s": med[False][0], "ours_cpu_s": med[True][1],
+        "baseline_cpu_s": med[False][1], "wall_ratio": med[False][0] / med[True][0], "cpu_ratio": med[False][1] / med[True][1],
+        "agreement": agreement, "note": f"median of {repeat}; ours fuse_fit: true, baseline fuse_fit: false; --cores {cores}",
+    }]
+
+
+def markdown(rows, header):
+    lines = [header, ""]
+    noop_rows = [r for r in rows if r["section"] == "no-op job"]
+    if noop_rows:
+        lines += ["| job | overhead per job, wall (s) | overhead per job, CPU (s) | note |", "|---|---:|---:|---|"]
+        lines += [f"| {r['case']} | {r['wall_per_job_s']:.2f} | {r['cpu_per_job_s']:.2f} | {r['note']} |" for r in noop_rows]
+        lines.append("")
+    cell_rows = [r for r in rows if r["section"] == "one small cell"]
+    if cell_rows:
+        lines += ["| case | fused wall (s) | split wall (s) | ratio | fused CPU (s) | split CPU (s) | ratio | agreement | note |",
+                  "|---|---:|---:|---:|---:|---:|---:|---|---|"]
+        lines += [f"| {r['case']} | {r['ours_wall_s']:.1f} | {r['baseline_wall_s']:.1f} | {r['wall_ratio']:.2f}× | "
+                  f"{r['ours_cpu_s']:.1f} | {r['baseline_cpu_s']:.1f} | {r['cpu_ratio']:.2f}× | {r['agreement']} | "
+                  f"{r['note']} |" for r in cell_rows]
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", nargs="+", choices=["noop", "cell"], default=["noop", "cell"])
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--jobs", type=int, default=6, help="no-op jobs per run (noop section)")
+    parser.add_argument("--cores", type=int, default=1)
+    parser.add_argument("--markdown")
+    args = parser.parse_args()
+    load = os.getloadavg()[0]
+    header = (f"Machine: {os.cpu_count()} cores, load average at start {load:.1f}; Python {sys.version.split()[0]}; "
+              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    rows = []
+    if "noop" in args.only:
+        rows += noop(args.repeat, args.jobs, args.cores)
+    if "cell" in args.only:
+        rows += cell(args.repeat, args.cores)
+    text = markdown(rows, header)
+    print(text)
+    if args.markdown:
+        Path(args.markdown).write_text(text)
+
+
+if __name__ == "__main__":
+    main()
