@@ -69,6 +69,7 @@ SPLIT_STUDY = (
     else "[a-z0-9_]+"
 )
 
+
 def enabled_studies(config):
     return grid.enabled_studies(config)
 

@@ -7,7 +7,8 @@
 
 def fused_resources():
     """Resources of a fused job: the largest memory and GPU count, the summed run time and the
-    training's cores of its steps (`resources.train|influence|loo`), grown with the attempt."""
+    training's cores of its steps (`resources.train|influence|loo`), grown with the attempt.
+    """
 
     def pick(key, combine):
         parts = [
@@ -69,9 +70,6 @@ for _study in FUSED_STUDIES:
         rule:
             name:
                 fused_rule_name(_study, _index, len(_sets))
-            wildcard_constraints:
-                study=re.escape(_study),
-                arch="|".join(re.escape(a) for a in _archs),
             input:
                 data=os.path.join(RESULTS, "{study}/{dataset}/data.pt"),
             output:
@@ -80,6 +78,9 @@ for _study in FUSED_STUDIES:
                 **fused_logs(_estimators),
             benchmark:
                 os.path.join(BENCH, "fit.tsv")
+            wildcard_constraints:
+                study=re.escape(_study),
+                arch="|".join(re.escape(a) for a in _archs),
             group:
                 cluster_group("fit", "train")
             conda:

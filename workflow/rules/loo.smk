@@ -31,8 +31,6 @@ rule loo_chunk:
 
 
 rule loo_drift:
-    wildcard_constraints:
-        study=SPLIT_STUDY,  # fused studies: rule fit_<study> (fused.smk)
     input:
         model=os.path.join(CELL, "model.pt"),
         data=os.path.join(RESULTS, "{study}/{dataset}/data.pt"),
@@ -44,6 +42,8 @@ rule loo_drift:
         os.path.join(LOGS, "loo_drift.log"),
     benchmark:
         os.path.join(BENCH, "loo_drift.tsv")
+    wildcard_constraints:
+        study=SPLIT_STUDY,  # fused studies: rule fit_<study> (fused.smk)
     group:
         cluster_group("fit", "loo")
     conda:

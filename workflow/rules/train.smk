@@ -1,6 +1,4 @@
 rule train:
-    wildcard_constraints:
-        study=SPLIT_STUDY,  # fused studies: rule fit_<study> (fused.smk)
     input:
         data=os.path.join(RESULTS, "{study}/{dataset}/data.pt"),
     output:
@@ -10,6 +8,8 @@ rule train:
         os.path.join(LOGS, "train.log"),
     benchmark:
         os.path.join(BENCH, "train.tsv")
+    wildcard_constraints:
+        study=SPLIT_STUDY,  # fused studies: rule fit_<study> (fused.smk)
     group:
         cluster_group("fit", "train")
     conda:
@@ -32,8 +32,6 @@ rule train:
 
 
 rule test_points:
-    wildcard_constraints:
-        study=SPLIT_STUDY,  # fused studies: rule fit_<study> (fused.smk)
     input:
         model=os.path.join(CELL, "model.pt"),
         data=os.path.join(RESULTS, "{study}/{dataset}/data.pt"),
@@ -41,6 +39,8 @@ rule test_points:
         os.path.join(CELL, "test_points.json"),
     log:
         os.path.join(LOGS, "test_points.log"),
+    wildcard_constraints:
+        study=SPLIT_STUDY,  # fused studies: rule fit_<study> (fused.smk)
     group:
         cluster_group("fit", "influence")
     conda:
