@@ -2,6 +2,7 @@ import inspect
 import os
 import re
 import sys
+import threading
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -278,11 +279,17 @@ def aggregate_job(input, output, params):
     )
 
 
+# `run:` jobs run in threads of the Snakemake process (profiles/default: force-use-threads); they
+# take turns, since pyplot (figures) is not thread-safe.
+IN_PROCESS_LOCK = threading.Lock()
+
+
 def logged(log, done, function, *args, **kwargs):
     """Call `function` inside the Snakemake process, passing it the logger when it takes `log`;
     `done` (a string, or a function of the result) goes to the job's log, or the traceback.
+    One such call at a time (IN_PROCESS_LOCK).
     """
-    with job_log(log[0]) as logger:
+    with IN_PROCESS_LOCK, job_log(log[0]) as logger:
         if "log" in inspect.signature(function).parameters:
             kwargs["log"] = logger
         result = function(*args, **kwargs)
