@@ -195,7 +195,7 @@ def test_every_job_keeps_gpu_float32_at_full_precision(monkeypatch):
 
     from fragility import runtime
 
-    monkeypatch.setattr(torch, "use_deterministic_algorithms", lambda *args, **kwargs: None)
+    monkeypatch.setattr(runtime, "set_deterministic", lambda *args, **kwargs: None)
     saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     try:
         torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
@@ -203,3 +203,19 @@ def test_every_job_keeps_gpu_float32_at_full_precision(monkeypatch):
         assert torch.backends.cudnn.allow_tf32 is False and torch.backends.cuda.matmul.allow_tf32 is False
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def test_every_job_asks_for_deterministic_kernels_without_loading_the_compiler():
+    """`runtime.configure` sets torch's deterministic flag (warn-only) but does not import
+    torch._inductor, which `torch.use_deterministic_algorithms` does (seconds of start-up per job)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, torch; from fragility import runtime; runtime.configure(1); "
+            "assert torch.are_deterministic_algorithms_enabled(); "
+            "assert torch.is_deterministic_algorithms_warn_only_enabled(); "
+            "assert 'torch._inductor' not in sys.modules, 'inductor imported'; "
+            "import torch._inductor.config as c; runtime.set_deterministic(False); "
+            "assert not torch.are_deterministic_algorithms_enabled() and c.deterministic is False")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
