@@ -56,9 +56,24 @@ rule bare_script:
 rule library_script:
     output: "out/library_{i}.txt"
     script: "library.py"
+
+rule library_old_script:
+    output: "out/library_old_{i}.txt"
+    script: "library_old.py"
 """
 BARE = 'open(snakemake.output[0], "w").close()\n'
-LIBRARY = 'import fragility.study.pipeline  # torch, pandas\nopen(snakemake.output[0], "w").close()\n'
+LIBRARY = ('import fragility.study.pipeline  # torch, pandas\nfrom fragility import runtime\nruntime.configure(1)\n'
+           'open(snakemake.output[0], "w").close()\n')
+# the same with the public torch call that runtime.configure made before (it imports torch._inductor)
+LIBRARY_OLD = ('import fragility.study.pipeline\nimport torch\ntorch.set_num_threads(1)\n'
+               'torch.use_deterministic_algorithms(True, warn_only=True)\nopen(snakemake.output[0], "w").close()\n')
+KINDS = {  # name: (rule's output prefix, extra Snakemake options, description)
+    "run": ("run", [], "`run:` job, Snakemake's default (a fresh Snakemake process per job)"),
+    "run_threads": ("run", ["--force-use-threads"], "`run:` job with force-use-threads (profiles/default)"),
+    "bare": ("bare", [], "`script:` job importing nothing"),
+    "library_old": ("library_old", [], "`script:` job: import the pipeline, torch.use_deterministic_algorithms"),
+    "library": ("library", [], "`script:` job: import the pipeline, runtime.configure (what a heavy step pays)"),
+}
 
 
 def timed(cmd, cwd, env=None):
@@ -82,7 +97,7 @@ def env_with_library():
 
 def noop(repeat, n_jobs, cores):
     rows = []
-    for kind in ("run", "bare", "library"):
+    for kind, (prefix, options, description) in KINDS.items():
         samples = {1: [], n_jobs: []}
         for _ in range(repeat):
             for n in (1, n_jobs):
@@ -90,13 +105,13 @@ def noop(repeat, n_jobs, cores):
                     Path(tmp, "Snakefile").write_text(NOOP_SNAKEFILE)
                     Path(tmp, "bare.py").write_text(BARE)
                     Path(tmp, "library.py").write_text(LIBRARY)
-                    wall, cpu, _ = timed([SNAKEMAKE, "--cores", str(cores), "--quiet", "--config", f"n={n}",
-                                          f"kind={kind}"], tmp, env_with_library())
+                    Path(tmp, "library_old.py").write_text(LIBRARY_OLD)
+                    wall, cpu, _ = timed([SNAKEMAKE, "--cores", str(cores), "--quiet", *options, "--config", f"n={n}",
+                                          f"kind={prefix}"], tmp, env_with_library())
                     samples[n].append((wall, cpu))
         med = {n: (statistics.median(w for w, _ in s), statistics.median(c for _, c in s)) for n, s in samples.items()}
         rows.append({
-            "section": "no-op job", "case": f"`{kind}` job" + {"run": " (in-process)", "bare": " (script, no imports)",
-                                                              "library": " (script importing the pipeline)"}[kind],
+            "section": "no-op job", "case": description,
             "wall_per_job_s": (med[n_jobs][0] - med[1][0]) / (n_jobs - 1),
             "cpu_per_job_s": (med[n_jobs][1] - med[1][1]) / (n_jobs - 1),
             "note": f"median of {repeat}; {n_jobs} jobs vs 1, --cores {cores}; one job run: {med[1][0]:.1f} s wall",
