@@ -1,19 +1,22 @@
 """Fixed costs of the workflow: a no-op job's overhead, and one whole small cell through Snakemake.
 
-    nice .venv/bin/python benchmarks/workflow.py                 # both sections, 3 repeats
+    nice .venv/bin/python benchmarks/workflow.py --baseline ../old-main   # both sections, 3 repeats
     .venv/bin/python benchmarks/workflow.py --only noop --repeat 5
-    options: --only noop cell, --repeat N (median of N), --cores N (default 1), --markdown FILE
+    options: --only noop cell, --repeat N (median of N), --cores N (default 1), --jobs N (no-op jobs),
+             --baseline DIR (another checkout, run as it is), --markdown FILE
 
 noop: Snakemake runs N independent jobs of a bare workflow with `--cores 1`; the per-job overhead
-is (T(N) − T(1)) / (N − 1), for three kinds of job: `run:` (inside the Snakemake process), a
-`script:` that imports nothing, and a `script:` that imports the library's pipeline (torch,
-pandas), which is what every heavy step of the study pays before it computes.
+is (T(N) − T(1)) / (N − 1), for a `run:` job (spawned as a fresh Snakemake, Snakemake's default,
+and in a thread with --force-use-threads), a `script:` that imports nothing, and a `script:` that
+imports the library's pipeline (torch, pandas) and sets torch up as every heavy step does, with
+runtime.configure and with the public torch.use_deterministic_algorithms it used before.
 
 cell: one Iris cell of configs/tiny.yaml (mlp-d1-w5, decay 0.005: train → test points → 2
 influence estimators → selection → drift control → LOO chunk → correlations) from a fresh copy of
-the workflow, with `fuse_fit: false` (one job per step, the image studies' layout) and `fuse_fit:
-true` (train → influence → drift control as one job). Both copies' cell files must be equal
-(checked: every parquet table and json file of the cell). Wall time and CPU time (user + sys of
+the workflow, with `fuse_fit: true` (train → influence → drift control as one job), `fuse_fit:
+false` (one job per step, the image studies' layout) and, with --baseline, another checkout as it
+is. The copies' cell files must be equal (checked: every parquet table, and every json file less
+its timings). Wall time and CPU time (user + sys of
 Snakemake and all its jobs) are reported: on a loaded machine the CPU time is the comparable one.
 """
 
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import shutil
 import statistics
@@ -39,7 +43,7 @@ WORKFLOW_FILES = ["Snakefile", "config.yaml", "configs", "workflow", "profiles",
 CELL = "results/iris/iris/mlp-d1-w5/wd0.005/seed0"
 
 NOOP_SNAKEFILE = """
-N = int(config["n"])
+N = int(config["count"])
 
 rule all:
     input: expand("out/{kind}_{i}.txt", kind=config["kind"], i=range(N))
@@ -106,7 +110,7 @@ def noop(repeat, n_jobs, cores):
                     Path(tmp, "bare.py").write_text(BARE)
                     Path(tmp, "library.py").write_text(LIBRARY)
                     Path(tmp, "library_old.py").write_text(LIBRARY_OLD)
-                    wall, cpu, _ = timed([SNAKEMAKE, "--cores", str(cores), "--quiet", *options, "--config", f"n={n}",
+                    wall, cpu, _ = timed([SNAKEMAKE, "--cores", str(cores), "--quiet", *options, "--config", f"count={n}",
                                           f"kind={prefix}"], tmp, env_with_library())
                     samples[n].append((wall, cpu))
         med = {n: (statistics.median(w for w, _ in s), statistics.median(c for _, c in s)) for n, s in samples.items()}
@@ -119,15 +123,17 @@ def noop(repeat, n_jobs, cores):
     return rows
 
 
-def copy_workflow(dest: Path, fuse: bool) -> Path:
+def copy_workflow(dest: Path, source: Path, fuse: bool | None) -> Path:
+    """The workflow files of `source`, with `fuse_fit` set for the Iris study (None: left as is)."""
     dest.mkdir(parents=True)
     for name in WORKFLOW_FILES:
-        src = REPO / name
+        src = source / name
         if src.is_dir():
             shutil.copytree(src, dest / name, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
         elif src.exists():
             shutil.copy2(src, dest / name)
-    (dest / "configs" / "bench_fuse.yaml").write_text(f"studies: {{iris: {{fuse_fit: {str(fuse).lower()}}}}}\n")
+    text = "{}" if fuse is None else f"studies: {{iris: {{fuse_fit: {str(fuse).lower()}}}}}"
+    (dest / "configs" / "bench_fuse.yaml").write_text(text + "\n")
     return dest
 
 
@@ -166,28 +172,38 @@ def same_files(a: dict, b: dict) -> str:
     return f"identical ({len(a)} files)"
 
 
-def cell(repeat, cores):
-    samples = {False: [], True: []}
-    files = {}
-    jobs = {}
+def cell(repeat, cores, baseline=None):
+    """The cell through Snakemake: this tree fused and split, and the `baseline` checkout as it is."""
+    variants = {"fused": (REPO, True), "split": (REPO, False)}
+    if baseline:
+        variants["baseline"] = (Path(baseline).resolve(), None)
+    samples = {name: [] for name in variants}
+    files, jobs = {}, {}
     for _ in range(repeat):
-        for fuse in (False, True):
+        for name, (source, fuse) in variants.items():
             with tempfile.TemporaryDirectory() as tmp:
-                work = copy_workflow(Path(tmp) / "w", fuse)
-                target = f"{CELL}/correlations.parquet"
+                work = copy_workflow(Path(tmp) / "w", source, fuse)
                 args = ["--configfile", "configs/tiny.yaml", "configs/bench_fuse.yaml"]
-                wall, cpu, out = timed([SNAKEMAKE, "--cores", str(cores), target, *args], work, env_with_library())
-                samples[fuse].append((wall, cpu))
-                files[fuse] = cell_files(work)
-                jobs[fuse] = sum(1 for line in out.splitlines() if line.startswith("localrule ") or line.startswith("rule "))
-    med = {f: (statistics.median(w for w, _ in s), statistics.median(c for _, c in s)) for f, s in samples.items()}
-    agreement = same_files(files[False], files[True])
-    return [{
-        "section": "one small cell", "case": f"Iris mlp-d1-w5 cell of configs/tiny.yaml, {jobs[False]} jobs → {jobs[True]} jobs",
-        "ours_wall_s": med[True][0], "baseline_wall_s": med[False][0], "ours_cpu_s": med[True][1],
-        "baseline_cpu_s": med[False][1], "wall_ratio": med[False][0] / med[True][0], "cpu_ratio": med[False][1] / med[True][1],
-        "agreement": agreement, "note": f"median of {repeat}; ours fuse_fit: true, baseline fuse_fit: false; --cores {cores}",
-    }]
+                env = dict(env_with_library(), PYTHONPATH=str(source / "src"))
+                wall, cpu, out = timed([SNAKEMAKE, "--cores", str(cores), f"{CELL}/correlations.parquet", *args], work, env)
+                samples[name].append((wall, cpu))
+                files[name] = cell_files(work)
+                jobs[name] = len(re.findall(r"^(?:local)?(?:rule|checkpoint) \w+:", out, re.M))
+    med = {n: (statistics.median(w for w, _ in s), statistics.median(c for _, c in s)) for n, s in samples.items()}
+    rows = []
+    for name in variants:
+        if name == "fused":
+            continue
+        rows.append({
+            "section": "one small cell",
+            "case": f"Iris mlp-d1-w5 cell of configs/tiny.yaml: fused ({jobs['fused']} jobs) vs {name} ({jobs[name]} jobs)",
+            "ours_wall_s": med["fused"][0], "baseline_wall_s": med[name][0], "ours_cpu_s": med["fused"][1],
+            "baseline_cpu_s": med[name][1], "wall_ratio": med[name][0] / med["fused"][0],
+            "cpu_ratio": med[name][1] / med["fused"][1], "agreement": same_files(files[name], files["fused"]),
+            "note": f"median of {repeat}; --cores {cores}" + (f"; baseline = {baseline}" if name == "baseline" else
+                                                            "; split = this tree with fuse_fit: false"),
+        })
+    return rows
 
 
 def markdown(rows, header):
@@ -199,7 +215,7 @@ def markdown(rows, header):
         lines.append("")
     cell_rows = [r for r in rows if r["section"] == "one small cell"]
     if cell_rows:
-        lines += ["| case | fused wall (s) | split wall (s) | ratio | fused CPU (s) | split CPU (s) | ratio | agreement | note |",
+        lines += ["| case | fused wall (s) | other wall (s) | ratio | fused CPU (s) | other CPU (s) | ratio | agreement | note |",
                   "|---|---:|---:|---:|---:|---:|---:|---|---|"]
         lines += [f"| {r['case']} | {r['ours_wall_s']:.1f} | {r['baseline_wall_s']:.1f} | {r['wall_ratio']:.2f}× | "
                   f"{r['ours_cpu_s']:.1f} | {r['baseline_cpu_s']:.1f} | {r['cpu_ratio']:.2f}× | {r['agreement']} | "
@@ -213,6 +229,7 @@ def main():
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--jobs", type=int, default=6, help="no-op jobs per run (noop section)")
     parser.add_argument("--cores", type=int, default=1)
+    parser.add_argument("--baseline", help="a checkout of the code to compare with (e.g. the previous main)")
     parser.add_argument("--markdown")
     args = parser.parse_args()
     load = os.getloadavg()[0]
@@ -222,7 +239,7 @@ def main():
     if "noop" in args.only:
         rows += noop(args.repeat, args.jobs, args.cores)
     if "cell" in args.only:
-        rows += cell(args.repeat, args.cores)
+        rows += cell(args.repeat, args.cores, args.baseline)
     text = markdown(rows, header)
     print(text)
     if args.markdown:
