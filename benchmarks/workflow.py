@@ -45,6 +45,9 @@ CELL = "results/iris/iris/mlp-d1-w5/wd0.005/seed0"
 NOOP_SNAKEFILE = """
 N = int(config["count"])
 
+wildcard_constraints:
+    i="[0-9]+",
+
 rule all:
     input: expand("out/{kind}_{i}.txt", kind=config["kind"], i=range(N))
 
