@@ -2,7 +2,7 @@
 
     nice .venv/bin/python benchmarks/workflow.py --baseline ../old-main   # both sections, 3 repeats
     .venv/bin/python benchmarks/workflow.py --only noop --repeat 5
-    options: --only noop cell, --repeat N (median of N), --cores N (default 1), --jobs N (no-op jobs),
+    options: --only noop trainer cell, --repeat N (median of N), --cores N (default 1), --jobs N (no-op jobs),
              --baseline DIR (another checkout, run as it is), --markdown FILE
 
 noop: Snakemake runs N independent jobs of a bare workflow with `--cores 1`; the per-job overhead
@@ -10,6 +10,9 @@ is (T(N) − T(1)) / (N − 1), for a `run:` job (spawned as a fresh Snakemake, 
 and in a thread with --force-use-threads), a `script:` that imports nothing, and a `script:` that
 imports the library's pipeline (torch, pandas) and sets torch up as every heavy step does, with
 runtime.configure and with the public torch.use_deterministic_algorithms it used before.
+
+trainer: CPU time per step of full-batch GD on the Iris net, the trainer's plain step against
+torch.optim.SGD with a LambdaLR schedule (what it used before), and whether the bits agree.
 
 cell: one Iris cell of configs/tiny.yaml (mlp-d1-w5, decay 0.005: train → test points → 2
 influence estimators → selection → drift control → LOO chunk → correlations) from a fresh copy of
@@ -209,12 +212,51 @@ def cell(repeat, cores, baseline=None):
     return rows
 
 
+def trainer(repeat, steps=3000):
+    """CPU time per step of full-batch GD on the Iris net mlp-d1-w5 (one copy, float64, 1 thread):
+    the plain step against torch.optim.SGD + LambdaLR, after one warm-up run of each."""
+    import torch
+
+    from fragility.data.registry import load_split
+    from fragility.engine import training
+    from fragility.engine.flat import FlatModel
+    from fragility.models.registry import init_model
+
+    torch.set_num_threads(1)
+    split = load_split("iris", {"test_fraction": 0.2, "split_seed": 0})
+    x, y = split.x_train.double(), split.y_train
+    times, thetas = {True: [], False: []}, {}
+    for run in range(repeat + 1):
+        for plain in (True, False):
+            training.PLAIN_STEP = plain
+            net = FlatModel(init_model("mlp-d1-w5", (4,), 3, seed=0, dtype=torch.float64))
+            settings = training.TrainSettings(steps=steps, lr=0.01, check_every=10 * steps)
+            start = time.process_time()
+            result = training.train_copies(net, x, y, 0.005, net.flatten()[None], torch.ones(1, len(y), dtype=torch.float64),
+                                           settings, log=lambda message: None)
+            if run:  # the first run of each is a warm-up (and imports torch._dynamo for SGD)
+                times[plain].append((time.process_time() - start) / steps)
+            thetas[plain] = result.thetas
+    training.PLAIN_STEP = True
+    ours, base = statistics.median(times[True]), statistics.median(times[False])
+    return [{"section": "trainer", "case": "Iris mlp-d1-w5, full-batch GD, 1 copy", "ours_us": ours * 1e6, "base_us": base * 1e6,
+             "ratio": base / ours, "agreement": "bit-identical" if torch.equal(thetas[True], thetas[False]) else "DIFFERENT",
+             "note": f"median of {repeat} runs of {steps} steps, CPU time, 1 thread"}]
+
+
 def markdown(rows, header):
     lines = [header, ""]
     noop_rows = [r for r in rows if r["section"] == "no-op job"]
     if noop_rows:
         lines += ["| job | overhead per job, wall (s) | overhead per job, CPU (s) | note |", "|---|---:|---:|---|"]
         lines += [f"| {r['case']} | {r['wall_per_job_s']:.2f} | {r['cpu_per_job_s']:.2f} | {r['note']} |" for r in noop_rows]
+        lines.append("")
+    trainer_rows = [r for r in rows if r["section"] == "trainer"]
+    if trainer_rows:
+        lines += ["| case | plain step (µs/step) | torch.optim.SGD + LambdaLR (µs/step) | ratio | agreement | note |",
+                  "|---|---:|---:|---:|---|---|"]
+        lines += [f"| {r['case']} | {r['ours_us']:.0f} | {r['base_us']:.0f} | {r['ratio']:.2f}× | {r['agreement']} | "
+                  f"{r['note']} |" for r in trainer_rows]
         lines.append("")
     cell_rows = [r for r in rows if r["section"] == "one small cell"]
     if cell_rows:
@@ -228,7 +270,7 @@ def markdown(rows, header):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", nargs="+", choices=["noop", "cell"], default=["noop", "cell"])
+    parser.add_argument("--only", nargs="+", choices=["noop", "trainer", "cell"], default=["noop", "trainer", "cell"])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--jobs", type=int, default=6, help="no-op jobs per run (noop section)")
     parser.add_argument("--cores", type=int, default=1)
@@ -241,6 +283,8 @@ def main():
     rows = []
     if "noop" in args.only:
         rows += noop(args.repeat, args.jobs, args.cores)
+    if "trainer" in args.only:
+        rows += trainer(args.repeat)
     if "cell" in args.only:
         rows += cell(args.repeat, args.cores, args.baseline)
     text = markdown(rows, header)
