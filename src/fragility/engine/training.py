@@ -105,7 +105,7 @@ def run_fingerprint(x: torch.Tensor, y: torch.Tensor, decay: float, theta_init: 
 
 
 class _PlainStep:
-    """θ ← θ − η ∇R(θ): torch.optim.SGD with momentum 0 under a constant schedule, the same
+    """θ ← θ − η ∇R(θ): torch.optim.SGD with momentum 0 under a constant schedule on CPU, the same
     operation (`add_(grad, alpha=-lr)`, so the same bits) without the optimiser's and scheduler's
     per-step bookkeeping, and without the import of torch._dynamo that constructing any
     torch.optim optimiser triggers (about 2 s of CPU per job). Stateless, so its checkpoint entries
@@ -145,12 +145,16 @@ class _NoSchedule:
 PLAIN_STEP = True  # use _PlainStep where it computes what torch.optim.SGD computes (tests compare both)
 
 
-def _plain_step_applies(settings: TrainSettings) -> bool:
-    return PLAIN_STEP and settings.optimizer in ("gd", "sgd") and settings.momentum == 0 and settings.schedule == "constant"
+def _plain_step_applies(params, settings: TrainSettings) -> bool:
+    """GD/SGD with momentum 0 and a constant schedule, on CPU: there torch.optim.SGD takes its
+    single-tensor path, `param.add_(grad, alpha=-lr)` (on CUDA its foreach kernel, not checked
+    against this step, so CUDA keeps torch.optim)."""
+    return (PLAIN_STEP and settings.optimizer in ("gd", "sgd") and settings.momentum == 0
+            and settings.schedule == "constant" and all(p.device.type == "cpu" for p in params))
 
 
 def _make_optimizer(params, settings: TrainSettings):
-    if _plain_step_applies(settings):
+    if _plain_step_applies(params, settings):
         return _PlainStep(params, settings.lr)
     if settings.optimizer in ("gd", "sgd"):
         return torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum)
