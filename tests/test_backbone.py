@@ -188,6 +188,43 @@ def test_training_is_deterministic(iris64):
     assert torch.equal(runs[0], runs[1])
 
 
+@pytest.mark.parametrize("k, batch_size", [(1, None), (3, None), (3, 32)])
+def test_plain_gradient_steps_are_torch_sgd_to_the_last_bit(iris64, monkeypatch, k, batch_size):
+    """Plain GD/SGD (momentum 0, constant schedule) steps θ itself; torch.optim.SGD with LambdaLR
+    must give the same bits, one copy or k with points removed, full batch or minibatches."""
+    from fragility.engine import training
+
+    x, y, _, _ = iris64
+    weights = torch.ones(k, len(y), dtype=torch.float64)
+    for c in range(1, k):
+        weights[c, c - 1] = 0.0  # copy c leaves out training point c − 1
+    runs = {}
+    for plain in (True, False):
+        monkeypatch.setattr(training, "PLAIN_STEP", plain)
+        net = FlatModel(init_model("mlp-d2-w5", (4,), 3, seed=3, dtype=torch.float64))
+        result = train_copies(net, x, y, 0.005, net.flatten()[None].repeat(k, 1), weights,
+                              TrainSettings(steps=120, lr=0.05, batch_size=batch_size, order_seed=2))
+        runs[plain] = result.thetas
+    assert not torch.equal(runs[True], net.flatten()[None].repeat(k, 1))  # it trained
+    assert torch.equal(runs[True], runs[False])
+
+
+def test_plain_gradient_steps_do_not_load_the_compiler():
+    """Constructing any torch.optim optimiser imports torch._dynamo (seconds per job); plain GD does not."""
+    import subprocess
+    import sys
+
+    code = ("import sys, torch; from fragility.engine.flat import FlatModel; "
+            "from fragility.models.registry import init_model; "
+            "from fragility.engine.training import TrainSettings, train_copies; "
+            "net = FlatModel(init_model('mlp-d1-w5', (4,), 3, seed=0, dtype=torch.float64)); "
+            "x = torch.randn(8, 4, dtype=torch.float64); y = torch.arange(8) % 3; "
+            "train_copies(net, x, y, 0.0, net.flatten()[None], torch.ones(1, 8, dtype=torch.float64), "
+            "TrainSettings(steps=3, lr=0.1)); assert 'torch._dynamo' not in sys.modules, 'dynamo imported'")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+
+
 def test_every_job_keeps_gpu_float32_at_full_precision(monkeypatch):
     """`runtime.configure` (run by every compute job) turns TF32 off: cuDNN's default would round
     float32 convolutions to a 10-bit mantissa on the GPU."""
@@ -195,7 +232,7 @@ def test_every_job_keeps_gpu_float32_at_full_precision(monkeypatch):
 
     from fragility import runtime
 
-    monkeypatch.setattr(torch, "use_deterministic_algorithms", lambda *args, **kwargs: None)
+    monkeypatch.setattr(runtime, "set_deterministic", lambda *args, **kwargs: None)
     saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     try:
         torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
@@ -216,3 +253,19 @@ def test_the_config_reader_owns_seeds_chunks_and_repeats():
     assert grid.influence_chunks(config, "iris", "mlp-d1-w5") == {"chunk_size": 1024, "scoring_chunk_size": None}
     assert grid.damping_for({"damping": 0.01, "damping_without_decay": 0.001}, 0.0) == 0.001
     assert grid.damping_for({"damping": 0.01, "damping_without_decay": 0.001}, 0.005) == 0.01
+
+
+def test_every_job_asks_for_deterministic_kernels_without_loading_the_compiler():
+    """`runtime.configure` sets torch's deterministic flag (warn-only) but does not import
+    torch._inductor, which `torch.use_deterministic_algorithms` does (seconds of start-up per job)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, torch; from fragility import runtime; runtime.configure(1); "
+            "assert torch.are_deterministic_algorithms_enabled(); "
+            "assert torch.is_deterministic_algorithms_warn_only_enabled(); "
+            "assert 'torch._inductor' not in sys.modules, 'inductor imported'; "
+            "import torch._inductor.config as c; runtime.set_deterministic(False); "
+            "assert not torch.are_deterministic_algorithms_enabled() and c.deterministic is False")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]

@@ -30,8 +30,10 @@ pytestmark = pytest.mark.slow  # minutes: real workflow runs
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 
 # 2 cells: mlp-d1-w5 and mlp-d2-w5 at decay 0. mlp-d1-w5 re-trains in chunks of 10, so its
-# ~20 selected points make two LOO jobs (chunk0000, chunk0001).
-OVERLAY = TWO_CELLS + "      mlp-d1-w5: {loo: {chunk_size: 10}}\n"
+# ~20 selected points make two LOO jobs (chunk0000, chunk0001). One job per step (fuse_fit: false,
+# the image studies' layout); the fused layout of small nets is tested in test_fused.py.
+OVERLAY = (TWO_CELLS.replace("    overrides:\n", "    fuse_fit: false\n    overrides:\n")
+           + "      mlp-d1-w5: {loo: {chunk_size: 10}}\n")
 CONFIG_ARGS = ["--configfile", "configs/tiny.yaml", "configs/rerun.yaml"]
 TARGET = "results/iris/correlations.parquet"  # the study tables (aggregate), no figures
 CELL_A = "results/iris/iris/mlp-d1-w5/wd0/seed0"

@@ -40,8 +40,24 @@ def configure(threads: int | None = None, deterministic: bool = True) -> None:
     if threads:
         torch.set_num_threads(int(threads))
     if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
+        set_deterministic(True)
     full_precision_on_gpu()
+
+
+def set_deterministic(mode: bool = True) -> None:
+    """`torch.use_deterministic_algorithms(mode, warn_only=True)` without its import of
+    torch._inductor (and with it dynamo and sympy: about 2 s of CPU at the start of every job) just
+    to set `torch._inductor.config.deterministic`, which only torch.compile reads; the eager kernels
+    follow the flag set here. The inductor setting is made too when inductor is already loaded."""
+    import sys
+
+    import torch
+
+    setter = getattr(torch._C, "_set_deterministic_algorithms", None)
+    if setter is None or "torch._inductor.config" in sys.modules:
+        torch.use_deterministic_algorithms(mode, warn_only=True)
+    else:
+        setter(mode, warn_only=True)
 
 
 def resolve_dtype(name: str):

@@ -1,6 +1,8 @@
 import inspect
 import os
+import re
 import sys
+import threading
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -76,6 +78,19 @@ def in_grid(pattern):
         return pattern.format(**wildcards)
 
     return get
+
+
+# Studies with `fuse_fit: true` compute a cell's model, test points, influence tables and drift
+# control in one job (fused.smk); the split rules (train, test_points, influence, loo_drift) take
+# every other study: SPLIT_STUDY is a study name that is not one of the fused ones.
+FUSED_STUDIES = grid.fused_studies(config)
+SPLIT_STUDY = (
+    "(?!(?:{})(?![a-z0-9_]))[a-z0-9_]+".format(
+        "|".join(re.escape(s) for s in FUSED_STUDIES)
+    )
+    if FUSED_STUDIES
+    else "[a-z0-9_]+"
+)
 
 
 def enabled_studies(config):
@@ -282,11 +297,17 @@ def aggregate_job(input, output, params):
     )
 
 
+# `run:` jobs run in threads of the Snakemake process (profiles/default: force-use-threads); they
+# take turns, since pyplot (figures) is not thread-safe.
+IN_PROCESS_LOCK = threading.Lock()
+
+
 def logged(log, done, function, *args, label=None, **kwargs):
     """Call `function` inside the Snakemake process, passing it the logger when it takes `log`;
     `done` (a string, or a function of the result) goes to the job's log, or the traceback; a
-    failure is raised naming `label` (runtime.job_label: the rule and the cell)."""
-    with job_log(log[0], label) as logger:
+    failure is raised naming `label` (runtime.job_label: the rule and the cell). One such call at
+    a time (IN_PROCESS_LOCK)."""
+    with IN_PROCESS_LOCK, job_log(log[0], label) as logger:
         if "log" in inspect.signature(function).parameters:
             kwargs["log"] = logger
         result = function(*args, **kwargs)

@@ -10,6 +10,8 @@ rule influence:
         os.path.join(LOGS, "influence_{estimator}.log"),
     benchmark:
         os.path.join(BENCH, "influence_{estimator}.tsv")
+    wildcard_constraints:
+        study=SPLIT_STUDY,  # fused studies: rule fit_<study> (fused.smk)
     group:
         cluster_group("fit", "influence")
     conda:

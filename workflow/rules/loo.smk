@@ -42,6 +42,8 @@ rule loo_drift:
         os.path.join(LOGS, "loo_drift.log"),
     benchmark:
         os.path.join(BENCH, "loo_drift.tsv")
+    wildcard_constraints:
+        study=SPLIT_STUDY,  # fused studies: rule fit_<study> (fused.smk)
     group:
         cluster_group("fit", "loo")
     conda:

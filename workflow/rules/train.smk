@@ -8,6 +8,8 @@ rule train:
         os.path.join(LOGS, "train.log"),
     benchmark:
         os.path.join(BENCH, "train.tsv")
+    wildcard_constraints:
+        study=SPLIT_STUDY,  # fused studies: rule fit_<study> (fused.smk)
     group:
         cluster_group("fit", "train")
     conda:
@@ -37,6 +39,8 @@ rule test_points:
         os.path.join(CELL, "test_points.json"),
     log:
         os.path.join(LOGS, "test_points.log"),
+    wildcard_constraints:
+        study=SPLIT_STUDY,  # fused studies: rule fit_<study> (fused.smk)
     group:
         cluster_group("fit", "influence")
     conda:

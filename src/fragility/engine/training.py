@@ -104,7 +104,58 @@ def run_fingerprint(x: torch.Tensor, y: torch.Tensor, decay: float, theta_init: 
     return digest.hexdigest()
 
 
+class _PlainStep:
+    """θ ← θ − η ∇R(θ): torch.optim.SGD with momentum 0 under a constant schedule on CPU, the same
+    operation (`add_(grad, alpha=-lr)`, so the same bits) without the optimiser's and scheduler's
+    per-step bookkeeping, and without the import of torch._dynamo that constructing any
+    torch.optim optimiser triggers (about 2 s of CPU per job). Stateless, so its checkpoint entries
+    are empty and a resume needs only the step."""
+
+    def __init__(self, params, lr: float):
+        self.params, self.lr = list(params), float(lr)
+
+    def zero_grad(self, set_to_none: bool = True):
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self):
+        for p in self.params:
+            if p.grad is not None:
+                p.add_(p.grad, alpha=-self.lr)
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass
+
+
+class _NoSchedule:
+    def step(self):
+        pass
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass
+
+
+PLAIN_STEP = True  # use _PlainStep where it computes what torch.optim.SGD computes (tests compare both)
+
+
+def _plain_step_applies(params, settings: TrainSettings) -> bool:
+    """GD/SGD with momentum 0 and a constant schedule, on CPU: there torch.optim.SGD takes its
+    single-tensor path, `param.add_(grad, alpha=-lr)` (on CUDA its foreach kernel, not checked
+    against this step, so CUDA keeps torch.optim)."""
+    return (PLAIN_STEP and settings.optimizer in ("gd", "sgd") and settings.momentum == 0
+            and settings.schedule == "constant" and all(p.device.type == "cpu" for p in params))
+
+
 def _make_optimizer(params, settings: TrainSettings):
+    if _plain_step_applies(params, settings):
+        return _PlainStep(params, settings.lr)
     if settings.optimizer in ("gd", "sgd"):
         return torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum)
     if settings.optimizer == "adam":
@@ -113,6 +164,8 @@ def _make_optimizer(params, settings: TrainSettings):
 
 
 def _make_schedule(optimizer, settings: TrainSettings):
+    if isinstance(optimizer, _PlainStep):
+        return _NoSchedule()
     if settings.schedule == "constant":
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
     if settings.schedule == "cosine":

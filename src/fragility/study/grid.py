@@ -229,6 +229,23 @@ def check_all(config: dict, files: list[tuple[str, dict]], schema_path: str, fil
     check_method_options(config, files)
 
 
+def fused_studies(config: dict) -> list[str]:
+    """Studies with `fuse_fit: true`: a cell's train → test points → influence → drift control run
+    as one job (workflow/rules/fused.smk) instead of 4 + (number of estimators)."""
+    return [name for name, block in config["studies"].items() if block.get("fuse_fit", False)]
+
+
+def fused_rule_sets(config: dict, study: str) -> list[tuple[tuple[str, ...], list[str]]]:
+    """[(estimator names, architectures)] of a fused study: its architectures grouped by the
+    estimators they compute (an `overrides.<arch>.influence.methods` can change the set), in the
+    order of `architectures`. A fused job declares every estimator's table as an output, so each
+    group is one rule."""
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for arch in study_block(config, study)["architectures"]:
+        groups.setdefault(tuple(estimators(config, study, arch)), []).append(arch)
+    return list(groups.items())
+
+
 def check_config(config: dict) -> None:
     """Checks a JSON schema cannot express; raises ValueError naming the offending key."""
     for study, block in config["studies"].items():
