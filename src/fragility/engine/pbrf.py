@@ -1,0 +1,124 @@
+"""The proximal Bregman response function (PBRF; Bae, Ng, Lo, Ghassemi & Grosse, 2022).
+
+For removing the set U of training points (one point for leave-one-out), starting from θ*,
+
+    θ_PBRF = argmin_θ  (1/n) Σ_{i=1..n} D(h(θ, x_i), h(θ*, x_i))  +  ε Σ_{j∈U} ℓ(z_j, θ)
+                        + (λ_p/2) ‖θ − θ*‖²,          ε = −s/n,
+
+with D the Bregman divergence of the loss in output space (the Task's `bregman`: for softmax
+cross-entropy KL(softmax(h*) ‖ softmax(h)), for squared error ½‖h − h*‖²), the sum over all n
+points (U included), and one proximal term λ_p = λ + δ: the weight decay λ of training plus the
+damping δ of the influence estimate it is compared with. Every term is ≥ 0 at ε = 0 and 0 at θ*,
+so θ* is the optimum when nothing is removed (PBRF has no drift by construction). To second order
+around θ*, D ≈ ½ Δθᵀ J_iᵀ H_out,i J_i Δθ, so for small s
+
+    θ_PBRF − θ* ≈ (s/n) (G + δI)⁻¹ Σ_{j∈U} ∇ℓ(z_j),    G = (1/n) Σ J_iᵀ H_out,i J_i + λI,
+
+and Δ_PBRF / s = (ℓ(z_t; θ_PBRF) − ℓ(z_t; θ*)) / s → the Gauss-Newton influence estimate with damping
+δ. The model is evaluated in eval mode (BatchNorm on running statistics), as influence functions
+see it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, replace
+
+import torch
+from torch.func import vmap
+
+from .flat import FlatModel
+
+
+@dataclass
+class ProximalBregman:
+    """The PBRF terms shared by k copies: reference outputs h(θ*, x_i) of every training row [n, C],
+    the anchor θ* [p], λ_p, and the removed rows (inputs [u, ...], targets [u]) with the weight ε
+    each copy gives each of them, [k, u] (−s/n on the rows a copy removes, 0 elsewhere)."""
+
+    reference_outputs: torch.Tensor
+    anchor: torch.Tensor
+    proximal: float
+    removal_x: torch.Tensor
+    removal_y: torch.Tensor
+    removal_weights: torch.Tensor
+
+    def copies(self, part: slice) -> "ProximalBregman":
+        return replace(self, removal_weights=self.removal_weights[part])
+
+    def copy_objective(self, net: FlatModel, theta, buffers, xb, rows, removal):
+        """One copy's objective on the minibatch `rows` of the training set (None: all rows):
+        (1/m) Σ_b D(h(θ, x_b), h*_b) + Σ_j ε_cj ℓ(z_j, θ) + (λ_p/2)‖θ − θ*‖²."""
+        reference = self.reference_outputs if rows is None else self.reference_outputs[rows]
+        divergence = net.task.bregman(net.logits(theta, xb, buffers), reference).mean()
+        removed = net.task.per_sample_loss(net.logits(theta, self.removal_x, buffers), self.removal_y)
+        return divergence + (removal * removed).sum() + 0.5 * self.proximal * (theta - self.anchor).pow(2).sum()
+
+    def fingerprint(self) -> str:
+        digest = hashlib.sha256(repr(float(self.proximal)).encode())
+        flat = self.reference_outputs.detach().reshape(-1)
+        for tensor in (self.anchor, self.removal_weights, self.removal_y, flat[:: max(1, flat.numel() // 4096)]):
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        return digest.hexdigest()
+
+
+def removal_terms(net: FlatModel, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, removed: list[list[int]],
+                  epsilon_scale: float, proximal: float) -> ProximalBregman:
+    """The PBRF terms for copies that remove `removed[c]` (lists of training indices; [] removes
+    nothing: ε = 0, the optimum is θ*), each removed point weighted ε = −s/n."""
+    n = len(y)
+    union = sorted({int(i) for group in removed for i in group})
+    for i in union:
+        if not 0 <= i < n:
+            raise ValueError(f"training index {i} out of range (n = {n})")
+    position = {i: j for j, i in enumerate(union)}
+    weights = torch.zeros(len(removed), max(len(union), 1), dtype=theta.dtype, device=theta.device)
+    for c, group in enumerate(removed):
+        for i in group:
+            weights[c, position[int(i)]] = -float(epsilon_scale) / n
+    rows = torch.tensor(union or [0], device=x.device)
+    with torch.no_grad():
+        reference = net.logits(theta, x).detach()
+    return ProximalBregman(reference, theta.detach(), float(proximal), x[rows], y[rows], weights)
+
+
+def solve_lbfgs(net: FlatModel, x: torch.Tensor, terms: ProximalBregman, theta_init: torch.Tensor,
+                max_iterations: int = 500, tolerance: float = 1e-10, history: int = 100):
+    """The PBRF optimum of k copies to convergence, full batch: L-BFGS with a strong-Wolfe line
+    search on each copy in turn (starting from `theta_init` [k, p]). Returns (thetas [k, p],
+    final objectives [k], gradient norms [k], iterations [k])."""
+    net.model.eval()
+    out, values, norms, iterations = [], [], [], []
+    for c in range(len(theta_init)):
+        weights = terms.removal_weights[c]
+        theta = torch.nn.Parameter(theta_init[c].detach().clone())
+        optimizer = torch.optim.LBFGS([theta], lr=1.0, max_iter=int(max_iterations), history_size=history,
+                                      tolerance_grad=tolerance, tolerance_change=0.0, line_search_fn="strong_wolfe")
+
+        def closure():
+            optimizer.zero_grad(set_to_none=True)
+            value = terms.copy_objective(net, theta, net.buffers, x, None, weights)
+            value.backward()
+            return value
+
+        optimizer.step(closure)
+        value = closure()
+        out.append(theta.detach().clone())
+        values.append(float(value))
+        norms.append(float(theta.grad.norm()))
+        iterations.append(int(optimizer.state[optimizer._params[0]].get("n_iter", 0)))
+        if not math.isfinite(values[-1]):
+            raise FloatingPointError(f"PBRF objective became non-finite for copy {c}")
+    return torch.stack(out), values, norms, iterations
+
+
+def objective_gradient_norms(net: FlatModel, x: torch.Tensor, terms: ProximalBregman, thetas: torch.Tensor) -> list[float]:
+    """‖∇ of each copy's full-batch PBRF objective‖ at `thetas` [k, p]: how far from converged."""
+    net.model.eval()
+
+    def one(theta, weights):
+        return terms.copy_objective(net, theta, net.buffers, x, None, weights)
+
+    grads = vmap(torch.func.grad(one))(thetas.detach(), terms.removal_weights)
+    return [float(g) for g in grads.norm(dim=1)]
