@@ -105,7 +105,7 @@ def solve_lbfgs(net: FlatModel, x: torch.Tensor, terms: ProximalBregman, theta_i
         optimizer.step(closure)
         value = closure()
         out.append(theta.detach().clone())
-        values.append(float(value))
+        values.append(float(value.detach()))
         norms.append(float(theta.grad.norm()))
         iterations.append(int(optimizer.state[optimizer._params[0]].get("n_iter", 0)))
         if not math.isfinite(values[-1]):
