@@ -162,6 +162,7 @@ def study_targets(study):
         f"{RESULTS}/{study}/training.csv",
     ]
     outputs += STUDY_FIGURES.get(study, [])
+    outputs += target_outputs(study)  # other ground truths (targets.smk)
     return outputs
 
 

@@ -295,3 +295,17 @@ def targets_table(correlations: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
             column = label if record["truth"] == "lds" else f"{label} ({point})"
             row[column] = text
     return pd.DataFrame(list(out.values()))
+
+
+def study_targets(cell_paths, loo_path, long_out, table_out) -> pd.DataFrame:
+    """Stack a study's LOO correlations (truth `loo`) and every cell's other ground truths into one
+    long table (`targets_correlations.parquet`) and write the wide view (`targets.csv`)."""
+    from ..io import write_csv
+
+    loo = pd.read_parquet(loo_path)
+    loo = loo.assign(truth=loo["truth"].fillna("loo") if "truth" in loo else "loo")
+    frames = [loo] + [pd.read_parquet(p) for p in cell_paths]
+    frame = pd.concat([f for f in frames if len(f)], ignore_index=True)
+    write_parquet(frame, long_out)
+    write_csv(targets_table(frame), table_out)
+    return frame
