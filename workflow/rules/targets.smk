@@ -45,7 +45,9 @@ def removal_chunks(kind):
             sets = target_defs.plan_sets(json.load(handle), kind)
         size = target_defs.settings(arch_cfg(wildcards), kind)["chunk_size"]
         return [
-            os.path.join(CELL.format(**wildcards), f"targets/{kind}/chunk{k:04d}.parquet")
+            os.path.join(
+                CELL.format(**wildcards), f"targets/{kind}/chunk{k:04d}.parquet"
+            )
             for k in range(target_defs.chunk_count(len(sets), size))
         ]
 
@@ -107,6 +109,8 @@ checkpoint targets_plan:
         os.path.join(CELL, "targets/plan.json"),
     log:
         os.path.join(LOGS, "targets_plan.log"),
+    conda:
+        CONDA_ENV
     resources:
         mem_mb=1000,
         runtime=5,
@@ -117,8 +121,6 @@ checkpoint targets_plan:
             "lds", unused=("chunk_size", "start", "steps", "copies_per_pass")
         ),
         seed_keys=lambda w: [w.study, w.dataset, w.arch, w.decay, int(w.seed)],
-    conda:
-        CONDA_ENV
     script:
         "../scripts/targets_plan.py"
 
