@@ -100,3 +100,15 @@ def test_the_iris_kind_belongs_to_the_study_named_iris():
     bad["studies"]["iris_b"] = bad["studies"].pop("iris")
     with pytest.raises(ValueError, match="studies.iris_b.kind"):
         grid.check_config(bad)
+
+
+@pytest.mark.parametrize("key, value", [("targets", ["loo", "datamodels"]), ("pbrf", {"epsilon_scale": 0}),
+                                        ("lds", {"fraction": 1.0}), ("groups", {"size": 0}),
+                                        ("pbrf", {"solver": "newton"}), ("lds", {"start": "zero"})])
+def test_a_bad_ground_truth_setting_is_refused_naming_the_key(key, value):
+    bad = copy.deepcopy(config())
+    bad["studies"]["iris"][key] = value
+    with pytest.raises(WorkflowError, match=list(value)[0] if isinstance(value, dict) else "datamodels"):
+        validate(bad, SCHEMA)
+    bad["studies"]["iris"][key] = ["loo", "lds"] if key == "targets" else {}
+    validate(bad, SCHEMA)
