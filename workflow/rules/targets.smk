@@ -7,11 +7,19 @@ import json
 from fragility.study import targets as target_defs  # noqa: E402
 
 
-def targets_enabled(wildcards_or_study, arch=None):
-    """The cell's (or a study's first architecture's) `targets` list."""
+def targets_enabled(wildcards_or_study):
+    """The cell's `targets` list, or for a study name the union over its architectures (a
+    per-architecture `overrides.<arch>.targets` may add some)."""
     if isinstance(wildcards_or_study, str):
-        block = grid.study_block(config, wildcards_or_study)
-        return target_defs.enabled_targets(block)
+        study = wildcards_or_study
+        found = []
+        for arch in grid.study_block(config, study)["architectures"]:
+            for name in target_defs.enabled_targets(
+                grid.arch_config(config, study, arch)
+            ):
+                if name not in found:
+                    found.append(name)
+        return found
     return target_defs.enabled_targets(arch_cfg(wildcards_or_study))
 
 
@@ -68,8 +76,7 @@ def correlate_targets_input(wildcards):
     }
     if "pbrf" in enabled:
         out["pbrf"] = pbrf_chunks(wildcards)
-        if "loo" in enabled:
-            out["loo_rows"] = os.path.join(cell, "rows.parquet")
+        out["loo_rows"] = os.path.join(cell, "rows.parquet")  # LOO always runs
     if "groups" in enabled or "lds" in enabled:
         out["plan"] = os.path.join(cell, "targets/plan.json")
     for kind in ("groups", "lds"):
@@ -80,7 +87,7 @@ def correlate_targets_input(wildcards):
 
 def target_outputs(study):
     """A study's outputs of the other ground truths ([] when `targets` is only loo)."""
-    if targets_enabled(study) == ["loo"]:
+    if set(targets_enabled(study)) <= {"loo"}:
         return []
     outputs = [
         f"{RESULTS}/{study}/targets.csv",
@@ -94,9 +101,12 @@ def target_outputs(study):
 
 def cell_target_tables(study):
     """Every cell's `targets.parquet` of a study that scores more than LOO."""
-    if targets_enabled(study) == ["loo"]:
-        return []
-    return cell_paths(study, "targets.parquet")
+    return [
+        os.path.join(grid.cell_dir(c, RESULTS), "targets.parquet")
+        for c in grid.cells(config, study)
+        if set(target_defs.enabled_targets(grid.arch_config(config, study, c["arch"])))
+        - {"loo"}
+    ]
 
 
 checkpoint targets_plan:

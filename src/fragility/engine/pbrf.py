@@ -83,33 +83,56 @@ def removal_terms(net: FlatModel, theta: torch.Tensor, x: torch.Tensor, y: torch
     return ProximalBregman(reference, theta.detach(), float(proximal), x[rows], y[rows], weights)
 
 
+# L-BFGS settings tried in turn for one copy: for a net of depth ≥ 2 the objective with ε < 0 is
+# unbounded below far from θ* (the outputs grow faster than the proximal term), so a line search
+# that extrapolates can leave the basin of the local optimum; smaller fixed steps stay in it.
+LBFGS_ATTEMPTS = (("strong_wolfe", 1.0), (None, 0.5), (None, 0.1))
+
+
+def _lbfgs_copy(terms, net, x, start, weights, max_iterations, tolerance, history, line_search, lr):
+    theta = torch.nn.Parameter(start.detach().clone())
+    optimizer = torch.optim.LBFGS([theta], lr=lr, max_iter=int(max_iterations), history_size=history,
+                                  tolerance_grad=tolerance, tolerance_change=0.0, line_search_fn=line_search)
+
+    def closure():
+        optimizer.zero_grad(set_to_none=True)
+        value = terms.copy_objective(net, theta, net.buffers, x, None, weights)
+        value.backward()
+        return value
+
+    optimizer.step(closure)
+    value = closure()
+    iterations = int(optimizer.state[optimizer._params[0]].get("n_iter", 0))
+    return theta.detach().clone(), float(value.detach()), float(theta.grad.norm()), iterations
+
+
 def solve_lbfgs(net: FlatModel, x: torch.Tensor, terms: ProximalBregman, theta_init: torch.Tensor,
-                max_iterations: int = 500, tolerance: float = 1e-10, history: int = 100):
-    """The PBRF optimum of k copies to convergence, full batch: L-BFGS with a strong-Wolfe line
-    search on each copy in turn (starting from `theta_init` [k, p]). Returns (thetas [k, p],
-    final objectives [k], gradient norms [k], iterations [k])."""
+                max_iterations: int = 500, tolerance: float = 1e-10, history: int = 100, accept: float = 1e-5):
+    """The PBRF optimum of k copies to convergence, full batch: L-BFGS on each copy in turn from
+    `theta_init` [k, p] (strong-Wolfe line search, then smaller fixed steps if that run left the
+    basin of θ*: a copy is accepted when finite with gradient norm ≤ `accept`). A copy no attempt
+    solves gets NaN parameters. Returns (thetas [k, p], final objectives [k], gradient norms [k],
+    iterations [k])."""
     net.model.eval()
     out, values, norms, iterations = [], [], [], []
     for c in range(len(theta_init)):
         weights = terms.removal_weights[c]
-        theta = torch.nn.Parameter(theta_init[c].detach().clone())
-        optimizer = torch.optim.LBFGS([theta], lr=1.0, max_iter=int(max_iterations), history_size=history,
-                                      tolerance_grad=tolerance, tolerance_change=0.0, line_search_fn="strong_wolfe")
-
-        def closure():
-            optimizer.zero_grad(set_to_none=True)
-            value = terms.copy_objective(net, theta, net.buffers, x, None, weights)
-            value.backward()
-            return value
-
-        optimizer.step(closure)
-        value = closure()
-        out.append(theta.detach().clone())
-        values.append(float(value.detach()))
-        norms.append(float(theta.grad.norm()))
-        iterations.append(int(optimizer.state[optimizer._params[0]].get("n_iter", 0)))
-        if not math.isfinite(values[-1]):
-            raise FloatingPointError(f"PBRF objective became non-finite for copy {c}")
+        best = None
+        for line_search, lr in LBFGS_ATTEMPTS:
+            theta, value, norm, its = _lbfgs_copy(terms, net, x, theta_init[c], weights, max_iterations, tolerance,
+                                                  history, line_search, lr)
+            finite = math.isfinite(value) and math.isfinite(norm) and bool(torch.isfinite(theta).all())
+            if finite and (best is None or norm < best[2]):
+                best = (theta, value, norm, its)
+            if finite and norm <= accept:
+                break
+        if best is None or best[2] > accept:
+            best = (torch.full_like(theta_init[c], math.nan), math.nan, math.nan if best is None else best[2],
+                    best[3] if best else 0)
+        out.append(best[0])
+        values.append(best[1])
+        norms.append(best[2])
+        iterations.append(best[3])
     return torch.stack(out), values, norms, iterations
 
 
