@@ -33,9 +33,9 @@ from .flat import FlatModel
 
 @dataclass
 class ProximalBregman:
-    """The PBRF terms shared by k copies: reference outputs h(θ*, x_i) of every training row [n, C],
-    the anchor θ* [p], λ_p, and the removed rows (inputs [u, ...], targets [u]) with the weight ε
-    each copy gives each of them, [k, u] (−s/n on the rows a copy removes, 0 elsewhere)."""
+    """The PBRF terms of k copies: reference outputs h(θ*, x_i) of every training row [n, C], the
+    anchor θ* [p], λ_p, and per copy the rows it removes, padded to r per copy (inputs [k, r, ...],
+    targets [k, r]) with the weight ε it gives each, [k, r] (−s/n, or 0 for padding)."""
 
     reference_outputs: torch.Tensor
     anchor: torch.Tensor
@@ -45,15 +45,22 @@ class ProximalBregman:
     removal_weights: torch.Tensor
 
     def copies(self, part: slice) -> "ProximalBregman":
-        return replace(self, removal_weights=self.removal_weights[part])
+        return replace(self, removal_x=self.removal_x[part], removal_y=self.removal_y[part],
+                       removal_weights=self.removal_weights[part])
+
+    def removal(self, c: int):
+        """Copy c's removal terms (inputs, targets, weights), as `copy_objective` takes them."""
+        return self.removal_x[c], self.removal_y[c], self.removal_weights[c]
 
     def copy_objective(self, net: FlatModel, theta, buffers, xb, rows, removal):
         """One copy's objective on the minibatch `rows` of the training set (None: all rows):
-        (1/m) Σ_b D(h(θ, x_b), h*_b) + Σ_j ε_cj ℓ(z_j, θ) + (λ_p/2)‖θ − θ*‖²."""
+        (1/m) Σ_b D(h(θ, x_b), h*_b) + Σ_j ε_cj ℓ(z_j, θ) + (λ_p/2)‖θ − θ*‖², with
+        `removal` = (inputs, targets, ε) of the copy's removed rows."""
+        removal_x, removal_y, weights = removal
         reference = self.reference_outputs if rows is None else self.reference_outputs[rows]
         divergence = net.task.bregman(net.logits(theta, xb, buffers), reference).mean()
-        removed = net.task.per_sample_loss(net.logits(theta, self.removal_x, buffers), self.removal_y)
-        return divergence + (removal * removed).sum() + 0.5 * self.proximal * (theta - self.anchor).pow(2).sum()
+        removed = net.task.per_sample_loss(net.logits(theta, removal_x, buffers), removal_y)
+        return divergence + (weights * removed).sum() + 0.5 * self.proximal * (theta - self.anchor).pow(2).sum()
 
     def fingerprint(self) -> str:
         digest = hashlib.sha256(repr(float(self.proximal)).encode())
@@ -68,19 +75,20 @@ def removal_terms(net: FlatModel, theta: torch.Tensor, x: torch.Tensor, y: torch
     """The PBRF terms for copies that remove `removed[c]` (lists of training indices; [] removes
     nothing: ε = 0, the optimum is θ*), each removed point weighted ε = −s/n."""
     n = len(y)
-    union = sorted({int(i) for group in removed for i in group})
-    for i in union:
-        if not 0 <= i < n:
-            raise ValueError(f"training index {i} out of range (n = {n})")
-    position = {i: j for j, i in enumerate(union)}
-    weights = torch.zeros(len(removed), max(len(union), 1), dtype=theta.dtype, device=theta.device)
-    for c, group in enumerate(removed):
+    for group in removed:
         for i in group:
-            weights[c, position[int(i)]] = -float(epsilon_scale) / n
-    rows = torch.tensor(union or [0], device=x.device)
+            if not 0 <= int(i) < n:
+                raise ValueError(f"training index {i} out of range (n = {n})")
+    width = max([len(group) for group in removed] + [1])
+    index = torch.zeros(len(removed), width, dtype=torch.long)
+    weights = torch.zeros(len(removed), width, dtype=theta.dtype)
+    for c, group in enumerate(removed):
+        index[c, : len(group)] = torch.tensor([int(i) for i in group], dtype=torch.long)
+        weights[c, : len(group)] = -float(epsilon_scale) / n
+    index = index.to(x.device)
     with torch.no_grad():
         reference = net.logits(theta, x).detach()
-    return ProximalBregman(reference, theta.detach(), float(proximal), x[rows], y[rows], weights)
+    return ProximalBregman(reference, theta.detach(), float(proximal), x[index], y[index], weights.to(theta.device))
 
 
 # L-BFGS settings tried in turn for one copy: for a net of depth ≥ 2 the objective with ε < 0 is
@@ -116,7 +124,7 @@ def solve_lbfgs(net: FlatModel, x: torch.Tensor, terms: ProximalBregman, theta_i
     net.model.eval()
     out, values, norms, iterations = [], [], [], []
     for c in range(len(theta_init)):
-        weights = terms.removal_weights[c]
+        weights = terms.removal(c)
         best = None
         for line_search, lr in LBFGS_ATTEMPTS:
             theta, value, norm, its = _lbfgs_copy(terms, net, x, theta_init[c], weights, max_iterations, tolerance,
@@ -140,8 +148,8 @@ def objective_gradient_norms(net: FlatModel, x: torch.Tensor, terms: ProximalBre
     """‖∇ of each copy's full-batch PBRF objective‖ at `thetas` [k, p]: how far from converged."""
     net.model.eval()
 
-    def one(theta, weights):
-        return terms.copy_objective(net, theta, net.buffers, x, None, weights)
+    def one(theta, removal_x, removal_y, weights):
+        return terms.copy_objective(net, theta, net.buffers, x, None, (removal_x, removal_y, weights))
 
-    grads = vmap(torch.func.grad(one))(thetas.detach(), terms.removal_weights)
+    grads = vmap(torch.func.grad(one))(thetas.detach(), terms.removal_x, terms.removal_y, terms.removal_weights)
     return [float(g) for g in grads.norm(dim=1)]

@@ -249,14 +249,13 @@ def train_copies(
     if k == 1:  # a single copy: the same objective without vmap's per-operation overhead (~1.6x faster)
 
         def batched(thetas, buffers, wb, xb, yb, rows=None):
-            removal = pbrf.removal_weights[0] if pbrf is not None else None
-            extra = (rows, removal) if pbrf is not None else ()
+            extra = (rows, pbrf.removal(0)) if pbrf is not None else ()
             return copy_objective(thetas[0], {n_: b[0] for n_, b in buffers.items()}, wb[0], xb, yb, *extra)[None]
 
     elif pbrf is not None:
         def batched(thetas, buffers, wb, xb, yb, rows=None):
-            return vmap(lambda th, bu, w, r: copy_objective(th, bu, w, xb, yb, rows, r),
-                        in_dims=(0, 0, 0, 0))(thetas, buffers, wb, pbrf.removal_weights)
+            return vmap(lambda th, bu, w, rx, ry, rw: copy_objective(th, bu, w, xb, yb, rows, (rx, ry, rw)),
+                        in_dims=0)(thetas, buffers, wb, pbrf.removal_x, pbrf.removal_y, pbrf.removal_weights)
     else:
         vmapped = vmap(copy_objective, in_dims=(0, 0, 0, None, None))
 
