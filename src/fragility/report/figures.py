@@ -343,17 +343,23 @@ def correlation_by_target(corr: pd.DataFrame, outdir, name: str = "correlation_b
         cells = list(dict.fromkeys(here.cell))
         for i, method in enumerate(("pearson", "spearman")):
             ax = axes[i, j]
-            for off, est in zip(offsets, estimators):
+            if truth == "lds" and method == "pearson":
+                ax.text(0.5, 0.5, "LDS is a Spearman score", ha="center", va="center", transform=ax.transAxes)
+                ax.set_xticks([])
+                continue
+            for e, (off, est) in enumerate(zip(offsets, estimators)):
+                if not (here.estimator == est).any():
+                    continue  # e.g. loo_retraining exists only under PBRF
                 rows = here[here.estimator == est].drop_duplicates("cell").set_index("cell").reindex(cells)
                 xs = np.arange(len(cells)) + off
-                ok = (rows.flag.fillna("missing") == "").to_numpy() & np.isfinite(rows[method].to_numpy(float))
+                present = rows.flag.notna().to_numpy()
+                ok = present & (rows.flag.fillna("") == "").to_numpy() & np.isfinite(rows[method].to_numpy(float))
                 yerr = np.vstack([(rows[method] - rows[f"{method}_lo"]).clip(lower=0).fillna(0),
                                   (rows[f"{method}_hi"] - rows[method]).clip(lower=0).fillna(0)])
-                ax.errorbar(xs[ok], rows[method][ok], yerr=yerr[:, ok], fmt="o", capsize=2, label=est)
-                for x, flag in zip(xs[~ok], rows.flag[~ok].fillna("missing")):
-                    if flag:
-                        ax.plot(x, 0, marker="x", color="grey")
-                        ax.annotate(flag, (x, 0), fontsize=6, rotation=60)
+                ax.errorbar(xs[ok], rows[method][ok], yerr=yerr[:, ok], fmt="o", capsize=2, label=est, color=f"C{e}")
+                for x, flag in zip(xs[present & ~ok], rows.flag[present & ~ok]):
+                    ax.plot(x, 0, marker="x", color="grey")
+                    ax.annotate(flag or "undefined", (x, 0), fontsize=6, rotation=60)
             ax.axhline(0, color="grey", lw=0.5)
             ax.set_ylim(-1.05, 1.05)
             ax.grid(alpha=0.3)
@@ -363,6 +369,7 @@ def correlation_by_target(corr: pd.DataFrame, outdir, name: str = "correlation_b
                 ax.set_title(titles[truth])
             if j == 0:
                 ax.set_ylabel(f"{method.capitalize()}(Δ̂, truth)")
-    axes[0, 0].legend(fontsize=7, ncol=min(4, len(estimators)))
+    handles = {label: handle for ax in axes.flat for handle, label in zip(*ax.get_legend_handles_labels())}
+    axes[0, 0].legend(handles.values(), handles.keys(), fontsize=7, ncol=min(4, len(handles)))
     fig.tight_layout()
     save(fig, outdir, name)
