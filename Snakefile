@@ -16,6 +16,7 @@ include: "workflow/rules/noise.smk"
 include: "workflow/rules/aggregate.smk"
 include: "workflow/rules/plots.smk"
 include: "workflow/rules/images.smk"
+include: "workflow/rules/targets_common.smk"
 include: "workflow/rules/targets.smk"
 include: "workflow/rules/report.smk"
 
