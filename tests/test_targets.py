@@ -302,3 +302,30 @@ def test_correlate_targets_keeps_the_sign_convention(tmp_path):
     assert (whole.spearman > 0.999).all(), whole[["truth", "test_point", "spearman"]]
     assert (whole[whole.truth != "lds"].pearson > 0.999).all()
     assert len(frame[(frame.truth == "lds") & (frame.test_point == "mean")]) == 1
+
+
+def test_pipeline_steps_reproduce_theta_star_when_nothing_is_removed(tmp_path):
+    """Through the workflow's step functions: an LDS set trained from scratch with the original
+    settings and nothing removed is θ* again (same initialisation, minibatch order and steps); PBRF
+    removing nothing stays at θ* by either solver; a removed point moves PBRF away from it."""
+    from fragility.study import pipeline
+
+    data, model = tmp_path / "data.pt", tmp_path / "model.pt"
+    pipeline.prepare_data("iris", {"test_fraction": 0.2, "split_seed": 0, "standardize": True}, str(tmp_path), data)
+    train_cfg = {"optimizer": "gd", "lr": 0.05, "steps": 200, "check_every": 100}
+    pipeline.train(data, "mlp-d1-w5", 0.005, 3, train_cfg, "float64", "cpu", model, tmp_path / "metrics.json",
+                   log=lambda m: None)
+    pipeline.pick_test_points(model, data, ["max", "median"], tmp_path / "tp.json", "cpu")
+    loo_cfg = {"steps": 50, "chunk_size": 4}
+    pipeline.run_removal_sets(model, data, tmp_path / "tp.json", [[], [5, 6]], [0, 1], {"start": "scratch"}, loo_cfg,
+                              train_cfg, tmp_path / "lds.parquet", device_name="cpu", log=lambda m: None)
+    lds = pd.read_parquet(tmp_path / "lds.parquet")
+    assert (lds[lds.set_id == 0].param_distance < 1e-12).all()
+    assert (lds[lds.set_id == 1].param_distance > 1e-4).all()
+    for solver in ("train", "lbfgs"):
+        cfg = {**targets.DEFAULTS["pbrf"], "solver": solver}
+        pipeline.run_pbrf(model, data, tmp_path / "tp.json", [-1, 7], cfg, loo_cfg, train_cfg, 0.01,
+                          tmp_path / f"pbrf_{solver}.parquet", device_name="cpu", log=lambda m: None)
+        pbrf = pd.read_parquet(tmp_path / f"pbrf_{solver}.parquet")
+        assert (pbrf[pbrf.removed_index == -1].param_distance < 1e-9).all()
+        assert (pbrf[pbrf.removed_index == 7].param_distance > 1e-6).all()
