@@ -221,7 +221,8 @@ def correlate_targets(cell: dict, influence_paths: dict, test_points_path, metri
             if loo is not None:
                 part = loo[(loo.test_point == tp["name"])].drop_duplicates("train_index").set_index("train_index")
                 predictors["loo_retraining"] = part.actual_loss_change
-            indices = [int(i) for i in chosen if int(i) in truth.index]
+            # a copy L-BFGS could not solve has NaN parameters: left out, so `n` counts the solved ones
+            indices = [int(i) for i in chosen if int(i) in truth.index and np.isfinite(truth[int(i)])]
             labels = sorted({chosen[str(i)] for i in indices})
             for name, predictor in predictors.items():
                 subsets = [("all", indices)] + ([(lab, [i for i in indices if chosen[str(i)] == lab]) for lab in labels]
