@@ -91,8 +91,9 @@ def removal_terms(net: FlatModel, theta: torch.Tensor, x: torch.Tensor, y: torch
     return ProximalBregman(reference, theta.detach(), float(proximal), x[index], y[index], weights.to(theta.device))
 
 
-# L-BFGS settings tried in turn for one copy: for a net of depth ≥ 2 the objective with ε < 0 is
-# unbounded below far from θ* (the outputs grow faster than the proximal term), so a line search
+# L-BFGS settings tried in turn for one copy: for a net with hidden layers the objective with ε < 0
+# can be unbounded below far from θ* (the outputs grow at least quadratically in θ and may outgrow a
+# weak proximal term), so a line search
 # that extrapolates can leave the basin of the local optimum; smaller fixed steps stay in it.
 LBFGS_ATTEMPTS = (("strong_wolfe", 1.0), (None, 0.5), (None, 0.1))
 
