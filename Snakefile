@@ -8,6 +8,7 @@ configfile: "config.yaml"
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/targets_common.smk"
 include: "workflow/rules/targets.smk"
 include: "workflow/rules/download.smk"
 include: "workflow/rules/data.smk"
@@ -19,6 +20,7 @@ include: "workflow/rules/noise.smk"
 include: "workflow/rules/aggregate.smk"
 include: "workflow/rules/plots.smk"
 include: "workflow/rules/images.smk"
+include: "workflow/rules/ground_truths.smk"
 include: "workflow/rules/report.smk"
 
 

@@ -263,6 +263,55 @@ def bench_loo(quick, repeat):
                        per_pass=per_pass)
 
 
+def bench_subsets_case(case, net, x, y, decay, settings, masks, k_sequential, per_pass=None, pbrf=None):
+    """Re-trainings from θ* on row-weight patterns `masks` [k, n] (LDS subsets, or PBRF copies),
+    batched against the same copies one after another."""
+    k = len(masks)
+    theta = net.flatten()
+    ours_s, (batched, _) = timed(lambda: train_in_passes(net, x, y, decay, theta.repeat(k, 1), masks, settings, per_pass,
+                                                          pbrf=pbrf, **QUIET))
+
+    def sequential():
+        return [train_copies(net, x, y, decay, theta[None], masks[c : c + 1], settings, **QUIET,
+                             pbrf=None if pbrf is None else pbrf.copies(slice(c, c + 1))).thetas[0]
+                for c in range(k_sequential)]
+
+    base_s, singles = timed(sequential)
+    diff = max(float((s - batched.thetas[c]).abs().max()) for c, s in enumerate(singles))
+    ours_name = f"{k} copies under vmap" + (f", passes of {per_pass}" if per_pass else "")
+    record("subsets", case, ours_name, f"{k_sequential} runs one by one", ours_s / k, base_s / k_sequential,
+           f"max abs diff = {diff:.1e}", f"seconds per re-training of {settings.steps} steps")
+
+
+def bench_subsets(quick, repeat):
+    """The re-trainings of the other ground truths: LDS subsets (half the training set each) and
+    PBRF copies, batched vs one by one."""
+    from fragility.engine.pbrf import removal_terms
+
+    print("LDS subsets and PBRF copies (seconds per re-training)")
+    x, y, _, _ = iris()
+    net, _, _, _ = trained_iris_net(steps=200)
+    rng = torch.Generator().manual_seed(0)
+
+    def half_masks(k, n, dtype):
+        keep = torch.stack([torch.randperm(n, generator=rng) for _ in range(k)]) < n // 2
+        return keep.to(dtype).to(DEVICE)
+
+    settings = TrainSettings(steps=300 if quick else 1000, lr=0.1, optimizer="gd", check_every=10**9)
+    bench_subsets_case("Iris net mlp-d1-w5, LDS subsets, full-batch GD", net, x, y, 0.005, settings,
+                       half_masks(100, len(y), x.dtype), k_sequential=8)
+    theta = net.flatten()
+    terms = removal_terms(net, theta, x, y, [[i] for i in range(32)], 1.0, 0.015)
+    bench_subsets_case("Iris net mlp-d1-w5, PBRF, full-batch GD", net, x, y, 0.0, settings,
+                       torch.ones(32, len(y), dtype=x.dtype, device=DEVICE), k_sequential=8, pbrf=terms)
+    xm, ym, _, _ = mnist(1000, 0)
+    cnn = FlatModel(small_cnn())
+    settings = TrainSettings(steps=10 if quick else 30, lr=1e-3, optimizer="adam", batch_size=100, check_every=10**9)
+    for k, per_pass in ((16, None), (16, 4)):
+        bench_subsets_case("small CNN, LDS subsets, Adam, batch 100", cnn, xm, ym, 0.001, settings,
+                           half_masks(k, len(ym), xm.dtype), k_sequential=4, per_pass=per_pass)
+
+
 # --------------------------------------------------------------------------- 4. dattri
 def dattri_scores(attributor_cls, net, x, y, xt, yt, regularization, **kwargs):
     """dattri's influence g_iᵀ (H + rI)⁻¹ g_t for every (train, test) pair; H of the mean loss."""
@@ -371,7 +420,7 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="smaller sizes (about a minute or two)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     parser.add_argument("--repeat", type=int, default=2, help="best of this many runs for the fast side")
-    parser.add_argument("--only", nargs="*", default=["scoring", "hessian", "loo", "dattri"],
+    parser.add_argument("--only", nargs="*", default=["scoring", "hessian", "loo", "subsets", "dattri"],
                         help="sections to run; 'hessian_cnn' adds the small CNN's exact Hessian (slow)")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, or auto (CUDA when present)")
     parser.add_argument("--markdown", help="also write the table as Markdown to this file")
@@ -385,6 +434,7 @@ def main(argv=None) -> int:
     print(json.dumps(info))
     began = time.perf_counter()
     benches = {"scoring": bench_scoring, "hessian": bench_hessian, "loo": bench_loo, "dattri": bench_dattri,
+               "subsets": bench_subsets,
                "hessian_cnn": lambda quick, repeat: bench_hessian(quick, 1, with_cnn=True)}
     for name in args.only:
         benches[name](args.quick, args.repeat)

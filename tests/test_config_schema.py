@@ -115,3 +115,15 @@ def test_outputs_follow_the_kind_not_the_name(tmp_path):
     assert "results/iris_b/figures/overview/correlation_vs_depth.png" in run.stdout
     assert "overview/correlation_vs_width" not in run.stdout
     assert "results/iris/" not in run.stdout
+
+
+@pytest.mark.parametrize("key, value", [("targets", ["loo", "datamodels"]), ("pbrf", {"epsilon_scale": 0}),
+                                        ("lds", {"fraction": 1.0}), ("groups", {"size": 0}),
+                                        ("pbrf", {"solver": "newton"}), ("lds", {"start": "zero"})])
+def test_a_bad_ground_truth_setting_is_refused_naming_the_key(key, value):
+    bad = copy.deepcopy(config())
+    bad["studies"]["iris"][key] = value
+    with pytest.raises(WorkflowError, match=list(value)[0] if isinstance(value, dict) else "datamodels"):
+        validate(bad, SCHEMA)
+    bad["studies"]["iris"][key] = ["loo", "lds"] if key == "targets" else {}
+    validate(bad, SCHEMA)

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from fragility.study import grid
-from workflow_files import REPO, TWO_CELLS, copy_workflow
+from workflow_files import TWO_CELLS, copy_workflow
 
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 CONFIG_ARGS = ["--configfile", "configs/tiny.yaml", "configs/fuse.yaml"]

@@ -22,6 +22,9 @@ BatchNorm in train mode normalises with the statistics of the minibatch rows cop
 
 so a removed point leaves no trace in the batch statistics either, and every copy keeps its own
 running statistics (buffers stacked [k, ...], updated in place under vmap).
+
+With `pbrf` (a `ProximalBregman`) each copy minimises the proximal Bregman response objective
+instead (engine/pbrf.py): the same loop, batches and checkpoints, the model in eval mode.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from torch.func import functional_call, vmap
 
 from ..io import load_torch, save_torch
 from .flat import FlatModel
+from .pbrf import ProximalBregman
 
 
 class NonFiniteLossError(RuntimeError):
@@ -239,6 +243,7 @@ def train_copies(
     settings: TrainSettings,
     checkpoint_path: str | Path | None = None,
     log=print,
+    pbrf: ProximalBregman | None = None,
 ) -> TrainResult:
     """Train k copies (rows of `theta_init` [k, p], weights [k, n]) for `settings.steps` steps.
 
@@ -246,10 +251,14 @@ def train_copies(
     a run that finds a checkpoint of the same run (`run_fingerprint`) resumes from it, with the
     result of an uninterrupted run. A checkpoint of another run (say, the config's learning rate
     changed after a killed job) is reported and replaced, never resumed.
+
+    With `pbrf` the copies minimise `pbrf.copy_objective` (the decay is then part of its proximal
+    term, `decay` is not used) with the model in eval mode (BatchNorm on running statistics, as
+    influence functions see the network).
     """
     k, n = weights.shape
     model = net.model
-    model.train()
+    model.train(pbrf is None)
     thetas = torch.nn.Parameter(theta_init.detach().clone())
     buffers = {name: b.detach().clone().unsqueeze(0).repeat(k, *[1] * b.dim()) for name, b in net.buffers.items()}
     optimizer = _make_optimizer([thetas], settings)
@@ -257,6 +266,8 @@ def train_copies(
     start_step, history = 0, []
 
     fingerprint = run_fingerprint(x, y, decay, theta_init, weights, settings) if checkpoint_path else None
+    if fingerprint and pbrf is not None:
+        fingerprint = hashlib.sha256((fingerprint + pbrf.fingerprint()).encode()).hexdigest()
     state = None
     if checkpoint_path and Path(checkpoint_path).exists():
         state = load_torch(checkpoint_path, required_keys=("step", "thetas", "optimizer", "schedule", "buffers"),
@@ -285,13 +296,25 @@ def train_copies(
         count = w.sum().clamp_min(1.0) if settings.loss_mean_over == "kept" else w.shape[-1]
         return (losses * w).sum() / count + 0.5 * decay * theta.pow(2).sum()
 
+    if pbrf is not None:
+        def copy_objective(theta, bufs, w, xb, yb, rows=None, removal=None):  # noqa: F811
+            return pbrf.copy_objective(net, theta, bufs, xb, rows, removal)
+
     if k == 1:  # a single copy: the same objective without vmap's per-operation overhead (~1.6x faster)
 
-        def batched(thetas, buffers, wb, xb, yb):
-            return copy_objective(thetas[0], {n_: b[0] for n_, b in buffers.items()}, wb[0], xb, yb)[None]
+        def batched(thetas, buffers, wb, xb, yb, rows=None):
+            extra = (rows, pbrf.removal(0)) if pbrf is not None else ()
+            return copy_objective(thetas[0], {n_: b[0] for n_, b in buffers.items()}, wb[0], xb, yb, *extra)[None]
 
+    elif pbrf is not None:
+        def batched(thetas, buffers, wb, xb, yb, rows=None):
+            return vmap(lambda th, bu, w, rx, ry, rw: copy_objective(th, bu, w, xb, yb, rows, (rx, ry, rw)),
+                        in_dims=0)(thetas, buffers, wb, pbrf.removal_x, pbrf.removal_y, pbrf.removal_weights)
     else:
-        batched = vmap(copy_objective, in_dims=(0, 0, 0, None, None))
+        vmapped = vmap(copy_objective, in_dims=(0, 0, 0, None, None))
+
+        def batched(thetas, buffers, wb, xb, yb, rows=None):
+            return vmapped(thetas, buffers, wb, xb, yb)
     began = time.perf_counter()
     losses = torch.full((k,), math.nan)
     with _masked_batch_norm(model, row_weights):
@@ -299,7 +322,7 @@ def train_copies(
             rows = batch_rows(step, n, settings.batch_size, settings.order_seed, x.device)
             xb, yb, wb = (x, y, weights) if rows is None else (x[rows], y[rows], weights[:, rows])
             optimizer.zero_grad(set_to_none=True)
-            losses = batched(thetas, buffers, wb, xb, yb)
+            losses = batched(thetas, buffers, wb, xb, yb, rows)
             losses.sum().backward()
             optimizer.step()
             schedule.step()
@@ -332,7 +355,8 @@ def train_copies(
 
 
 def train_in_passes(net: FlatModel, x, y, decay: float, theta_init, weights, settings: TrainSettings,
-                    copies_per_pass: int | None, checkpoint_path: str | Path | None = None, log=print):
+                    copies_per_pass: int | None, checkpoint_path: str | Path | None = None, log=print,
+                    pbrf: ProximalBregman | None = None):
     """`train_copies` on groups of `copies_per_pass` copies, one group after another (None: all at
     once). The copies are independent, so the numbers are those of one pass; on CPU a few copies
     per pass keep the work in cache. Returns the joined result and the checkpoint path of each pass."""
@@ -342,7 +366,9 @@ def train_in_passes(net: FlatModel, x, y, decay: float, theta_init, weights, set
     checkpoints = [checkpoint_path if per_pass >= k or not checkpoint_path else f"{checkpoint_path}.pass{i}"
                    for i in range(len(starts))]
     passes = [train_copies(net, x, y, decay, theta_init[s : s + per_pass], weights[s : s + per_pass], settings,
-                           checkpoint_path=ckpt, log=log) for s, ckpt in zip(starts, checkpoints)]
+                           checkpoint_path=ckpt, log=log,
+                           pbrf=None if pbrf is None else pbrf.copies(slice(s, s + per_pass)))
+              for s, ckpt in zip(starts, checkpoints)]
     joined = TrainResult(torch.cat([r.thetas for r in passes]),
                          {name: torch.cat([r.buffers[name] for r in passes]) for name in passes[0].buffers},
                          [loss for r in passes for loss in r.final_losses], sum(r.seconds for r in passes),

@@ -65,7 +65,7 @@ def summary_table(correlations: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
             out[f"{col}_p"] = [format_pvalue(p) if not f else "" for p, f in zip(out[f"{col}_p"], flags)]
     if "signal_to_noise" in out:
         out["ground_truth"] = [ground_truth_note(r) for r in out.to_dict("records")]
-    keep = CELL_KEYS + CORRELATION_KEYS + ["n", "pearson", "spearman", "pearson_p", "spearman_p", "flag", "ground_truth",
+    keep = CELL_KEYS + CORRELATION_KEYS + ["truth", "n", "pearson", "spearman", "pearson_p", "spearman_p", "flag", "ground_truth",
                                            "drift_loss_change", "actual_std", "drift_noise", "repeat_noise", "repeat_n",
                                            "signal_to_noise", "noise_flag", "resamples", "confidence",
                                            "train_accuracy", "test_accuracy"]

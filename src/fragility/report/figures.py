@@ -363,3 +363,62 @@ def study_figures(correlations_path, rows_path, estimators_path, outdir, options
     if "estimator_comparison" in names:
         est = pd.read_csv(estimators_path, keep_default_na=False, na_values=[""])
         estimator_comparison(est, outdir)
+
+
+TRUTH_ORDER = ("loo", "pbrf", "groups", "lds")
+
+
+def correlation_by_target(corr: pd.DataFrame, outdir, name: str = "correlation_by_target") -> None:
+    """Each estimator's Pearson and Spearman (bootstrap intervals) against each ground truth, one
+    column of panels per truth (LOO, PBRF, group removal, LDS: the mean over test points), per
+    cell and test point (subset `all`, loss change); flagged values named, not drawn."""
+    part = corr[(corr.subset == "all") & (corr.target == "loss_change")].copy()
+    part["truth"] = part["truth"].fillna("loo") if "truth" in part else "loo"
+    part = part[(part.truth != "lds") | (part.test_point == "mean")]
+    if part.empty:
+        return _note_figure(outdir, name, "no correlations against any ground truth")
+    part["flag"] = part["flag"].fillna("")
+    truths = [t for t in TRUTH_ORDER if (part.truth == t).any()]
+    part["cell"] = [f"{a}\n{decay_name(d)}" + ("" if t == "lds" else f"\n{p}")
+                    for a, d, p, t in zip(part.arch, part.decay, part.test_point, part.truth)]
+    estimators = list(dict.fromkeys(part.estimator))
+    offsets = np.linspace(-0.3, 0.3, len(estimators)) if len(estimators) > 1 else [0.0]
+    widest = max(part[part.truth == t].cell.nunique() for t in truths)
+    fig, axes = plt.subplots(2, len(truths), figsize=(max(4, 0.8 * widest + 1.5) * len(truths), 7), squeeze=False,
+                             sharey=True)
+    titles = {"loo": "leave-one-out", "pbrf": "PBRF", "groups": "group removal", "lds": "LDS (mean over test points)"}
+    for j, truth in enumerate(truths):
+        here = part[part.truth == truth]
+        cells = list(dict.fromkeys(here.cell))
+        for i, method in enumerate(("pearson", "spearman")):
+            ax = axes[i, j]
+            if truth == "lds" and method == "pearson":
+                ax.text(0.5, 0.5, "LDS is a Spearman score", ha="center", va="center", transform=ax.transAxes)
+                ax.set_xticks([])
+                continue
+            for e, (off, est) in enumerate(zip(offsets, estimators)):
+                if not (here.estimator == est).any():
+                    continue  # e.g. loo_retraining exists only under PBRF
+                rows = here[here.estimator == est].drop_duplicates("cell").set_index("cell").reindex(cells)
+                xs = np.arange(len(cells)) + off
+                present = rows.flag.notna().to_numpy()
+                ok = present & (rows.flag.fillna("") == "").to_numpy() & np.isfinite(rows[method].to_numpy(float))
+                yerr = np.vstack([(rows[method] - rows[f"{method}_lo"]).clip(lower=0).fillna(0),
+                                  (rows[f"{method}_hi"] - rows[method]).clip(lower=0).fillna(0)])
+                ax.errorbar(xs[ok], rows[method][ok], yerr=yerr[:, ok], fmt="o", capsize=2, label=est, color=f"C{e}")
+                for x, flag in zip(xs[present & ~ok], rows.flag[present & ~ok]):
+                    ax.plot(x, 0, marker="x", color="grey")
+                    ax.annotate(flag or "undefined", (x, 0), fontsize=6, rotation=60)
+            ax.axhline(0, color="grey", lw=0.5)
+            ax.set_ylim(-1.05, 1.05)
+            ax.grid(alpha=0.3)
+            ax.set_xticks(np.arange(len(cells)))
+            ax.set_xticklabels(cells, fontsize=6)
+            if i == 0:
+                ax.set_title(titles[truth])
+            if j == 0:
+                ax.set_ylabel(f"{method.capitalize()}(Δ̂, truth)")
+    handles = {label: handle for ax in axes.flat for handle, label in zip(*ax.get_legend_handles_labels())}
+    axes[0, 0].legend(handles.values(), handles.keys(), fontsize=7, ncol=min(4, len(handles)))
+    fig.tight_layout()
+    save(fig, outdir, name)

@@ -25,7 +25,7 @@ import math
 import pandas as pd
 
 from ..io import write_csv
-from ..stats import format_interval
+from ..stats import METHODS, format_interval
 
 TEST_POINTS = {"A": "max", "B": "median"}
 # (label, test point, with decay?) in the paper's column order
@@ -181,3 +181,45 @@ def write_table1(correlations_path, paper_path, family_of: dict, estimator_of: d
     versus = versus_paper(long, paper, family_of)
     write_csv(versus, versus_out)
     return versus
+
+
+TRUTH_LABELS = {"loo": "LOO", "pbrf": "PBRF", "groups": "groups", "lds": "LDS"}
+
+
+def table1_targets(correlations: pd.DataFrame, estimator_of: dict, decays: list[float],
+                   row_order: list[tuple[str, str]] | None = None) -> pd.DataFrame:
+    """Table 1 by ground truth: per dataset, architecture, decay and test point, the Table 1
+    estimator's Pearson and Spearman against LOO, PBRF and group removal, and its LDS (the mean over
+    test points), each `value [lo, hi]` or the flag's name."""
+    frame = correlations[(correlations.target == "loss_change") & (correlations.subset == "all")].copy()
+    frame["truth"] = frame["truth"].fillna("loo") if "truth" in frame else "loo"
+    frame = frame[[estimator_of.get(a) == e for a, e in zip(frame.arch, frame.estimator)]]
+    lds = frame[(frame.truth == "lds") & (frame.test_point == "mean")]
+    frame = frame[frame.truth != "lds"]
+    order = {key: i for i, key in enumerate(row_order or [])}
+    rows = []
+    for (dataset, arch, decay, point), part in frame.groupby(["dataset", "arch", "decay", "test_point"], sort=False):
+        row = {"dataset": dataset, "arch": arch, "decay": decay, "test_point": point}
+        for record in part.to_dict("records"):
+            for method in METHODS:
+                row[f"{TRUTH_LABELS[record['truth']]} {method}"] = format_interval(
+                    record[method], record[f"{method}_lo"], record[f"{method}_hi"], record["flag"] or "")
+        match = lds[(lds.dataset == dataset) & (lds.arch == arch) & (lds.decay == decay)]
+        if len(match):
+            r = match.iloc[0]
+            row["LDS"] = format_interval(r.spearman, r.spearman_lo, r.spearman_hi, r.flag or "")
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    if len(out):
+        out["_order"] = [order.get((d, a), len(order)) for d, a in zip(out.dataset, out.arch)]
+        out = out.sort_values(["_order", "decay", "test_point"], ascending=[True, False, True], kind="stable")
+        out = out.drop(columns="_order").reset_index(drop=True)
+    return out
+
+
+def write_table1_targets(targets_path, out_path, estimator_of: dict, decays: list[float],
+                         row_order: list[tuple[str, str]] | None = None, **_) -> pd.DataFrame:
+    """`table1_targets.csv` from a study's `targets_correlations.parquet`."""
+    table = table1_targets(pd.read_parquet(targets_path), estimator_of, decays, row_order)
+    write_csv(table, out_path)
+    return table

@@ -79,7 +79,8 @@ def correlate_cell(cell: dict, influence_paths: dict, test_points_path, selectio
                         stats_ = without_values(stats_)
                     effect = float(part[true_col].std()) if len(part) > 1 else math.nan
                     summary.append({**cell, "test_point": tp["name"], "test_index": tp["index"], "test_loss": tp["loss"],
-                                    "estimator": method, "target": target, "subset": subset, **stats_, "flag": flag,
+                                    "estimator": method, "target": target, "subset": subset, "truth": "loo",
+                                    **stats_, "flag": flag,
                                     "drift_loss_change": control["drift_loss_change"], "actual_std": effect,
                                     **noise.signal_to_noise(effect, drift_noise, sigma_repeat), "repeat_n": n_repeat,
                                     "train_accuracy": metrics["train_accuracy"], "test_accuracy": metrics["test_accuracy"]})

@@ -256,3 +256,118 @@ def repeat_loo(model_path, data_path, test_points_path, selection_path, count, l
     for path in (drift_table, drift_theta, removal_table):
         Path(path).unlink(missing_ok=True)
     return seconds, indices
+
+
+# --------------------------------------------------------------------------- other ground truths (study/targets.py)
+def _test_losses(net, thetas, buffers, xt, yt, test_idx):
+    """The task's measurement at the tracked test points for every copy, [k, T]."""
+    idx = torch.tensor(test_idx, device=xt.device)
+    out = []
+    with torch.no_grad():
+        for c in range(len(thetas)):
+            bufs = {name: b[c] for name, b in buffers.items()} if buffers else None
+            out.append(net.task.measurement(net.logits(thetas[c], xt[idx], bufs), yt[idx]).cpu())
+    return torch.stack(out)
+
+
+def plan_targets(data_path, influence_path, targets, groups_cfg, lds_cfg, seed_keys, out_path):
+    """Draw and write the groups and LDS subsets of one cell (study/targets.py: make_plan)."""
+    from . import targets as target_defs
+
+    split = Split.load(data_path)
+    plan = target_defs.make_plan(pd.read_parquet(influence_path), split.y_train.numpy(), list(targets), groups_cfg,
+                                 lds_cfg, tuple(seed_keys))
+    write_json(plan, out_path)
+    return plan
+
+
+def run_pbrf(model_path, data_path, test_points_path, removed, pbrf_cfg, loo_cfg, train_cfg, damping, out_path,
+             device_name="auto", order_seed=0, checkpoint_path=None, log=print):
+    """The PBRF optimum (engine/pbrf.py) for removing each entry of `removed` (a training index, or
+    −1: nothing removed, whose optimum is θ*), with ε = −s/n (`pbrf.epsilon_scale` s) and
+    λ_p = decay + `damping`; by the batched trainer (`solver: train`, loo's optimiser settings,
+    `pbrf.steps` or loo.steps) or by L-BFGS to convergence (`solver: lbfgs`). Records each test
+    point's loss, ‖θ_PBRF − θ*‖ and the norm of the PBRF objective's gradient (0 at the optimum)."""
+    from ..engine.pbrf import objective_gradient_norms, removal_terms, solve_lbfgs
+
+    device = resolve_device(device_name)
+    net, theta, record = load_trained(model_path, device)
+    split = Split.load(data_path)
+    x, y, xt, yt = _tensors(split, theta.dtype, device)
+    test_idx = sorted({p["index"] for p in read_json(test_points_path)["test_points"]})
+    scale, k = float(pbrf_cfg["epsilon_scale"]), len(removed)
+    terms = removal_terms(net, theta, x, y, [[int(i)] if i >= 0 else [] for i in removed], scale,
+                          float(record["decay"]) + float(damping))
+    iterations = [math.nan] * k
+    if pbrf_cfg["solver"] == "lbfgs":
+        thetas, values, norms, iterations = solve_lbfgs(net, x, terms, theta.repeat(k, 1),
+                                                        int(pbrf_cfg["lbfgs_iterations"]), float(pbrf_cfg["tolerance"]))
+        buffers, seconds = {}, math.nan
+    else:
+        retrain_cfg = {**train_cfg, **{key: v for key, v in loo_cfg.items() if key in TrainSettings.CONFIG_KEYS},
+                       **{key: v for key, v in pbrf_cfg.items() if key in TrainSettings.CONFIG_KEYS}}
+        settings = TrainSettings.from_config(retrain_cfg, steps=int(pbrf_cfg.get("steps", loo_cfg["steps"])),
+                                             order_seed=order_seed)
+        log(f"PBRF for {k} removals of {record['arch']}: {settings.steps} steps, ε = −{scale:g}/n")
+        result, checkpoints = train_in_passes(net, x, y, 0.0, theta.repeat(k, 1), torch.ones(k, len(y), dtype=theta.dtype,
+                                              device=device), settings, loo_cfg.get("copies_per_pass"),
+                                              checkpoint_path=checkpoint_path, log=log, pbrf=terms)
+        thetas, buffers, values, seconds = result.thetas, None, result.final_losses, result.seconds
+        # the full-batch gradient of every copy costs about n/batch steps: only for small nets
+        norms = (objective_gradient_norms(net, x, terms, thetas) if len(y) * net.num_parameters <= 10**6
+                 else [math.nan] * k)
+        for ckpt in checkpoints:
+            if ckpt and Path(ckpt).exists():
+                Path(ckpt).unlink()
+    losses = _test_losses(net, thetas, buffers, xt, yt, test_idx)
+    rows = [{"removed_index": int(i), "test_index": int(ti), "test_loss": float(losses[c, j]),
+             "param_distance": float((thetas[c] - theta).norm()), "final_objective": float(values[c]),
+             "gradient_norm": float(norms[c]), "iterations": iterations[c], "epsilon_scale": scale}
+            for c, i in enumerate(removed) for j, ti in enumerate(test_idx)]
+    write_parquet(pd.DataFrame(rows), out_path)
+    log(f"PBRF: largest gradient norm {max(norms):.3g}")  # NaN where not computed
+    return seconds
+
+
+def run_removal_sets(model_path, data_path, test_points_path, sets, set_ids, cfg, loo_cfg, train_cfg, out_path,
+                     device_name="auto", order_seed=0, checkpoint_path=None, log=print):
+    """Re-train once per set of removed training indices (groups, LDS subsets' left-out points),
+    all sets batched (row weights 0 on the removed points). `cfg.start`: `theta_star` (default)
+    warm-starts from θ* with loo's settings for `cfg.steps` (default loo.steps); `scratch`
+    trains from the cell's seeded initialisation with the original training settings."""
+    device = resolve_device(device_name)
+    net, theta, record = load_trained(model_path, device)
+    split = Split.load(data_path)
+    x, y, xt, yt = _tensors(split, theta.dtype, device)
+    test_idx = sorted({p["index"] for p in read_json(test_points_path)["test_points"]})
+    n, k = len(y), len(sets)
+    weights = torch.ones(k, n, dtype=theta.dtype, device=device)
+    for c, removed in enumerate(sets):
+        if any(not 0 <= int(i) < n for i in removed):
+            raise ValueError(f"set {set_ids[c]}: a training index is out of range (n = {n})")
+        weights[c, torch.tensor([int(i) for i in removed], dtype=torch.long, device=device)] = 0.0
+    if cfg.get("start", "theta_star") == "scratch":
+        spec, options, key = record["factory"]
+        model = init_from_spec(spec, options, key, tuple(record["input_shape"]), record["n_classes"],
+                               seed=int(record["seed"]), dtype=theta.dtype).to(device)
+        net = FlatModel(model, net.task)
+        start = net.flatten()
+        settings = TrainSettings.from_config(train_cfg, order_seed=int(record["seed"]))
+    else:
+        start = theta
+        retrain_cfg = {**train_cfg, **{key: v for key, v in loo_cfg.items() if key in TrainSettings.CONFIG_KEYS}}
+        settings = TrainSettings.from_config(retrain_cfg, steps=int(cfg.get("steps", loo_cfg["steps"])),
+                                             order_seed=order_seed)
+    log(f"re-training {k} sets of {record['arch']} from {cfg.get('start', 'theta_star')} for {settings.steps} steps")
+    result, checkpoints = train_in_passes(net, x, y, record["decay"], start.repeat(k, 1), weights, settings,
+                                          loo_cfg.get("copies_per_pass"), checkpoint_path=checkpoint_path, log=log)
+    losses = _test_losses(net, result.thetas, result.buffers, xt, yt, test_idx)
+    rows = [{"set_id": int(set_ids[c]), "removed_count": len(sets[c]), "test_index": int(ti),
+             "test_loss": float(losses[c, j]), "param_distance": float((result.thetas[c] - theta).norm()),
+             "final_objective": result.final_losses[c]}
+            for c in range(k) for j, ti in enumerate(test_idx)]
+    write_parquet(pd.DataFrame(rows), out_path)
+    for ckpt in checkpoints:
+        if ckpt and Path(ckpt).exists():
+            Path(ckpt).unlink()
+    return result.seconds
