@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from fragility.study import pipeline
-from fragility.engine.ihvp import make_solver
+from fragility.engine.solvers import make_solver
 from fragility.io import read_json
 from fragility.models.registry import build_model
 from fragility.engine.flat import FlatModel

@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from fragility.engine.ihvp import SOLVERS, SolverError, make_solver
+from fragility.engine.ihvp import SolverError
+from fragility.engine.solvers import SOLVERS, make_solver
 from fragility.models.registry import build_model
 from fragility.engine.flat import FlatModel
 from fragility.engine.objective import Objective
