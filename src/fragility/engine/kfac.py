@@ -189,10 +189,12 @@ class KroneckerSolver(InverseHessianSolver):
         obj = self.objective
         net = obj.net
         size = int(self.options.get("fit_chunk_size") or obj.chunk_size or 256)
-        records = {}
+        records, recording = {}, [False]
 
         def hook(layer):
             def fn(module, args, output):
+                if not recording[0]:
+                    return None
                 if layer.name in records:
                     raise SolverError(f"influence method '{self.name}': layer '{layer.name}' is applied more than once "
                                       "per forward pass; K-FAC does not cover shared layers")
@@ -207,7 +209,9 @@ class KroneckerSolver(InverseHessianSolver):
                 rows = torch.arange(start, min(start + size, obj.n), device=obj.y.device)
                 records.clear()
                 with torch.enable_grad():
+                    recording[0] = True
                     logits = net.logits(theta.detach(), obj.x[rows])
+                    recording[0] = False
                     directions = self._directions(logits, rows)
                     probes = [records[layer.name][1] for layer in self.layers]
                     grads = [[] for _ in self.layers]
@@ -222,6 +226,7 @@ class KroneckerSolver(InverseHessianSolver):
                     visit(layer, a, g)
                 yield rows, logits.detach(), directions
         finally:
+            recording[0] = False
             for h in handles:
                 h.remove()
 

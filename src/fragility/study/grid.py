@@ -91,8 +91,10 @@ def with_run_settings(settings: dict, config: dict, study: str, arch: str, block
 
 def estimators(config: dict, study: str, arch: str) -> dict:
     """{name: settings} of the cell's estimators, each without options its method does not read
-    (so that a LiSSA option merged into an `exact` override re-runs nothing)."""
-    return {name: method_settings(name, settings) for name, settings in arch_config(config, study, arch)["influence"]["methods"].items()}
+    (so that a LiSSA option merged into an `exact` override re-runs nothing). An estimator set to
+    null (`kfac: null`, e.g. in a --configfile overlay or an architecture's override) is dropped."""
+    methods = arch_config(config, study, arch)["influence"]["methods"]
+    return {name: method_settings(name, settings) for name, settings in methods.items() if settings is not None}
 
 
 def model_factory(config: dict, arch: str) -> list:
@@ -141,13 +143,15 @@ def check_config(config: dict) -> None:
         for arch in block["architectures"]:
             merged = arch_config(config, study, arch)
             by = merged["select"]["by"]
-            if by not in merged["influence"]["methods"]:
-                raise ValueError(f"studies.{study}.select.by: '{by}' is not one of influence.methods {sorted(merged['influence']['methods'])}")
+            named = sorted(k for k, v in merged["influence"]["methods"].items() if v is not None)
+            if by not in named:
+                raise ValueError(f"studies.{study}.select.by: '{by}' is not one of influence.methods {named} "
+                                 f"(architecture {arch})")
         figures = block.get("figures", {})
         if figures.get("scatter_architecture", block["architectures"][0]) not in block["architectures"]:
             raise ValueError(f"studies.{study}.figures.scatter_architecture: '{figures['scatter_architecture']}' is not "
                              "one of the study's architectures")
-        if "estimator" in figures and figures["estimator"] not in block["influence"]["methods"]:
+        if "estimator" in figures and block["influence"]["methods"].get(figures["estimator"]) is None:
             raise ValueError(f"studies.{study}.figures.estimator: '{figures['estimator']}' is not one of influence.methods "
                              f"{sorted(block['influence']['methods'])}")
         labels = [decay_label(d) for d in block["decays"]]
