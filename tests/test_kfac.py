@@ -101,6 +101,9 @@ def test_ekfac_eigenvalues_are_the_exact_block_diagonal_in_the_kfac_basis():
     kfac = make_solver("kfac").fit(obj, theta)
     ekfac = make_solver("ekfac", fit_chunk_size=7).fit(obj, theta)
     assert [entry["kind"] for entry in ekfac.diagnostics["covered_layers"]] == ["conv2d", "conv2d", "linear"]
+    batched = make_solver("ekfac", batched_backward=True).fit(obj, theta)  # one vmapped backward pass
+    for name, f in batched.factors.items():
+        assert torch.allclose(f["eigenvalues"], ekfac.factors[name]["eigenvalues"], rtol=1e-10, atol=1e-14)
     for layer in ekfac.layers:
         exact_block = block(g, layer)
         f_k, f_e = kfac.factors[layer.name], ekfac.factors[layer.name]

@@ -169,7 +169,10 @@ class KroneckerSolver(InverseHessianSolver):
             hess = task.output_hessian_product(h, eye).permute(1, 0, 2)  # [m, C, C]: row k = H_i e_k
             hess = 0.5 * (hess + hess.transpose(1, 2))
             w, v = torch.linalg.eigh(hess)
-            b = v * w.clamp_min(0).sqrt()[:, None, :]  # [m, C, K]: columns √w_k v_k
+            w = w.clamp_min(0)
+            # drop directions that are null for every row (softmax: the all-ones direction)
+            keep = (w > 1e-12 * w.amax(dim=1, keepdim=True).clamp_min(1e-300)).any(dim=0)
+            b = (v * w.sqrt()[:, None, :])[:, :, keep]  # [m, C, K]: columns √w_k v_k
             return b.permute(2, 0, 1)
         gen = torch.Generator(device="cpu").manual_seed(int(self.options.get("seed", 0)) * 1_000_003 + int(rows[0]))
         out = []
@@ -214,12 +217,7 @@ class KroneckerSolver(InverseHessianSolver):
                     recording[0] = False
                     directions = self._directions(logits, rows)
                     probes = [records[layer.name][1] for layer in self.layers]
-                    grads = [[] for _ in self.layers]
-                    for k in range(len(directions)):
-                        out = torch.autograd.grad(logits, probes, directions[k], retain_graph=k + 1 < len(directions),
-                                                  allow_unused=True)
-                        for j, g in enumerate(out):
-                            grads[j].append(torch.zeros_like(probes[j]) if g is None else g)
+                    grads = self._backward(logits, probes, directions)
                 for j, layer in enumerate(self.layers):
                     a = layer.inputs(records[layer.name][0])
                     g = torch.stack([layer.output_grads(gk) for gk in grads[j]])
@@ -229,6 +227,20 @@ class KroneckerSolver(InverseHessianSolver):
             recording[0] = False
             for h in handles:
                 h.remove()
+
+    def _backward(self, logits, probes, directions):
+        """∂(b_kᵀ h)/∂(each probe) for every direction k: [K, m, ...] per probe. One batched
+        backward pass (`is_grads_batched`) when `batched_backward`, else K passes."""
+        batched = self.options.get("batched_backward")
+        if batched is None:  # default: batched on CUDA; on CPU one pass each was as fast or faster
+            batched = logits.device.type == "cuda"
+        if batched and len(directions) > 1:
+            out = torch.autograd.grad(logits, probes, directions, is_grads_batched=True, allow_unused=True)
+        else:
+            parts = [torch.autograd.grad(logits, probes, d, retain_graph=True, allow_unused=True) for d in directions]
+            out = [None if parts[0][j] is None else torch.stack([p[j] for p in parts]) for j in range(len(probes))]
+        return [torch.zeros((len(directions),) + p.shape, dtype=p.dtype, device=p.device) if g is None else g
+                for g, p in zip(out, probes)]
 
     def _uncovered_diagonal(self, theta, rows, directions):
         """Σ_{i in rows, k} (J_iᵀ b_ik)² on the uncovered parameters, by per-example gradients."""
