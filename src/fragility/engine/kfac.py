@@ -179,7 +179,8 @@ class KroneckerSolver(InverseHessianSolver):
         for _ in range(self.samples):
             hh = h.clone().requires_grad_(True)
             with torch.enable_grad():
-                targets = task.sample_targets(hh, gen)
+                # drawn on the CPU (the generator's device): the same draws on every device
+                targets = task.sample_targets(h.cpu(), gen).to(h.device)
                 (g,) = torch.autograd.grad(task.per_sample_loss(hh, targets).sum(), hh)
             out.append(g / math.sqrt(self.samples))
         return torch.stack(out)
