@@ -60,13 +60,16 @@ def mnist(n, n_test):
     return x[:n], y[:n], x[n:n + n_test], y[n:n + n_test]
 
 
-def kronfluence_scores(model, x, y, xt, yt, strategy, damping, out_dir):
+def kronfluence_scores(model, x, y, xt, yt, strategy, damping, out_dir, repeats=1):
+    """kronfluence's pairwise scores; its factors are fitted on `repeats` copies of the training
+    set (one label draw per copy and example: `repeats` draws in all, the same expectation)."""
     model = prepare_model(model, Classification())
     analyzer = Analyzer(analysis_name="bench", model=model, task=Classification(), cpu=True, disable_tqdm=True,
                         output_dir=out_dir)
     train, query = TensorDataset(x, y), TensorDataset(xt, yt)
     start = time.perf_counter()
-    analyzer.fit_all_factors(factors_name=strategy, dataset=train, per_device_batch_size=128,
+    factor_data = TensorDataset(x.repeat(repeats, 1, 1, 1), y.repeat(repeats))
+    analyzer.fit_all_factors(factors_name=strategy, dataset=factor_data, per_device_batch_size=128,
                              factor_args=FactorArguments(strategy=strategy), overwrite_output_dir=True)
     analyzer.compute_pairwise_scores(scores_name=strategy, factors_name=strategy, query_dataset=query,
                                      train_dataset=train, per_device_query_batch_size=len(yt),
@@ -81,12 +84,15 @@ def main():
     parser.add_argument("--cases", nargs="*", default=["smallcnn", "lenet"])
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--factor-repeats", type=int, default=1, help="label draws per example for kronfluence's factors")
+    parser.add_argument("--strategies", nargs="*", default=["ekfac", "kfac"])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     logging.disable(logging.WARNING)
     decay, damping = 0.001, 0.01
     x, y, xt, yt = mnist(args.n, 2)
-    print(f"| model | n | strategy | ours | Pearson of scores | ours (s) | kronfluence (s) |")
+    print(f"kronfluence factors from {args.factor_repeats} label draw(s) per example")
+    print("| model | n | strategy | ours | Pearson of scores | ours (s) | kronfluence (s) |")
     print("|---|---:|---|---|---:|---:|---:|")
     for case in args.cases:
         torch.manual_seed(0)
@@ -98,9 +104,11 @@ def main():
         net.model.eval()
         obj = Objective(net, x, y, decay, chunk_size=128)
         points = [{"name": "a", "index": 0}, {"name": "b", "index": 1}]
-        for strategy, method in (("ekfac", "ekfac"), ("kfac", "kfac")):
+        for strategy in args.strategies:
+            method = strategy
             with tempfile.TemporaryDirectory() as out_dir:
-                theirs, their_s = kronfluence_scores(copy.deepcopy(net.model), x, y, xt, yt, strategy, decay + damping, out_dir)
+                theirs, their_s = kronfluence_scores(copy.deepcopy(net.model), x, y, xt, yt, strategy, decay + damping,
+                                                     out_dir, args.factor_repeats)
             for ours_hessian in ("sampled", "expected"):
                 start = time.perf_counter()
                 solver = make_solver(method, output_hessian=ours_hessian, fit_chunk_size=128).fit(obj, theta)
