@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from fragility.data.tabular import load_iris
-from fragility.engine.ihvp import make_solver
+from fragility.engine.solvers import make_solver
 from fragility.engine.influence import default_scoring_chunk, test_gradients
 from fragility.models.registry import build_model
 from fragility.engine.flat import FlatModel

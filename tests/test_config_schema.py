@@ -127,3 +127,21 @@ def test_a_bad_ground_truth_setting_is_refused_naming_the_key(key, value):
         validate(bad, SCHEMA)
     bad["studies"]["iris"][key] = ["loo", "lds"] if key == "targets" else {}
     validate(bad, SCHEMA)
+
+
+def test_a_null_estimator_is_dropped_and_cannot_be_the_selection():
+    """An overlay drops an estimator the base config names with `name: null` (the quick grid drops
+    the paper config's GPU-only solves this way); select.by must name one that is left."""
+    from snakemake.utils import update_config
+
+    from fragility.study import grid
+
+    cfg = config()
+    update_config(cfg, yaml.safe_load((REPO / "configs" / "quick.yaml").read_text()))
+    validate(cfg, SCHEMA)
+    assert set(grid.estimators(cfg, "mnist_small", "smallcnn")) == {"primary", "kfac", "ekfac", "identity"}
+    assert set(grid.estimators(cfg, "table1", "smallcnn")) == {"primary", "kfac", "ekfac", "identity"}
+    assert grid.estimators(cfg, "table1", "resnet18")["ekfac"] == {"method": "ekfac", "output_hessian": "sampled"}
+    cfg["studies"]["mnist_small"]["influence"]["methods"]["primary"] = None
+    with pytest.raises(ValueError, match="select.by"):
+        grid.check_config(cfg)

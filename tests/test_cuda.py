@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from fragility.study import pipeline
-from fragility.engine.ihvp import make_solver
+from fragility.engine.solvers import make_solver
 from fragility.io import read_json
 from fragility.models.registry import build_model
 from fragility.engine.flat import FlatModel
@@ -34,7 +34,8 @@ def iris_like(n=40):
     "method, options",
     [("exact", {}), ("cg", {"tol": 1e-12, "max_iterations": 500}), ("arnoldi", {"iterations": 43, "rank": 43}),
      ("cg", {"tol": 1e-12, "max_iterations": 500, "dense_max_parameters": 0}),  # products through the data
-     ("lissa", {"depth": 3000, "scale": "auto", "repeats": 1}), ("exact", {"hessian": "gauss_newton"})],
+     ("lissa", {"depth": 3000, "scale": "auto", "repeats": 1}), ("exact", {"hessian": "gauss_newton"}),
+     ("kfac", {}), ("ekfac", {}), ("ekfac", {"output_hessian": "sampled"}), ("identity", {})],
 )
 def test_inverse_hessian_solvers_agree_across_devices(method, options):
     x, y = iris_like()

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 import fragility.engine.influence as influence
-from fragility.engine.ihvp import make_solver
+from fragility.engine.solvers import make_solver
 from fragility.models.registry import build_model
 from fragility.engine.flat import FlatModel
 from fragility.engine.objective import Objective, directional_derivatives

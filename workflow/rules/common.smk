@@ -316,12 +316,15 @@ def logged(log, done, function, *args, label=None, **kwargs):
 
 
 def exact_estimators(study):
-    """(arch, estimator) pairs computed with the exact Hessian: the estimator study's reference."""
+    """(arch, estimator) pairs computed with the exact (full) Hessian: the estimator study's
+    reference (an exact solve of the Gauss-Newton matrix is an estimator like any other).
+    """
     return [
         (arch, name)
         for arch in grid.study_block(config, study)["architectures"]
         for name, method in grid.estimators(config, study, arch).items()
         if method.get("method", name) == "exact"
+        and method.get("hessian", "full") == "full"
     ]
 
 

@@ -2,7 +2,7 @@
 
 One small class per method, one interface:
 
-    solver = make_solver(name, **options)
+    solver = make_solver(name, **options)   # engine/solvers.py: the registry of every method
     solver.fit(objective, theta)             # once per trained model
     result = solver.solve(V, damping)        # V: [T, p] right-hand sides → result.solutions [T, p]
 
@@ -417,19 +417,3 @@ class ArnoldiSolver(InverseHessianSolver):
         """‖U diag(1/(λ+δ)) Uᵀ g‖ = ‖diag(1/(λ+δ)) Uᵀ g‖ (U has orthonormal rows)."""
         inv = _inverse_shifted(self.eigenvalues, damping)
         return ((vectors.double() @ self.ritz_vectors.T) * inv).norm(dim=1).to(vectors.dtype)
-
-
-SOLVERS: dict[str, type[InverseHessianSolver]] = {
-    "exact": ExactSolver,
-    "cg": ConjugateGradientSolver,
-    "lissa": LissaSolver,
-    "arnoldi": ArnoldiSolver,
-}
-
-
-def make_solver(name: str, **options) -> InverseHessianSolver:
-    """Look a solver up by its config name; `options` are its config block."""
-    if name not in SOLVERS:
-        raise ValueError(f"influence method '{name}' is unknown; known: {sorted(SOLVERS)}")
-    return SOLVERS[name](**options)
-

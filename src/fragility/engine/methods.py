@@ -13,6 +13,10 @@ OPTIONS_READ: dict[str, tuple[str, ...]] = {
     "lissa": ("hessian", "dense_max_parameters", "depth", "scale", "scale_factor", "repeats", "batch_size",
               "growth_limit", "power_iterations", "seed"),
     "arnoldi": ("hessian", "dense_max_parameters", "iterations", "rank", "tol", "seed"),
+    "kfac": ("hessian", "output_hessian", "samples", "uncovered", "fit_chunk_size", "batched_backward", "seed"),
+    "ekfac": ("hessian", "output_hessian", "samples", "uncovered", "fit_chunk_size", "batched_backward",
+              "correction_chunk_elements", "seed"),
+    "identity": (),
 }
 
 

@@ -157,8 +157,10 @@ def with_run_settings(settings: dict, config: dict, study: str, arch: str, block
 
 def estimators(config: dict, study: str, arch: str) -> dict:
     """{name: settings} of the cell's estimators, each without options its method does not read
-    (so that a LiSSA option merged into an `exact` override re-runs nothing)."""
-    return {name: method_settings(name, settings) for name, settings in arch_config(config, study, arch)["influence"]["methods"].items()}
+    (so that a LiSSA option merged into an `exact` override re-runs nothing). An estimator set to
+    null (`kfac: null`, e.g. in a --configfile overlay or an architecture's override) is dropped."""
+    methods = arch_config(config, study, arch)["influence"]["methods"]
+    return {name: method_settings(name, settings) for name, settings in methods.items() if settings is not None}
 
 
 def model_factory(config: dict, arch: str) -> list:
@@ -271,8 +273,10 @@ def check_config(config: dict) -> None:
         for arch in block["architectures"]:
             merged = arch_config(config, study, arch)
             by = merged["select"]["by"]
-            if by not in merged["influence"]["methods"]:
-                raise ValueError(f"studies.{study}.select.by: '{by}' is not one of influence.methods {sorted(merged['influence']['methods'])}")
+            named = sorted(k for k, v in merged["influence"]["methods"].items() if v is not None)
+            if by not in named:
+                raise ValueError(f"studies.{study}.select.by: '{by}' is not one of influence.methods {named} "
+                                 f"(architecture {arch})")
             steps, epochs = merged["loo"].get("steps"), merged["loo"].get("epochs")
             if (steps is None) == (epochs is None):
                 raise ValueError(f"studies.{study}.loo (architecture {arch}): set exactly one of loo.steps and "
@@ -281,7 +285,7 @@ def check_config(config: dict) -> None:
         if figures.get("scatter_architecture", block["architectures"][0]) not in block["architectures"]:
             raise ValueError(f"studies.{study}.figures.scatter_architecture: '{figures['scatter_architecture']}' is not "
                              "one of the study's architectures")
-        if "estimator" in figures and figures["estimator"] not in block["influence"]["methods"]:
+        if "estimator" in figures and block["influence"]["methods"].get(figures["estimator"]) is None:
             raise ValueError(f"studies.{study}.figures.estimator: '{figures['estimator']}' is not one of influence.methods "
                              f"{sorted(block['influence']['methods'])}")
         for i, entry in enumerate(block.get("exclude", [])):
@@ -359,7 +363,9 @@ def _check_method_blocks(study: str, block: dict) -> None:
                for arch, patch in block.get("overrides", {}).items() if "methods" in patch.get("influence", {})]
     for key, methods, arch in places:
         for name, settings in methods.items():
-            merged = settings if arch is None else {**block["influence"]["methods"].get(name, {}), **settings}
+            if settings is None:  # `name: null` drops the estimator
+                continue
+            merged = settings if arch is None else {**(block["influence"]["methods"].get(name) or {}), **settings}
             if merged.get("method", name) not in OPTIONS_READ:
                 raise ValueError(f"{key}.{name}: the estimator '{name}' names no method (it has no `method:` and "
                                  f"'{name}' is not one); give it `method:` one of {', '.join(OPTIONS_READ)}")
@@ -398,7 +404,7 @@ def check_method_options(config: dict, files: list[tuple[str, dict]]) -> None:
                     if not isinstance(settings, dict):
                         continue
                     final = (arch_config(config, study, arch) if arch else config["studies"][study])["influence"]["methods"]
-                    method = settings.get("method") or final.get(name, {}).get("method", name)
+                    method = settings.get("method") or (final.get(name) or {}).get("method", name)
                     for option in settings:
                         if option == "method" or method not in OPTIONS_READ or option in OPTIONS_READ[method]:
                             continue

@@ -15,7 +15,7 @@ import torch
 from ..engine import health
 from ..data.split import Split
 from ..data.registry import load_split
-from ..engine.ihvp import make_solver
+from ..engine.solvers import make_solver
 from ..engine.influence import influence_table
 from ..io import load_torch, read_json, save_torch, write_json, write_parquet
 from ..models.registry import init_from_spec, model_spec
