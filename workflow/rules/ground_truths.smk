@@ -6,7 +6,7 @@
 
 checkpoint targets_plan:
     input:
-        data=os.path.join(RESULTS, "{study}/{dataset}/data.pt"),
+        data=in_grid(os.path.join(RESULTS, "{study}/{dataset}/data.pt")),
         influence=lambda w: os.path.join(
             CELL.format(**w), f"influence/{arch_cfg(w)['select']['by']}.parquet"
         ),
@@ -32,7 +32,7 @@ checkpoint targets_plan:
 
 rule pbrf_chunk:
     input:
-        model=os.path.join(CELL, "model.pt"),
+        model=in_grid(os.path.join(CELL, "model.pt")),
         data=os.path.join(RESULTS, "{study}/{dataset}/data.pt"),
         test_points=os.path.join(CELL, "test_points.json"),
         selected=os.path.join(CELL, "selected.json"),
@@ -65,7 +65,7 @@ rule pbrf_chunk:
 
 rule removal_chunk:
     input:
-        model=os.path.join(CELL, "model.pt"),
+        model=in_grid(os.path.join(CELL, "model.pt")),
         data=os.path.join(RESULTS, "{study}/{dataset}/data.pt"),
         test_points=os.path.join(CELL, "test_points.json"),
         plan=os.path.join(CELL, "targets/plan.json"),
