@@ -5,7 +5,7 @@ the same nets (an MLP and a small CNN, float64, softmax cross-entropy): the dens
 random draws: agreement only to Monte-Carlo error). Run in an environment with curvlinops
 (envs/bench-kfac.txt):
 
-    PYTHONPATH=src /tmp/kf/bin/python benchmarks/compare_curvlinops.py
+    PYTHONPATH=src .venv-kfac/bin/python benchmarks/compare_curvlinops.py
 """
 
 import torch

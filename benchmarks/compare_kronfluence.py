@@ -8,7 +8,7 @@ modules, with Ĝ its EK-FAC (or K-FAC) of the Fisher with sampled labels and d i
 of the sampled labels (ours: `output_hessian: sampled` and `expected`). Models without
 BatchNorm, so that both cover every parameter. Run in the environment of envs/bench-kfac.txt:
 
-    PYTHONPATH=src /tmp/kf/bin/python benchmarks/compare_kronfluence.py [--cases smallcnn lenet] [--n 1000]
+    PYTHONPATH=src .venv-kfac/bin/python benchmarks/compare_kronfluence.py [--cases smallcnn lenet] [--n 1000]
 """
 
 from __future__ import annotations
