@@ -22,7 +22,7 @@ studies:
       cancer: {loader: "examples/my_data.py:load_breast_cancer", n_points: 120, test_fraction: 0.25}
     test_points: [max]
     train: {steps: 1500}
-    influence: {methods: {exact: {}, gauss_newton: {method: exact, hessian: gauss_newton}}}
+    influence: {methods: {cg: null}}   # exact and Gauss-Newton only
     select: {rules: [{top_k: 12}]}
     loo: {steps: 600, chunk_size: 12}
     correlation: {resamples: 200, permutations: 200}
