@@ -270,55 +270,19 @@ def correlation_sweeps(corr: pd.DataFrame, outdir, estimator: str, options: dict
         save(fig, outdir, name)
 
 
-def estimator_comparison(est: pd.DataFrame, outdir, name="estimator_comparison", target="loss_change") -> None:
-    """Each estimator's Pearson and Spearman (with bootstrap intervals) against the same ground truth,
-    per cell where the exact Hessian was computed; flagged values named, not drawn."""
-    part = est[est.target == target].copy() if len(est) else est
-    if part is None or part.empty:
-        return _note_figure(outdir, name, "no cell computed the exact Hessian: no reference for the estimator study")
-    part["flag"] = part["flag"].fillna("")
+def _cell_labels(part: pd.DataFrame) -> pd.Series:
+    """'arch / decay / seed, test point' per row (with the dataset first when there are several)."""
     prefix = part.dataset.astype(str) + "\n" if part.dataset.nunique() > 1 else ""
-    part["cell"] = prefix + pd.Series([f"{a}\n{decay_name(d)}\nseed {s}, {t}" for a, d, s, t in
-                                       zip(part.arch, part.decay, part.seed, part.test_point)], index=part.index)
-    cells = list(dict.fromkeys(part.cell))
-    estimators = list(dict.fromkeys(part.estimator))
-    fig, axes = plt.subplots(2, 1, figsize=(max(6, 0.9 * len(cells) * max(1, len(estimators)) ** 0.5 + 2), 7), sharex=True)
-    offsets = np.linspace(-0.3, 0.3, len(estimators)) if len(estimators) > 1 else [0.0]
-    for ax, method in zip(axes, ("pearson", "spearman")):
-        for off, name_ in zip(offsets, estimators):
-            rows = part[part.estimator == name_].set_index("cell").reindex(cells)
-            xs = np.arange(len(cells)) + off
-            ok = rows.flag.fillna("") == ""
-            yerr = np.vstack([(rows[method] - rows[f"{method}_lo"]).clip(lower=0), (rows[f"{method}_hi"] - rows[method]).clip(lower=0)])
-            ax.errorbar(xs[ok.to_numpy()], rows[method][ok], yerr=yerr[:, ok.to_numpy()], fmt="o", capsize=2, label=name_)
-            for x, flag in zip(xs[~ok.to_numpy()], rows.flag[~ok].fillna("missing")):
-                ax.plot(x, 0, marker="x", color="grey")
-                ax.annotate(flag, (x, 0), fontsize=6, rotation=60)
-        ax.axhline(0, color="grey", lw=0.5)
-        ax.set_ylim(-1.05, 1.05)
-        ax.set_ylabel(f"{method.capitalize()}(Δ̂, Δ)")
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7, ncol=min(4, len(estimators)))
-    axes[1].set_xticks(np.arange(len(cells)))
-    axes[1].set_xticklabels(cells, fontsize=6)
-    fig.tight_layout()
-    save(fig, outdir, name)
+    return prefix + pd.Series([f"{a}\n{decay_name(d)}\nseed {s}, {t}" for a, d, s, t in
+                               zip(part.arch, part.decay, part.seed, part.test_point)], index=part.index)
 
 
-def correlation_by_test_point(corr: pd.DataFrame, outdir, name="correlation_by_test_point", target="loss_change") -> None:
-    """Every estimator's Pearson and Spearman of Δ̂ vs Δ (bootstrap intervals) per cell and test
-    point: the audit's main figure. A flagged value (model not trained, estimator failed, constant
-    values) is drawn as a cross at 0 with its flag's name, never as a number."""
-    part = corr[(corr.target == target) & (corr.subset == "all")].copy()
-    if part.empty:
-        return _note_figure(outdir, name, f"no '{target}' correlations in this study")
-    part["flag"] = part["flag"].fillna("")
-    prefix = part.dataset.astype(str) + "\n" if part.dataset.nunique() > 1 else ""
-    part["cell"] = prefix + pd.Series([f"{a}\n{decay_name(d)}\nseed {s}, {t}" for a, d, s, t in
-                                       zip(part.arch, part.decay, part.seed, part.test_point)], index=part.index)
+def _by_cell(part: pd.DataFrame, outdir, name: str, title: str | None = None) -> None:
+    """Pearson (top) and Spearman (bottom) of each estimator of `part` per cell (column `cell`), with
+    bootstrap intervals; a flagged or undefined value is a grey cross at 0 with its flag's name."""
     cells = list(dict.fromkeys(part.cell))
     methods = list(dict.fromkeys(part.estimator))
-    fig, axes = plt.subplots(2, 1, figsize=(max(6, 0.8 * len(cells) + 2), 7), sharex=True)
+    fig, axes = plt.subplots(2, 1, figsize=(max(6, 0.9 * len(cells) * max(1, len(methods)) ** 0.5 + 2), 7), sharex=True)
     offsets = np.linspace(-0.3, 0.3, len(methods)) if len(methods) > 1 else [0.0]
     for ax, method in zip(axes, ("pearson", "spearman")):
         for off, estimator in zip(offsets, methods):
@@ -337,11 +301,35 @@ def correlation_by_test_point(corr: pd.DataFrame, outdir, name="correlation_by_t
         ax.set_ylabel(f"{method.capitalize()}(Δ̂, Δ)")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7, ncol=min(4, len(methods)))
-    axes[0].set_title("influence estimate vs re-training, per cell and test point (95 % bootstrap intervals)", fontsize=9)
+    if title:
+        axes[0].set_title(title, fontsize=9)
     axes[1].set_xticks(np.arange(len(cells)))
     axes[1].set_xticklabels(cells, fontsize=6)
     fig.tight_layout()
     save(fig, outdir, name)
+
+
+def estimator_comparison(est: pd.DataFrame, outdir, name="estimator_comparison", target="loss_change") -> None:
+    """Each estimator's Pearson and Spearman (with bootstrap intervals) against the same ground truth,
+    per cell where the exact Hessian was computed; flagged values named, not drawn."""
+    part = est[est.target == target].copy() if len(est) else est
+    if part is None or part.empty:
+        return _note_figure(outdir, name, "no cell computed the exact Hessian: no reference for the estimator study")
+    part["flag"] = part["flag"].fillna("")
+    part["cell"] = _cell_labels(part)
+    _by_cell(part, outdir, name)
+
+
+def correlation_by_test_point(corr: pd.DataFrame, outdir, name="correlation_by_test_point", target="loss_change") -> None:
+    """Every estimator's Pearson and Spearman of Δ̂ vs Δ (bootstrap intervals) per cell and test
+    point: the audit's main figure. A flagged value (model not trained, estimator failed, constant
+    values) is drawn as a cross at 0 with its flag's name, never as a number."""
+    part = corr[(corr.target == target) & (corr.subset == "all")].copy()
+    if part.empty:
+        return _note_figure(outdir, name, f"no '{target}' correlations in this study")
+    part["flag"] = part["flag"].fillna("")
+    part["cell"] = _cell_labels(part)
+    _by_cell(part, outdir, name, "influence estimate vs re-training, per cell and test point (95 % bootstrap intervals)")
 
 
 def study_figures(correlations_path, rows_path, estimators_path, outdir, options: dict | None = None,
