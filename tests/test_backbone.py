@@ -209,11 +209,17 @@ def test_plain_gradient_steps_are_torch_sgd_to_the_last_bit(iris64, monkeypatch,
     assert torch.equal(runs[True], runs[False])
 
 
-def test_plain_gradient_steps_do_not_load_the_compiler():
-    """Constructing any torch.optim optimiser imports torch._dynamo (seconds per job); plain GD does not."""
+def _run_in_a_fresh_python(code: str) -> None:
+    """Run `code` in a new interpreter (what a module imports shows only there); fail on any error."""
     import subprocess
     import sys
 
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+
+
+def test_plain_gradient_steps_do_not_load_the_compiler():
+    """Constructing any torch.optim optimiser imports torch._dynamo (seconds per job); plain GD does not."""
     code = ("import sys, torch; from fragility.engine.flat import FlatModel; "
             "from fragility.models.registry import init_model; "
             "from fragility.engine.training import TrainSettings, train_copies; "
@@ -221,8 +227,7 @@ def test_plain_gradient_steps_do_not_load_the_compiler():
             "x = torch.randn(8, 4, dtype=torch.float64); y = torch.arange(8) % 3; "
             "train_copies(net, x, y, 0.0, net.flatten()[None], torch.ones(1, 8, dtype=torch.float64), "
             "TrainSettings(steps=3, lr=0.1)); assert 'torch._dynamo' not in sys.modules, 'dynamo imported'")
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
+    _run_in_a_fresh_python(code)
 
 
 def test_every_job_keeps_gpu_float32_at_full_precision(monkeypatch):
@@ -258,14 +263,10 @@ def test_the_config_reader_owns_seeds_chunks_and_repeats():
 def test_every_job_asks_for_deterministic_kernels_without_loading_the_compiler():
     """`runtime.configure` sets torch's deterministic flag (warn-only) but does not import
     torch._inductor, which `torch.use_deterministic_algorithms` does (seconds of start-up per job)."""
-    import subprocess
-    import sys
-
     code = ("import sys, torch; from fragility import runtime; runtime.configure(1); "
             "assert torch.are_deterministic_algorithms_enabled(); "
             "assert torch.is_deterministic_algorithms_warn_only_enabled(); "
             "assert 'torch._inductor' not in sys.modules, 'inductor imported'; "
             "import torch._inductor.config as c; runtime.set_deterministic(False); "
             "assert not torch.are_deterministic_algorithms_enabled() and c.deterministic is False")
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
+    _run_in_a_fresh_python(code)
