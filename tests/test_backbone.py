@@ -209,6 +209,86 @@ def test_plain_gradient_steps_are_torch_sgd_to_the_last_bit(iris64, monkeypatch,
     assert torch.equal(runs[True], runs[False])
 
 
+@pytest.mark.parametrize("k, batch_size", [(1, None), (3, 32)])
+def test_an_mlp_evaluated_as_a_functional_chain_trains_to_the_same_bits(iris64, k, batch_size):
+    """FlatModel evaluates an MLP by calling F.linear / F.relu directly (FlatModel.chain): the
+    outputs, their gradients and a training run must equal functional_call's to the last bit."""
+    x, y, _, _ = iris64
+    weights = torch.ones(k, len(y), dtype=torch.float64)
+    weights[k - 1, 0] = 0.0
+    runs = {}
+    for chain in (True, False):
+        net = FlatModel(init_model("mlp-d3-w5", (4,), 3, seed=3, dtype=torch.float64))
+        assert net.chain is not None and [kind for kind, _ in net.chain].count("linear") == 4
+        if not chain:
+            net.chain = None
+        theta = net.flatten().requires_grad_()
+        out = net.logits(theta, x)
+        (grad,) = torch.autograd.grad(out.square().sum(), theta)
+        result = train_copies(net, x, y, 0.005, net.flatten()[None].repeat(k, 1), weights,
+                              TrainSettings(steps=60, lr=0.05, batch_size=batch_size, order_seed=2), log=lambda m: None)
+        runs[chain] = (out.detach(), grad, result.thetas)
+    for a, b in zip(runs[True], runs[False]):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("arch, task, batch_size, mean_over", [
+    ("mlp-d1-w5", "cross_entropy", None, "kept"), ("mlp-d3-w5", "cross_entropy", 32, "kept"),
+    ("mlp-d1-w50", "cross_entropy", None, "all"), ("mlp-d0-w0", "cross_entropy", None, "kept"),
+    ("mlp-d2-w8", "mse", 40, "kept"), ("no-bias", "cross_entropy", None, "kept")])
+def test_stacked_copies_of_a_chain_train_to_the_bits_of_vmap(iris64, monkeypatch, arch, task, batch_size, mean_over):
+    """k copies of a plain MLP chain are trained as batched products (FlatModel.stacked_logits)
+    instead of under vmap: the final parameters must be the same bits, for both built-in tasks,
+    full batch or minibatches, the loss averaged over kept rows or all rows, with or without biases."""
+    from torch import nn
+
+    from fragility.engine import training
+    from fragility.engine.task import make_task
+
+    x, y, _, _ = iris64
+    targets = torch.nn.functional.one_hot(y, 3).double() if task == "mse" else y
+    k = 4
+    weights = torch.ones(k, len(y), dtype=torch.float64)
+    for c in range(1, k):
+        weights[c, [c, c + 7]] = 0.0
+    runs = {}
+    for stacked in (True, False):
+        monkeypatch.setattr(training, "STACKED_CHAIN", stacked)
+        torch.manual_seed(5)
+        model = (nn.Sequential(nn.Linear(4, 6, bias=False), nn.ReLU(), nn.Linear(6, 3, bias=False)).double()
+                 if arch == "no-bias" else init_model(arch, (4,), 3, seed=3, dtype=torch.float64))
+        net = FlatModel(model, make_task(task))
+        assert net.chain is not None
+        start = net.flatten() + 0.01 * torch.randn(k, net.num_parameters, dtype=torch.float64)
+        runs[stacked] = train_copies(net, x, targets, 0.005, start, weights,
+                                     TrainSettings(steps=40, lr=0.05, batch_size=batch_size, order_seed=2,
+                                                   loss_mean_over=mean_over), log=lambda m: None)
+    assert not torch.equal(runs[True].thetas, start)
+    assert torch.equal(runs[True].thetas, runs[False].thetas)
+    assert runs[True].final_losses == runs[False].final_losses
+
+
+def test_only_plain_chains_skip_functional_call():
+    """A model with any other layer, a buffer or a hook keeps functional_call."""
+    from torch import nn
+
+    assert FlatModel(nn.Sequential(nn.Flatten(), nn.Linear(4, 3, bias=False))).chain == [
+        ("flatten", (1, -1)), ("linear", ["1.weight"])]
+    assert FlatModel(nn.Sequential(nn.Linear(4, 3), nn.Tanh())).chain is None
+    assert FlatModel(nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3))).chain is None
+    assert FlatModel(build_model("smallcnn", (1, 28, 28), 10)).chain is None
+    hooked = init_model("mlp-d1-w5", (4,), 3, seed=0)
+    net = FlatModel(hooked)
+    x = torch.randn(6, 4)
+    plain = net.logits(net.flatten(), x)
+    handle = hooked.net[-1].register_forward_hook(lambda module, args, out: out * 2)  # as K-FAC's, after construction
+    assert torch.equal(net.logits(net.flatten(), x), 2 * plain)
+    handle.remove()
+    assert torch.equal(net.logits(net.flatten(), x), plain)
+    hooked.net[1].register_forward_hook(lambda module, args, out: out * 2)
+    assert FlatModel(hooked).chain is None
+
+
 def _run_in_a_fresh_python(code: str) -> None:
     """Run `code` in a new interpreter (what a module imports shows only there); fail on any error."""
     import subprocess

@@ -1,11 +1,17 @@
 """A network as a function of one flat parameter vector θ ∈ R^p (`torch.func.functional_call`),
-with the Task that turns its outputs into losses."""
+with the Task that turns its outputs into losses.
+
+A model that is a plain chain of Flatten, Linear and ReLU layers (an `nn.Sequential`, or a module
+whose `as_sequential()` returns the chain its forward runs, as the MLPs do) is evaluated, while no
+forward hook is registered on it, by calling the same functional operations directly: the same numbers to the bit, without functional_call's
+per-call swapping of every parameter into the module, which dominates a step of a tiny net."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 from torch.func import functional_call
+from torch.nn import functional as F
 
 from .task import CrossEntropyTask, Task
 
@@ -22,6 +28,8 @@ class FlatModel:
         self.shapes = [p.shape for _, p in params]
         self.sizes = [p.numel() for _, p in params]
         self.buffers = {n: b for n, b in model.named_buffers()}
+        self.chain = plain_chain(model, set(self.names))
+        self._modules = list(model.modules())
 
     @property
     def num_parameters(self) -> int:
@@ -39,8 +47,48 @@ class FlatModel:
                 p.copy_(t.view_as(p))
         return self.model
 
+    def hooked(self) -> bool:
+        """Whether a forward hook is registered on the model now (K-FAC records activations with
+        hooks): a hooked model is evaluated by functional_call, which runs them."""
+        from torch.nn.modules import module as torch_module
+
+        return bool(torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks
+                    or any(m._forward_hooks or m._forward_pre_hooks for m in self._modules))
+
     def logits(self, theta: torch.Tensor, x: torch.Tensor, buffers: dict | None = None) -> torch.Tensor:
+        if self.chain is not None and not self.hooked():
+            params = self.unflatten(theta)
+            for kind, names in self.chain:
+                if kind == "linear":
+                    x = F.linear(x, params[names[0]], params[names[1]] if len(names) > 1 else None)
+                elif kind == "relu":
+                    x = F.relu(x)
+                else:
+                    x = x.flatten(*names)
+            return x
         return functional_call(self.model, (self.unflatten(theta), self.buffers if buffers is None else buffers), (x,))
+
+    def stacked_logits(self, thetas: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Outputs [k, m, ...] of the k copies `thetas` [k, p] on the shared inputs x [m, ...], for a
+        plain chain: broadcast matrix products on the stacked weights (torch.matmul, then the bias),
+        the operations `vmap(logits)` runs, with the same bits (tested) and without vmap's
+        per-operation overhead."""
+        k = len(thetas)
+        params = dict(zip(self.names, thetas.split(self.sizes, dim=1)))
+        shapes = dict(zip(self.names, self.shapes))
+        h, stacked = x, False  # the inputs are shared until the first layer with weights
+        for kind, names in self.chain:
+            if kind == "linear":
+                h = torch.matmul(h, params[names[0]].reshape(k, *shapes[names[0]]).transpose(1, 2))
+                if len(names) > 1:
+                    h = h + params[names[1]].unsqueeze(1)
+                stacked = True
+            elif kind == "relu":
+                h = F.relu(h)
+            else:  # once stacked, a copy's dimension d is dimension d + 1
+                start, end = names
+                h = h.flatten(start + stacked if start >= 0 else start, end + stacked if end >= 0 else end)
+        return h if stacked else h.unsqueeze(0).expand(k, *h.shape)
 
     def per_sample_losses(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """ℓ(z_i, θ) for every row, the task's loss of the outputs, shape [n]."""
@@ -49,3 +97,36 @@ class FlatModel:
     def measurements(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The task's test measurement for every row (the loss unless the task says otherwise), [n]."""
         return self.task.measurement(self.logits(theta, x), y)
+
+
+def plain_chain(model: nn.Module, parameter_names: set[str]):
+    """[(kind, arguments)] of a model that is a chain of exactly nn.Flatten, nn.Linear and nn.ReLU
+    layers without hooks or buffers (kind "flatten": (start_dim, end_dim); "linear": the names of its
+    weight and bias in θ; "relu": ()), else None: such a model's forward is these functional calls."""
+    if isinstance(model, nn.Sequential):
+        chain, prefix = model, ""
+    else:
+        as_sequential = getattr(model, "as_sequential", None)
+        if not callable(as_sequential):
+            return None
+        chain = as_sequential()
+        prefix = next((name + "." for name, m in model.named_modules() if m is chain), None)
+        if prefix is None or prefix == ".":
+            return None
+    if list(model.buffers()) or model._forward_hooks or model._forward_pre_hooks:
+        return None
+    steps, seen = [], set()
+    for index, layer in enumerate(chain):
+        if layer._forward_hooks or layer._forward_pre_hooks:
+            return None
+        if type(layer) is nn.Linear:
+            names = [f"{prefix}{index}.weight"] + ([f"{prefix}{index}.bias"] if layer.bias is not None else [])
+            steps.append(("linear", names))
+            seen.update(names)
+        elif type(layer) is nn.ReLU:
+            steps.append(("relu", ()))
+        elif type(layer) is nn.Flatten:
+            steps.append(("flatten", (layer.start_dim, layer.end_dim)))
+        else:
+            return None
+    return steps if seen == parameter_names else None

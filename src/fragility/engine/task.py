@@ -30,6 +30,9 @@ class Task:
 
     name = "task"
     targets_are_labels = True  # integer class labels (else floating-point targets)
+    # per_sample_loss scores every row on its own, so the outputs of k parameter copies may be
+    # scored as one batch of k·m rows (the trainer's stacked path for plain MLP chains)
+    rows_independent = False
 
     def per_sample_loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -78,6 +81,7 @@ class CrossEntropyTask(Task):
 
     name = "cross_entropy"
     targets_are_labels = True
+    rows_independent = True
 
     def per_sample_loss(self, outputs, targets):
         return F.cross_entropy(outputs, targets, reduction="none")
@@ -119,6 +123,7 @@ class MeanSquaredErrorTask(Task):
 
     name = "mse"
     targets_are_labels = False
+    rows_independent = True
 
     @staticmethod
     def _as_outputs(outputs, targets):

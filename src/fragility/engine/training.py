@@ -15,6 +15,9 @@ are stacked into one leaf tensor Θ ∈ R^{k×p}, their objectives are evaluated
 `torch.func.vmap` and summed; because the optimisers used here (gradient descent, SGD with
 momentum, Adam) act element-wise and decay is part of the loss, one optimiser step on Θ is
 exactly k independent steps. Decay is in the loss, not the optimiser, so θ* minimises R(θ).
+For a plain MLP chain (FlatModel.chain) and a Task that scores rows independently, the k
+objectives are evaluated as broadcast matrix products on the stacked weights instead of under
+vmap: the same operations, the same bits (tested), less per-operation overhead.
 
 BatchNorm in train mode normalises with the statistics of the minibatch rows copy c may see,
 
@@ -39,7 +42,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from torch.func import functional_call, vmap
+from torch.func import vmap
 
 from ..io import load_torch, save_torch
 from .flat import FlatModel
@@ -147,6 +150,7 @@ class _NoSchedule:
 
 
 PLAIN_STEP = True  # use _PlainStep where it computes what torch.optim.SGD computes (tests compare both)
+STACKED_CHAIN = True  # k > 1 copies of a plain MLP chain: batched products instead of vmap (tests compare both)
 
 
 def _plain_step_applies(params, settings: TrainSettings) -> bool:
@@ -291,7 +295,7 @@ def train_copies(
 
     def copy_objective(theta, bufs, w, xb, yb):
         row_weights.value = w
-        logits = functional_call(model, (net.unflatten(theta), bufs), (xb,))
+        logits = net.logits(theta, xb, bufs)
         losses = net.task.per_sample_loss(logits, yb)
         count = w.sum().clamp_min(1.0) if settings.loss_mean_over == "kept" else w.shape[-1]
         return (losses * w).sum() / count + 0.5 * decay * theta.pow(2).sum()
@@ -310,6 +314,15 @@ def train_copies(
         def batched(thetas, buffers, wb, xb, yb, rows=None):
             return vmap(lambda th, bu, w, rx, ry, rw: copy_objective(th, bu, w, xb, yb, rows, (rx, ry, rw)),
                         in_dims=0)(thetas, buffers, wb, pbrf.removal_x, pbrf.removal_y, pbrf.removal_weights)
+    elif STACKED_CHAIN and net.chain is not None and net.task.rows_independent and not net.hooked():
+        # a plain MLP chain: the copies' objectives as batched products, the numbers of the vmap
+        # below to the bit (tested), without its per-operation overhead (~1.5x faster)
+        def batched(thetas, buffers, wb, xb, yb, rows=None):
+            logits = net.stacked_logits(thetas, xb)
+            losses = net.task.per_sample_loss(logits.reshape(-1, *logits.shape[2:]), yb.repeat(k, *[1] * (yb.dim() - 1)))
+            losses = losses.reshape(k, -1)
+            count = wb.sum(1).clamp_min(1.0) if settings.loss_mean_over == "kept" else wb.shape[-1]
+            return (losses * wb).sum(1) / count + 0.5 * decay * thetas.pow(2).sum(1)
     else:
         vmapped = vmap(copy_objective, in_dims=(0, 0, 0, None, None))
 

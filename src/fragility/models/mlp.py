@@ -21,6 +21,10 @@ class MLP(nn.Module):
     def forward(self, x):
         return self.net(x)
 
+    def as_sequential(self) -> nn.Sequential:
+        """The chain `forward` runs (FlatModel evaluates it without functional_call)."""
+        return self.net
+
 
 def mlp(input_shape, n_classes: int, depth: int, width: int) -> nn.Module:
     """`depth` hidden ReLU layers of `width` units on flattened inputs; depth 0 is a linear model
