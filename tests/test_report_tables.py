@@ -63,8 +63,13 @@ def test_estimator_table_compares_with_exact_on_the_same_points():
     assert agreement["exact"] == pytest.approx(1.0) and agreement["lissa"] == pytest.approx(1.0)
     assert abs(agreement["cg"]) < 0.6
     assert set(table.pearson_text) == {"0.80 [0.70, 0.90]"}
-    # a cell without exact is not part of the estimator study
-    assert report_tables.estimator_table(corr[corr.estimator != "exact"], rows).empty
+    # a cell without exact keeps every estimator's correlation, and says that agreement was not computed
+    without = report_tables.estimator_table(corr[corr.estimator != "exact"], rows)
+    assert set(without.estimator) == {"lissa", "cg"} and set(without.reference) == {""}
+    assert set(without.agreement_with_exact_text) == {report_tables.NO_EXACT} and without.agreement_with_exact.isna().all()
+    assert set(without.pearson_text) == {"0.80 [0.70, 0.90]"}
+    assert (table.agreement_with_exact_lo <= table.agreement_with_exact + 1e-12).all()
+    assert (table.agreement_with_exact <= table.agreement_with_exact_hi + 1e-12).all()
     # the exact estimator may carry another name in the config (e.g. `primary: {method: exact}`)
     renamed = report_tables.estimator_table(corr.replace({"estimator": {"exact": "primary"}}),
                                             rows.replace({"estimator": {"exact": "primary"}}), [("mlp-d1-w5", "primary")])

@@ -8,7 +8,7 @@
 - `noise.csv`: per cell, test point and target, the effect, drift and repeat noise, their ratio and
   the `noise_exceeds_effect` flag.
 - `estimators.csv`: the estimator study: every estimator's correlation against the same ground truth,
-  in cells where the exact Hessian was computed, with its agreement with exact influence.
+  in every cell, with its agreement with exact influence where the exact Hessian was computed.
 - `benchmarks.csv`: Snakemake's `benchmark:` files (run time, peak resident memory) gathered into one
   table, with the peak GPU memory a job logged as `peak_gpu_memory_mb=<value>`.
 """
@@ -121,13 +121,17 @@ def noise_table(correlations: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
+NO_EXACT = "no exact Hessian in this cell"
+
+
 def estimator_table(correlations: pd.DataFrame, rows: pd.DataFrame, reference="exact", digits: int = 2,
                     correlation: dict | None = None) -> pd.DataFrame:
-    """Every estimator's correlation with the same ground truth, in cells where an exact-Hessian
-    estimator ran without failure; `agreement_with_exact` is the Pearson correlation of the
-    estimator's Δ̂ with the exact Δ̂ over the re-trained points, with its bootstrap interval and
-    permutation p-value (`correlation`: resamples, permutations, confidence, seed), or a flag
-    (the model's `model_not_trained:...`, or why the correlation is undefined) instead of a number.
+    """Every estimator's correlation with the same ground truth, in every cell and test point;
+    `agreement_with_exact` is the Pearson correlation of the estimator's Δ̂ with the exact Δ̂ over
+    the re-trained points, with its bootstrap interval and permutation p-value (`correlation`:
+    resamples, permutations, confidence, seed), or a flag (the model's `model_not_trained:...`, or
+    why the correlation is undefined) instead of a number. Where no exact-Hessian estimator ran
+    without failure, `reference` is empty and the agreement reads `no exact Hessian in this cell`.
 
     `reference` names the exact estimator: one name for every architecture, or a collection of
     (arch, estimator name) pairs (the config may call it anything, e.g. `primary: {method: exact}`).
@@ -139,7 +143,8 @@ def estimator_table(correlations: pd.DataFrame, rows: pd.DataFrame, reference="e
     chosen = corr[ok & np.array([is_reference(a, e) for a, e in zip(corr.arch, corr.estimator)], dtype=bool)]
     keys = CELL_KEYS + ["test_point"]
     refs = chosen[keys + ["estimator"]].drop_duplicates(keys).rename(columns={"estimator": "reference"})
-    corr = corr.merge(refs, on=keys)
+    corr = corr.merge(refs, on=keys, how="left")
+    corr["reference"] = corr["reference"].fillna("")
     ref_rows = rows.merge(refs, on=keys)
     ref_rows = ref_rows[ref_rows.estimator == ref_rows.reference][keys + ["train_index", "predicted_loss_change"]]
     joined = rows.merge(ref_rows, on=keys + ["train_index"], suffixes=("", "_ref"))
@@ -154,10 +159,15 @@ def estimator_table(correlations: pd.DataFrame, rows: pd.DataFrame, reference="e
         flag = model_flag.get(key[:-1]) or stats["flag"]
         agreement[key] = {"agreement_with_exact": math.nan if flag else stats["pearson"],
                           "agreement_with_exact_text": format_interval(stats["pearson"], stats["pearson_lo"], stats["pearson_hi"], flag, digits),
-                          "agreement_with_exact_p": math.nan if flag else stats["pearson_p"]}
+                          "agreement_with_exact_p": math.nan if flag else stats["pearson_p"],
+                          "agreement_with_exact_lo": math.nan if flag else stats["pearson_lo"],
+                          "agreement_with_exact_hi": math.nan if flag else stats["pearson_hi"]}
     out = corr.copy()
-    missing = {"agreement_with_exact": math.nan, "agreement_with_exact_text": "not computed", "agreement_with_exact_p": math.nan}
-    found = [agreement.get(tuple(r[k] for k in keys + ["estimator"]), missing) for r in out.to_dict("records")]
+    missing = {"agreement_with_exact": math.nan, "agreement_with_exact_text": "not computed", "agreement_with_exact_p": math.nan,
+               "agreement_with_exact_lo": math.nan, "agreement_with_exact_hi": math.nan}
+    no_reference = {**missing, "agreement_with_exact_text": NO_EXACT}
+    found = [agreement.get(tuple(r[k] for k in keys + ["estimator"]), missing if r["reference"] else no_reference)
+             for r in out.to_dict("records")]
     for column in missing:
         out[column] = [f[column] for f in found]
     flags = out.flag.fillna("")
@@ -165,7 +175,7 @@ def estimator_table(correlations: pd.DataFrame, rows: pd.DataFrame, reference="e
         out[f"{col}_text"] = [format_interval(v, a, b, f, digits) for v, a, b, f in
                               zip(out[col], out[f"{col}_lo"], out[f"{col}_hi"], flags)]
     keep = keys + ["target", "estimator", "reference", "n", "pearson_text", "spearman_text", "agreement_with_exact_text",
-                   "agreement_with_exact", "agreement_with_exact_p", "pearson", "pearson_lo", "pearson_hi", "spearman",
+                   "agreement_with_exact", "agreement_with_exact_lo", "agreement_with_exact_hi", "agreement_with_exact_p", "pearson", "pearson_lo", "pearson_hi", "spearman",
                    "spearman_lo", "spearman_hi", "flag"]
     return out[keep].sort_values(keys + ["target", "estimator"]).reset_index(drop=True)
 

@@ -277,47 +277,60 @@ def _cell_labels(part: pd.DataFrame) -> pd.Series:
                                zip(part.arch, part.decay, part.seed, part.test_point)], index=part.index)
 
 
-def _by_cell(part: pd.DataFrame, outdir, name: str, title: str | None = None) -> None:
-    """Pearson (top) and Spearman (bottom) of each estimator of `part` per cell (column `cell`), with
-    bootstrap intervals; a flagged or undefined value is a grey cross at 0 with its flag's name."""
+CORRELATION_PANELS = (("pearson", "flag", "Pearson(Δ̂, Δ)"), ("spearman", "flag", "Spearman(Δ̂, Δ)"))
+
+
+def _by_cell(part: pd.DataFrame, outdir, name: str, title: str | None = None, panels=CORRELATION_PANELS) -> None:
+    """One panel per (value column, flag column, y label) of `panels` (default: Pearson on top,
+    Spearman below), each estimator of `part` per cell (column `cell`) with its bootstrap interval
+    (`<value>_lo`, `<value>_hi`); a flagged or undefined value is a grey cross at 0 with its flag's
+    name, never a number."""
     cells = list(dict.fromkeys(part.cell))
     methods = list(dict.fromkeys(part.estimator))
-    fig, axes = plt.subplots(2, 1, figsize=(max(6, 0.9 * len(cells) * max(1, len(methods)) ** 0.5 + 2), 7), sharex=True)
+    fig, axes = plt.subplots(len(panels), 1, figsize=(max(6, 0.9 * len(cells) * max(1, len(methods)) ** 0.5 + 2),
+                                                      3.5 * len(panels)), sharex=True, squeeze=False)
+    axes = axes[:, 0]
     offsets = np.linspace(-0.3, 0.3, len(methods)) if len(methods) > 1 else [0.0]
-    for ax, method in zip(axes, ("pearson", "spearman")):
+    for ax, (column, flag_column, label) in zip(axes, panels):
         for off, estimator in zip(offsets, methods):
             rows = part[part.estimator == estimator].set_index("cell").reindex(cells)
             xs = np.arange(len(cells)) + off
-            ok = (rows.flag.fillna("missing") == "").to_numpy() & rows[method].notna().to_numpy()
-            lo = rows.get(f"{method}_lo", rows[method])
-            hi = rows.get(f"{method}_hi", rows[method])
-            yerr = np.vstack([(rows[method] - lo).clip(lower=0), (hi - rows[method]).clip(lower=0)])
-            ax.errorbar(xs[ok], rows[method][ok], yerr=yerr[:, ok], fmt="o", capsize=2, label=estimator)
-            for x, flag in zip(xs[~ok], rows.flag[~ok].replace("", "undefined").fillna("missing")):
+            flags = rows[flag_column].fillna("missing")
+            ok = (flags == "").to_numpy() & rows[column].notna().to_numpy()
+            lo = rows.get(f"{column}_lo", rows[column])
+            hi = rows.get(f"{column}_hi", rows[column])
+            yerr = np.vstack([(rows[column] - lo).clip(lower=0), (hi - rows[column]).clip(lower=0)])
+            ax.errorbar(xs[ok], rows[column][ok], yerr=yerr[:, ok], fmt="o", capsize=2, label=estimator)
+            for x, flag in zip(xs[~ok], flags[~ok].replace("", "undefined")):
                 ax.plot(x, 0, marker="x", color="grey")
                 ax.annotate(flag, (x, 0), fontsize=6, rotation=60)
         ax.axhline(0, color="grey", lw=0.5)
         ax.set_ylim(-1.05, 1.05)
-        ax.set_ylabel(f"{method.capitalize()}(Δ̂, Δ)")
+        ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7, ncol=min(4, len(methods)))
     if title:
         axes[0].set_title(title, fontsize=9)
-    axes[1].set_xticks(np.arange(len(cells)))
-    axes[1].set_xticklabels(cells, fontsize=6)
+    axes[-1].set_xticks(np.arange(len(cells)))
+    axes[-1].set_xticklabels(cells, fontsize=6)
     fig.tight_layout()
     save(fig, outdir, name)
 
 
 def estimator_comparison(est: pd.DataFrame, outdir, name="estimator_comparison", target="loss_change") -> None:
-    """Each estimator's Pearson and Spearman (with bootstrap intervals) against the same ground truth,
-    per cell where the exact Hessian was computed; flagged values named, not drawn."""
+    """The estimator study per cell and test point: each estimator's Pearson and Spearman of Δ̂
+    with the same ground truth Δ (bootstrap intervals), and below them its agreement with exact
+    Δ̂ (Pearson over the same points) where the exact Hessian ran. A flagged value (model not
+    trained, constant values) or a cell without exact is named by a cross at 0, not drawn."""
     part = est[est.target == target].copy() if len(est) else est
     if part is None or part.empty:
-        return _note_figure(outdir, name, "no cell computed the exact Hessian: no reference for the estimator study")
+        return _note_figure(outdir, name, "no estimator correlations in this study")
     part["flag"] = part["flag"].fillna("")
+    finite = part["agreement_with_exact"].notna()
+    part["agreement_flag"] = np.where(finite, "", part["agreement_with_exact_text"].fillna("not computed"))
     part["cell"] = _cell_labels(part)
-    _by_cell(part, outdir, name)
+    _by_cell(part, outdir, name, "every estimator against the same re-training, and against exact Δ̂ (95 % bootstrap intervals)",
+             CORRELATION_PANELS + (("agreement_with_exact", "agreement_flag", "Pearson(Δ̂, exact Δ̂)"),))
 
 
 def correlation_by_test_point(corr: pd.DataFrame, outdir, name="correlation_by_test_point", target="loss_change") -> None:
