@@ -7,9 +7,12 @@ runs one cell both ways and requires the same files, to the last digit, and the 
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -109,3 +112,40 @@ def test_a_fused_cell_writes_the_split_cells_files_and_logs(tmp_path):
         assert (logs / f"{name}.log").stat().st_size > 0, name
     assert "all steps done" in (logs / "fit.log").read_text()
     assert (work / "results/benchmarks/iris/iris/mlp-d1-w5/wd0/seed0/fit.tsv").exists()
+
+
+@pytest.mark.slow
+def test_a_killed_fused_job_resumes_from_its_training_checkpoint_to_the_same_files(tmp_path):
+    """SIGKILL Snakemake and its fused job mid-training (after a training checkpoint); after
+    --unlock the re-run resumes the training from that checkpoint and writes the files of an
+    uninterrupted run, to the last digit."""
+    longer = "      mlp-d1-w5: {train: {steps: 20000, check_every: 500, checkpoint_every: 500}}\n"
+    target = f"{CELL}/correlations.parquet"
+    reference = copy_workflow(tmp_path / "reference", overlays={"fuse.yaml": overlay(True, longer)})
+    snakemake(reference, "--cores", "1", target)
+    work = copy_workflow(tmp_path / "killed", overlays={"fuse.yaml": overlay(True, longer)})
+    with open(work / "killed_run.log", "w") as log:
+        proc = subprocess.Popen([SNAKEMAKE, "--cores", "1", target, *CONFIG_ARGS], cwd=work, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        checkpoint, deadline = work / CELL / "train_checkpoint.pt", time.monotonic() + 600
+        while not checkpoint.exists():
+            assert proc.poll() is None, (work / "killed_run.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "no training checkpoint appeared"
+            time.sleep(0.05)
+        time.sleep(0.5)
+        os.killpg(proc.pid, signal.SIGKILL)  # Snakemake and its job, as when a node dies
+        proc.wait()
+    assert not (work / CELL / "model.pt").exists(), "the training had finished before the kill"
+    snakemake(work, "--unlock")
+    out = snakemake(work, "--cores", "1", target)
+    assert "rule fit_iris:" in out
+    train_log = (work / "results/logs/iris/iris/mlp-d1-w5/wd0/seed0/train.log").read_text()
+    assert re.search(r"resuming from checkpoint \S*train_checkpoint.pt at step [1-9]\d*", train_log), train_log[-2000:]
+    assert not checkpoint.exists()
+    resumed, uninterrupted = read_cell(work), read_cell(reference)
+    assert set(resumed) == set(uninterrupted)
+    for name, value in uninterrupted.items():
+        if isinstance(value, pd.DataFrame):
+            pd.testing.assert_frame_equal(resumed[name], value, check_exact=True, obj=name)
+        else:
+            assert resumed[name] == value, name

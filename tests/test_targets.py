@@ -329,3 +329,59 @@ def test_pipeline_steps_reproduce_theta_star_when_nothing_is_removed(tmp_path):
         pbrf = pd.read_parquet(tmp_path / f"pbrf_{solver}.parquet")
         assert (pbrf[pbrf.removed_index == -1].param_distance < 1e-9).all()
         assert (pbrf[pbrf.removed_index == 7].param_distance > 1e-6).all()
+
+
+class _Killed(Exception):
+    pass
+
+
+@pytest.mark.parametrize("job", ["pbrf", "groups"])
+def test_killed_target_job_resumes_from_its_checkpoint_to_the_same_numbers(job, tmp_path, monkeypatch):
+    """A PBRF or removal-set job killed between checkpoints resumes at its last checkpoint and
+    writes the table of an uninterrupted run; a PBRF checkpoint of another ε is not resumed."""
+    from fragility.engine import training
+    from fragility.study import pipeline
+
+    data, model = tmp_path / "data.pt", tmp_path / "model.pt"
+    pipeline.prepare_data("iris", {"test_fraction": 0.2, "split_seed": 0, "standardize": True}, str(tmp_path), data)
+    train_cfg = {"optimizer": "gd", "lr": 0.05, "steps": 200, "check_every": 100}
+    pipeline.train(data, "mlp-d1-w5", 0.005, 3, train_cfg, "float64", "cpu", model, tmp_path / "metrics.json",
+                   log=lambda m: None)
+    pipeline.pick_test_points(model, data, ["max"], tmp_path / "tp.json", "cpu")
+    loo_cfg = {"steps": 12, "chunk_size": 4, "optimizer": "sgd", "batch_size": 16, "checkpoint_every": 4}
+
+    def run(out, checkpoint, log, scale=1.0):
+        if job == "pbrf":
+            cfg = {**targets.DEFAULTS["pbrf"], "solver": "train", "epsilon_scale": scale}
+            return pipeline.run_pbrf(model, data, tmp_path / "tp.json", [-1, 7, 11], cfg, loo_cfg, train_cfg, 0.01, out,
+                                     device_name="cpu", checkpoint_path=checkpoint, log=log)
+        return pipeline.run_removal_sets(model, data, tmp_path / "tp.json", [[1, 2], [5, 6, 7]], [0, 1], {}, loo_cfg,
+                                         train_cfg, out, device_name="cpu", checkpoint_path=checkpoint, log=log)
+
+    run(tmp_path / "whole.parquet", None, lambda m: None)
+    checkpoint = tmp_path / "job.checkpoint.pt"
+    real_batch_rows = training.batch_rows
+
+    def killed_at_step_7(step, *args):
+        if step == 7:
+            raise _Killed
+        return real_batch_rows(step, *args)
+
+    monkeypatch.setattr(training, "batch_rows", killed_at_step_7)
+    with pytest.raises(_Killed):
+        run(tmp_path / "resumed.parquet", checkpoint, lambda m: None)
+    monkeypatch.setattr(training, "batch_rows", real_batch_rows)
+    assert checkpoint.exists() and not (tmp_path / "resumed.parquet").exists()
+    if job == "pbrf":  # another ε: another run, started over (its checkpoint replaced, then removed)
+        messages = []
+        run(tmp_path / "other.parquet", checkpoint, messages.append, scale=0.5)
+        assert any("another run" in m for m in messages) and not any("resuming" in m for m in messages)
+        with pytest.raises(_Killed):
+            monkeypatch.setattr(training, "batch_rows", killed_at_step_7)
+            run(tmp_path / "resumed.parquet", checkpoint, lambda m: None)
+        monkeypatch.setattr(training, "batch_rows", real_batch_rows)
+    messages = []
+    run(tmp_path / "resumed.parquet", checkpoint, messages.append)
+    assert any("resuming" in m and "step 4" in m for m in messages), messages
+    assert not checkpoint.exists()  # removed once the table is written
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "resumed.parquet"), pd.read_parquet(tmp_path / "whole.parquet"))
