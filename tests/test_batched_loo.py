@@ -10,6 +10,7 @@ import fragility.engine.training as training
 from fragility.models.registry import build_model
 from fragility.engine.flat import FlatModel
 from fragility.engine.training import TrainSettings, train_copies
+from interrupt import interrupted_at
 
 QUIET = dict(log=lambda message: None)
 
@@ -107,25 +108,12 @@ def test_a_removed_point_leaves_no_trace_in_batchnorm_statistics():
         assert torch.allclose(weighted.buffers[name], value, atol=1e-12)
 
 
-class Interrupted(Exception):
-    pass
-
-
 def crashed_run(tmp_path, monkeypatch, make, x, y, weights, settings):
     """Start a run of the network `make()` that dies at step 7, after its checkpoint at step 4; return the checkpoint."""
     checkpoint = tmp_path / "loo.ckpt"
-    real_batch_rows = training.batch_rows
-
-    def crash_at_step_7(step, *args):
-        if step == 7:
-            raise Interrupted
-        return real_batch_rows(step, *args)
-
-    monkeypatch.setattr(training, "batch_rows", crash_at_step_7)
     net = FlatModel(make())
-    with pytest.raises(Interrupted):
+    with interrupted_at(monkeypatch, 7):
         train_copies(net, x, y, 0.01, net.flatten().repeat(2, 1), weights, settings, checkpoint_path=checkpoint, **QUIET)
-    monkeypatch.setattr(training, "batch_rows", real_batch_rows)
     return checkpoint
 
 

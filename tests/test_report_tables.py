@@ -262,3 +262,37 @@ def test_a_single_value_gets_its_bootstrap_interval_as_error_bar():
     assert stats.loc[0.001, ["below", "above"]].tolist() == pytest.approx([0.2, 0.1])
     spread = np.std([0.5, 0.7], ddof=1)
     assert stats.loc[0.0, ["below", "above"]].tolist() == pytest.approx([spread, spread])
+
+
+def test_estimator_figure_names_flags_and_cells_without_an_exact_reference(monkeypatch):
+    """Pearson, Spearman and agreement-with-exact panels; a failed estimator and a cell without the
+    exact Hessian are named, not drawn as numbers; with no exact anywhere the third panel is left out."""
+    from matplotlib import pyplot as plt
+
+    from fragility.report import figures as plots
+
+    drawn = {}
+    monkeypatch.setattr(plots, "save", lambda fig, outdir, name: drawn.update(fig=fig))
+
+    def row(arch, estimator, value, flag="", agreement=math.nan, agreement_text=report_tables.NO_EXACT):
+        return {"study": "s", "dataset": "d", "arch": arch, "decay": 0.0, "seed": 0, "test_point": "max",
+                "target": "loss_change", "estimator": estimator, "pearson": value, "pearson_lo": value - 0.1,
+                "pearson_hi": value + 0.1, "spearman": value, "spearman_lo": value - 0.1, "spearman_hi": value + 0.1,
+                "flag": flag, "agreement_with_exact": agreement, "agreement_with_exact_lo": agreement - 0.05,
+                "agreement_with_exact_hi": agreement + 0.05, "agreement_with_exact_text": agreement_text}
+
+    est = pd.DataFrame([row("a", "exact", 0.9, agreement=1.0, agreement_text="1.00 [1.00, 1.00]"),
+                        row("a", "lissa", math.nan, flag="estimator_failed", agreement_text="estimator_failed"),
+                        row("b", "exact", 0.5), row("b", "lissa", 0.4)])
+    plots.estimator_comparison(est, "unused")
+    axes = drawn["fig"].axes
+    assert len(axes) == 3
+    notes = [" ".join(t.get_text() for t in ax.texts) for ax in axes]
+    assert "estimator_failed (lissa)" in notes[0] and "no exact" not in notes[0]
+    assert report_tables.NO_EXACT in notes[2]
+    pearson_points = sorted(float(y) for line in axes[0].lines if line.get_marker() == "o" for y in line.get_ydata())
+    assert pearson_points == [0.4, 0.5, 0.9]  # the failed estimator's NaN is not drawn
+    plt.close(drawn["fig"])
+    plots.estimator_comparison(est[est.arch == "b"], "unused")
+    assert len(drawn["fig"].axes) == 2 and "no cell computed the exact Hessian" in drawn["fig"].axes[0].get_title()
+    plt.close(drawn["fig"])

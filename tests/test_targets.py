@@ -331,16 +331,12 @@ def test_pipeline_steps_reproduce_theta_star_when_nothing_is_removed(tmp_path):
         assert (pbrf[pbrf.removed_index == 7].param_distance > 1e-6).all()
 
 
-class _Killed(Exception):
-    pass
-
-
 @pytest.mark.parametrize("job", ["pbrf", "groups"])
 def test_killed_target_job_resumes_from_its_checkpoint_to_the_same_numbers(job, tmp_path, monkeypatch):
     """A PBRF or removal-set job killed between checkpoints resumes at its last checkpoint and
     writes the table of an uninterrupted run; a PBRF checkpoint of another ε is not resumed."""
-    from fragility.engine import training
     from fragility.study import pipeline
+    from interrupt import interrupted_at
 
     data, model = tmp_path / "data.pt", tmp_path / "model.pt"
     pipeline.prepare_data("iris", {"test_fraction": 0.2, "split_seed": 0, "standardize": True}, str(tmp_path), data)
@@ -360,26 +356,15 @@ def test_killed_target_job_resumes_from_its_checkpoint_to_the_same_numbers(job, 
 
     run(tmp_path / "whole.parquet", None, lambda m: None)
     checkpoint = tmp_path / "job.checkpoint.pt"
-    real_batch_rows = training.batch_rows
-
-    def killed_at_step_7(step, *args):
-        if step == 7:
-            raise _Killed
-        return real_batch_rows(step, *args)
-
-    monkeypatch.setattr(training, "batch_rows", killed_at_step_7)
-    with pytest.raises(_Killed):
+    with interrupted_at(monkeypatch, 7):  # after the checkpoint at step 4
         run(tmp_path / "resumed.parquet", checkpoint, lambda m: None)
-    monkeypatch.setattr(training, "batch_rows", real_batch_rows)
     assert checkpoint.exists() and not (tmp_path / "resumed.parquet").exists()
     if job == "pbrf":  # another ε: another run, started over (its checkpoint replaced, then removed)
         messages = []
         run(tmp_path / "other.parquet", checkpoint, messages.append, scale=0.5)
         assert any("another run" in m for m in messages) and not any("resuming" in m for m in messages)
-        with pytest.raises(_Killed):
-            monkeypatch.setattr(training, "batch_rows", killed_at_step_7)
+        with interrupted_at(monkeypatch, 7):
             run(tmp_path / "resumed.parquet", checkpoint, lambda m: None)
-        monkeypatch.setattr(training, "batch_rows", real_batch_rows)
     messages = []
     run(tmp_path / "resumed.parquet", checkpoint, messages.append)
     assert any("resuming" in m and "step 4" in m for m in messages), messages

@@ -13,6 +13,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from ..stats import format_interval  # noqa: E402
+from .aggregate import NO_EXACT  # noqa: E402
 from ..models.registry import MLP_NAME  # noqa: E402
 
 
@@ -283,8 +284,8 @@ CORRELATION_PANELS = (("pearson", "flag", "Pearson(Δ̂, Δ)"), ("spearman", "fl
 def _by_cell(part: pd.DataFrame, outdir, name: str, title: str | None = None, panels=CORRELATION_PANELS) -> None:
     """One panel per (value column, flag column, y label) of `panels` (default: Pearson on top,
     Spearman below), each estimator of `part` per cell (column `cell`) with its bootstrap interval
-    (`<value>_lo`, `<value>_hi`); a flagged or undefined value is a grey cross at 0 with its flag's
-    name, never a number."""
+    (`<value>_lo`, `<value>_hi`); a flagged or undefined value is a grey cross at 0, and each cell's
+    flags are named once below it (with the estimators they concern, unless all), never a number."""
     cells = list(dict.fromkeys(part.cell))
     methods = list(dict.fromkeys(part.estimator))
     fig, axes = plt.subplots(len(panels), 1, figsize=(max(6, 0.9 * len(cells) * max(1, len(methods)) ** 0.5 + 2),
@@ -292,6 +293,7 @@ def _by_cell(part: pd.DataFrame, outdir, name: str, title: str | None = None, pa
     axes = axes[:, 0]
     offsets = np.linspace(-0.3, 0.3, len(methods)) if len(methods) > 1 else [0.0]
     for ax, (column, flag_column, label) in zip(axes, panels):
+        named = {}  # cell index -> {flag: [estimators]}: one label per cell, inside the axes
         for off, estimator in zip(offsets, methods):
             rows = part[part.estimator == estimator].set_index("cell").reindex(cells)
             xs = np.arange(len(cells)) + off
@@ -301,9 +303,13 @@ def _by_cell(part: pd.DataFrame, outdir, name: str, title: str | None = None, pa
             hi = rows.get(f"{column}_hi", rows[column])
             yerr = np.vstack([(rows[column] - lo).clip(lower=0), (hi - rows[column]).clip(lower=0)])
             ax.errorbar(xs[ok], rows[column][ok], yerr=yerr[:, ok], fmt="o", capsize=2, label=estimator)
-            for x, flag in zip(xs[~ok], flags[~ok].replace("", "undefined")):
-                ax.plot(x, 0, marker="x", color="grey")
-                ax.annotate(flag, (x, 0), fontsize=6, rotation=60)
+            ax.plot(xs[~ok], np.zeros(int((~ok).sum())), "x", color="grey")
+            for i, flag in zip(np.flatnonzero(~ok), flags[~ok].replace("", "undefined")):
+                named.setdefault(i, {}).setdefault(flag, []).append(estimator)
+        for i, by_flag in named.items():
+            text = "\n".join(flag.replace(";", "\n") + ("" if len(names) == len(methods) else f" ({', '.join(names)})")
+                             for flag, names in by_flag.items())
+            ax.text(i, -0.1, text, fontsize=5, ha="center", va="top", wrap=True, clip_on=True)
         ax.axhline(0, color="grey", lw=0.5)
         ax.set_ylim(-1.05, 1.05)
         ax.set_ylabel(label)
@@ -329,6 +335,9 @@ def estimator_comparison(est: pd.DataFrame, outdir, name="estimator_comparison",
     finite = part["agreement_with_exact"].notna()
     part["agreement_flag"] = np.where(finite, "", part["agreement_with_exact_text"].fillna("not computed"))
     part["cell"] = _cell_labels(part)
+    if (part["agreement_with_exact_text"] == NO_EXACT).all():  # nothing to draw in the agreement panel
+        return _by_cell(part, outdir, name, "every estimator against the same re-training (95 % bootstrap intervals); "
+                        "no cell computed the exact Hessian, so no agreement with exact Δ̂")
     _by_cell(part, outdir, name, "every estimator against the same re-training, and against exact Δ̂ (95 % bootstrap intervals)",
              CORRELATION_PANELS + (("agreement_with_exact", "agreement_flag", "Pearson(Δ̂, exact Δ̂)"),))
 
