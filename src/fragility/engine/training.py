@@ -16,8 +16,8 @@ are stacked into one leaf tensor Θ ∈ R^{k×p}, their objectives are evaluated
 momentum, Adam) act element-wise and decay is part of the loss, one optimiser step on Θ is
 exactly k independent steps. Decay is in the loss, not the optimiser, so θ* minimises R(θ).
 For a plain MLP chain (FlatModel.chain) and a Task that scores rows independently, the k
-objectives are evaluated as broadcast matrix products on the stacked weights instead of under
-vmap: the same operations, the same bits (tested), less per-operation overhead.
+objectives are evaluated on CPU as broadcast matrix products on the stacked weights instead of
+under vmap: the same operations, the same bits (tested), less per-operation overhead.
 
 BatchNorm in train mode normalises with the statistics of the minibatch rows copy c may see,
 
@@ -314,9 +314,11 @@ def train_copies(
         def batched(thetas, buffers, wb, xb, yb, rows=None):
             return vmap(lambda th, bu, w, rx, ry, rw: copy_objective(th, bu, w, xb, yb, rows, (rx, ry, rw)),
                         in_dims=0)(thetas, buffers, wb, pbrf.removal_x, pbrf.removal_y, pbrf.removal_weights)
-    elif STACKED_CHAIN and net.chain is not None and net.task.rows_independent and not net.hooked():
+    elif (STACKED_CHAIN and net.chain is not None and net.task.rows_independent and not net.hooked()
+          and thetas.device.type == "cpu"):
         # a plain MLP chain: the copies' objectives as batched products, the numbers of the vmap
-        # below to the bit (tested), without its per-operation overhead (~1.5x faster)
+        # below to the bit on CPU (tested), without its per-operation overhead (~1.5x faster);
+        # CUDA keeps vmap (its batched kernels are not checked against these bits)
         def batched(thetas, buffers, wb, xb, yb, rows=None):
             logits = net.stacked_logits(thetas, xb)
             losses = net.task.per_sample_loss(logits.reshape(-1, *logits.shape[2:]), yb.repeat(k, *[1] * (yb.dim() - 1)))
