@@ -215,8 +215,10 @@ def cell(repeat, cores, baseline=None):
 
 
 def trainer(repeat, steps=3000):
-    """CPU time per step of full-batch GD on the Iris net mlp-d1-w5 (one copy, float64, 1 thread):
-    the plain step against torch.optim.SGD + LambdaLR, after one warm-up run of each."""
+    """CPU time per step of full-batch GD on the Iris nets (float64, 1 thread), each against what the
+    trainer used before, after one warm-up run of each: the plain step against torch.optim.SGD +
+    LambdaLR (mlp-d1-w5, one copy), and the functional chain against functional_call (vmap of it
+    for 20 copies)."""
     import torch
 
     from fragility.data.registry import load_split
@@ -227,69 +229,69 @@ def trainer(repeat, steps=3000):
     torch.set_num_threads(1)
     split = load_split("iris", {"test_fraction": 0.2, "split_seed": 0})
     x, y = split.x_train.double(), split.y_train
-    times, thetas = {True: [], False: []}, {}
-    for run in range(repeat + 1):
-        for plain in (True, False):
-            training.PLAIN_STEP = plain
-            net = FlatModel(init_model("mlp-d1-w5", (4,), 3, seed=0, dtype=torch.float64))
-            settings = training.TrainSettings(steps=steps, lr=0.01, check_every=10 * steps)
-            start = time.process_time()
-            result = training.train_copies(net, x, y, 0.005, net.flatten()[None], torch.ones(1, len(y), dtype=torch.float64),
-                                           settings, log=lambda message: None)
-            if run:  # the first run of each is a warm-up (and imports torch._dynamo for SGD)
-                times[plain].append((time.process_time() - start) / steps)
-            thetas[plain] = result.thetas
-    training.PLAIN_STEP = True
-    ours, base = statistics.median(times[True]), statistics.median(times[False])
-    rows = [{"section": "trainer", "case": "Iris mlp-d1-w5, full-batch GD, 1 copy", "ours_us": ours * 1e6, "base_us": base * 1e6,
-             "ratio": base / ours, "agreement": "bit-identical" if torch.equal(thetas[True], thetas[False]) else "DIFFERENT",
-             "note": f"median of {repeat} runs of {steps} steps, CPU time, 1 thread", "baseline": "torch.optim.SGD + LambdaLR"}]
+
+    def compare(case, arch, copies, use_new, baseline):
+        """Time `train_copies` with `use_new(net, True)` (this code) and `use_new(net, False)` (before)."""
+        times, thetas = {True: [], False: []}, {}
+        for run in range(repeat + 1):
+            for new in (True, False):
+                net = FlatModel(init_model(arch, (4,), 3, seed=0, dtype=torch.float64))
+                use_new(net, new)
+                settings = training.TrainSettings(steps=steps, lr=0.01, check_every=10 * steps)
+                start = time.process_time()
+                result = training.train_copies(net, x, y, 0.005, net.flatten().repeat(copies, 1),
+                                               torch.ones(copies, len(y), dtype=torch.float64), settings,
+                                               log=lambda message: None)
+                if run:  # the first run of each is a warm-up (and imports torch._dynamo for SGD)
+                    times[new].append((time.process_time() - start) / steps)
+                thetas[new] = result.thetas
+        training.PLAIN_STEP = True
+        ours, base = statistics.median(times[True]), statistics.median(times[False])
+        return {"section": "trainer", "case": case, "ours_us": ours * 1e6, "base_us": base * 1e6, "ratio": base / ours,
+                "agreement": "bit-identical" if torch.equal(thetas[True], thetas[False]) else "DIFFERENT",
+                "note": f"median of {repeat} runs of {steps} steps, CPU time, 1 thread", "baseline": baseline}
+
+    def plain_step(net, new):
+        training.PLAIN_STEP = new
+
+    def chain(net, new):
+        if not new:
+            net.chain = None  # the baseline: torch.func.functional_call of the module
+
+    rows = [compare("Iris mlp-d1-w5, full-batch GD, 1 copy", "mlp-d1-w5", 1, plain_step, "torch.optim.SGD + LambdaLR")]
     for arch in ("mlp-d1-w5", "mlp-d8-w5", "mlp-d1-w50"):
         for copies in (1, 20):
-            times, thetas = {True: [], False: []}, {}
-            for run in range(repeat + 1):
-                for chain in (True, False):
-                    net = FlatModel(init_model(arch, (4,), 3, seed=0, dtype=torch.float64))
-                    if not chain:
-                        net.chain = None  # the baseline: torch.func.functional_call of the module
-                    settings = training.TrainSettings(steps=steps, lr=0.01, check_every=10 * steps)
-                    start = time.process_time()
-                    result = training.train_copies(net, x, y, 0.005, net.flatten().repeat(copies, 1),
-                                                   torch.ones(copies, len(y), dtype=torch.float64), settings,
-                                                   log=lambda message: None)
-                    if run:
-                        times[chain].append((time.process_time() - start) / steps)
-                    thetas[chain] = result.thetas
-            ours, base = statistics.median(times[True]), statistics.median(times[False])
-            rows.append({"section": "trainer", "case": f"Iris {arch}, full-batch GD, {copies} cop{'y' if copies == 1 else 'ies'}",
-                         "ours_us": ours * 1e6, "base_us": base * 1e6, "ratio": base / ours,
-                         "agreement": "bit-identical" if torch.equal(thetas[True], thetas[False]) else "DIFFERENT",
-                         "note": f"median of {repeat} runs of {steps} steps, CPU time, 1 thread",
-                         "baseline": "functional_call" if copies == 1 else "vmap of functional_call"})
+            rows.append(compare(f"Iris {arch}, full-batch GD, {copies} cop{'y' if copies == 1 else 'ies'}", arch, copies,
+                                chain, "functional_call" if copies == 1 else "vmap of functional_call"))
     return rows
+
+
+# per section: the table's header cells (with alignment) and one row's cells
+TABLES = {
+    "no-op job": ([("job", "---"), ("overhead per job, wall (s)", "---:"), ("overhead per job, CPU (s)", "---:"),
+                   ("note", "---")],
+                  lambda r: [r["case"], f"{r['wall_per_job_s']:.2f}", f"{r['cpu_per_job_s']:.2f}", r["note"]]),
+    "trainer": ([("case", "---"), ("trainer (µs/step)", "---:"), ("baseline", "---"), ("baseline (µs/step)", "---:"),
+                 ("ratio", "---:"), ("agreement", "---"), ("note", "---")],
+                lambda r: [r["case"], f"{r['ours_us']:.0f}", r["baseline"], f"{r['base_us']:.0f}", f"{r['ratio']:.2f}×",
+                           r["agreement"], r["note"]]),
+    "one small cell": ([("case", "---"), ("fused wall (s)", "---:"), ("other wall (s)", "---:"), ("ratio", "---:"),
+                        ("fused CPU (s)", "---:"), ("other CPU (s)", "---:"), ("ratio", "---:"), ("agreement", "---"),
+                        ("note", "---")],
+                       lambda r: [r["case"], f"{r['ours_wall_s']:.1f}", f"{r['baseline_wall_s']:.1f}",
+                                  f"{r['wall_ratio']:.2f}×", f"{r['ours_cpu_s']:.1f}", f"{r['baseline_cpu_s']:.1f}",
+                                  f"{r['cpu_ratio']:.2f}×", r["agreement"], r["note"]]),
+}
 
 
 def markdown(rows, header):
     lines = [header, ""]
-    noop_rows = [r for r in rows if r["section"] == "no-op job"]
-    if noop_rows:
-        lines += ["| job | overhead per job, wall (s) | overhead per job, CPU (s) | note |", "|---|---:|---:|---|"]
-        lines += [f"| {r['case']} | {r['wall_per_job_s']:.2f} | {r['cpu_per_job_s']:.2f} | {r['note']} |" for r in noop_rows]
-        lines.append("")
-    trainer_rows = [r for r in rows if r["section"] == "trainer"]
-    if trainer_rows:
-        lines += ["| case | trainer (µs/step) | baseline | baseline (µs/step) | ratio | agreement | note |",
-                  "|---|---:|---|---:|---:|---|---|"]
-        lines += [f"| {r['case']} | {r['ours_us']:.0f} | {r['baseline']} | {r['base_us']:.0f} | {r['ratio']:.2f}× | "
-                  f"{r['agreement']} | {r['note']} |" for r in trainer_rows]
-        lines.append("")
-    cell_rows = [r for r in rows if r["section"] == "one small cell"]
-    if cell_rows:
-        lines += ["| case | fused wall (s) | other wall (s) | ratio | fused CPU (s) | other CPU (s) | ratio | agreement | note |",
-                  "|---|---:|---:|---:|---:|---:|---:|---|---|"]
-        lines += [f"| {r['case']} | {r['ours_wall_s']:.1f} | {r['baseline_wall_s']:.1f} | {r['wall_ratio']:.2f}× | "
-                  f"{r['ours_cpu_s']:.1f} | {r['baseline_cpu_s']:.1f} | {r['cpu_ratio']:.2f}× | {r['agreement']} | "
-                  f"{r['note']} |" for r in cell_rows]
+    for section, (columns, cells) in TABLES.items():
+        part = [r for r in rows if r["section"] == section]
+        if part:
+            lines += ["| " + " | ".join(name for name, _ in columns) + " |", "|" + "|".join(a for _, a in columns) + "|"]
+            lines += ["| " + " | ".join(cells(r)) + " |" for r in part]
+            lines.append("")
     return "\n".join(lines) + "\n"
 
 

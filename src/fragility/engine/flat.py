@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 from torch.nn import functional as F
+from torch.nn.modules import module as torch_module  # the global forward hooks
 
 from .task import CrossEntropyTask, Task
 
@@ -50,8 +51,6 @@ class FlatModel:
     def hooked(self) -> bool:
         """Whether a forward hook is registered on the model now (K-FAC records activations with
         hooks): a hooked model is evaluated by functional_call, which runs them."""
-        from torch.nn.modules import module as torch_module
-
         return bool(torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks
                     or any(m._forward_hooks or m._forward_pre_hooks for m in self._modules))
 
