@@ -1,7 +1,6 @@
 # Functions of the ground-truth rules (targets.smk): which targets a cell scores, its chunks, the
 # inputs of its correlation job, a study's outputs, and the adapters of the `run:` rules.
-import json
-
+from fragility.io import read_json  # noqa: E402
 from fragility.study import targets as target_defs  # noqa: E402
 
 
@@ -9,15 +8,7 @@ def targets_enabled(wildcards_or_study):
     """The cell's `targets` list, or for a study name the union over its architectures (a
     per-architecture `overrides.<arch>.targets` may add some)."""
     if isinstance(wildcards_or_study, str):
-        study = wildcards_or_study
-        found = []
-        for arch in grid.study_block(config, study)["architectures"]:
-            for name in target_defs.enabled_targets(
-                grid.arch_config(config, study, arch)
-            ):
-                if name not in found:
-                    found.append(name)
-        return found
+        return target_defs.study_targets_enabled(config, wildcards_or_study)
     return target_defs.enabled_targets(arch_cfg(wildcards_or_study))
 
 
@@ -47,8 +38,7 @@ def removal_chunks(kind):
 
     def get(wildcards):
         plan = checkpoints.targets_plan.get(**wildcards).output[0]
-        with open(plan) as handle:
-            sets = target_defs.plan_sets(json.load(handle), kind)
+        sets = target_defs.plan_sets(read_json(plan), kind)  # a clear error if corrupt
         size = target_defs.settings(arch_cfg(wildcards), kind)["chunk_size"]
         return [
             os.path.join(

@@ -57,6 +57,17 @@ def enabled_targets(block: dict) -> list[str]:
     return targets
 
 
+def study_targets_enabled(config: dict, study: str) -> list[str]:
+    """The union of `targets` over a study's architectures, in order of first appearance (a
+    per-architecture `overrides.<arch>.targets` may add some)."""
+    from .grid import arch_config, study_block
+
+    found = []
+    for arch in study_block(config, study)["architectures"]:
+        found += [name for name in enabled_targets(arch_config(config, study, arch)) if name not in found]
+    return found
+
+
 def settings(block: dict, name: str) -> dict:
     """The `name` block (pbrf, groups, lds) of a cell's merged config over its defaults."""
     merged = {**DEFAULTS[name], **block.get(name, {})}
