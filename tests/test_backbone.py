@@ -268,6 +268,93 @@ def test_stacked_copies_of_a_chain_train_to_the_bits_of_vmap(iris64, monkeypatch
     assert runs[True].final_losses == runs[False].final_losses
 
 
+@pytest.mark.parametrize("arch, task, k, batch_size, mean_over, decay, dtype", [
+    ("mlp-d1-w5", "cross_entropy", 1, None, "kept", 0.005, torch.float64),
+    ("mlp-d1-w5", "cross_entropy", 1, None, "kept", 0.0, torch.float64),
+    ("mlp-d8-w5", "cross_entropy", 1, None, "kept", 0.005, torch.float64),
+    ("mlp-d1-w50", "cross_entropy", 1, None, "all", 0.005, torch.float64),
+    ("mlp-d3-w5", "cross_entropy", 1, 32, "kept", 0.005, torch.float64),
+    ("mlp-d0-w0", "cross_entropy", 1, None, "kept", 0.005, torch.float64),
+    ("mlp-d4-w5", "cross_entropy", 6, None, "kept", 0.005, torch.float64),
+    ("mlp-d1-w20", "cross_entropy", 5, 32, "all", 0.0, torch.float64),
+    ("mlp-d0-w0", "cross_entropy", 3, None, "kept", 0.005, torch.float64),
+    ("mlp-d2-w8", "mse", 1, None, "kept", 0.005, torch.float64),
+    ("mlp-d2-w8", "mse", 4, 40, "kept", 0.005, torch.float64),
+    ("mlp-d2-w8", "cross_entropy", 1, None, "kept", 0.005, torch.float32),
+    ("mlp-d2-w8", "cross_entropy", 4, 40, "kept", 0.005, torch.float32),
+    ("no-bias", "cross_entropy", 1, None, "kept", 0.005, torch.float64),
+    ("no-bias", "cross_entropy", 3, None, "kept", 0.005, torch.float64)])
+def test_the_written_out_chain_gradient_trains_to_the_bits_of_autograd(iris64, monkeypatch, arch, task, k, batch_size,
+                                                                       mean_over, decay, dtype):
+    """Plain chains train with their gradient written out (ChainGradient) instead of autograd's
+    backward: the final parameters, the logged losses and the final losses must be the same bits,
+    for one copy (F.linear) and stacked copies (bmm), both built-in tasks, with and without decay
+    and biases, full batch or minibatches, float64 and float32 — and the written-out path must
+    actually have run."""
+    from torch import nn
+
+    from fragility.engine import flat, training
+    from fragility.engine.task import make_task
+
+    x, y, _, _ = iris64
+    x = x.to(dtype)
+    targets = torch.nn.functional.one_hot(y, 3).to(dtype) if task == "mse" else y
+    weights = torch.ones(k, len(y), dtype=dtype)
+    for c in range(1, k):
+        weights[c, [c, c + 7]] = 0.0
+    calls = []
+    original = flat.ChainGradient.__call__
+    monkeypatch.setattr(flat.ChainGradient, "__call__", lambda self, *a: calls.append(1) or original(self, *a))
+    runs = {}
+    for written_out in (True, False):
+        calls.clear()
+        monkeypatch.setattr(training, "CHAIN_GRADIENT", written_out)
+        torch.manual_seed(5)
+        model = (nn.Sequential(nn.Linear(4, 6, bias=False), nn.ReLU(), nn.Linear(6, 3, bias=False)).to(dtype)
+                 if arch == "no-bias" else init_model(arch, (4,), 3, seed=3, dtype=dtype))
+        net = FlatModel(model, make_task(task))
+        start = net.flatten() + 0.01 * torch.randn(k, net.num_parameters, dtype=dtype)
+        runs[written_out] = train_copies(net, x, targets, decay, start, weights,
+                                         TrainSettings(steps=150, lr=0.05, batch_size=batch_size, order_seed=2,
+                                                       loss_mean_over=mean_over, check_every=40), log=lambda m: None)
+        assert len(calls) == (150 if written_out else 0)  # it ran on every step, and only while switched on
+    fast, reference = runs[True], runs[False]
+    assert not torch.equal(fast.thetas, start)
+    assert torch.equal(fast.thetas, reference.thetas)
+    assert fast.final_losses == reference.final_losses and fast.history == reference.history
+
+
+def test_the_written_out_chain_gradient_is_autograds_gradient(iris64):
+    """One call of ChainGradient against torch.autograd.grad of the objective written per copy
+    (another graph, so up to rounding), and against central finite differences of that objective (the math, not only the bits)."""
+    from fragility.engine.flat import ChainGradient
+
+    x, y, _, _ = iris64
+    net = FlatModel(init_model("mlp-d2-w5", (4,), 3, seed=1, dtype=torch.float64))
+    decay, k = 0.01, 3
+    thetas = net.flatten() + 0.1 * torch.randn(k, net.num_parameters, dtype=torch.float64,
+                                               generator=torch.Generator().manual_seed(0))
+    weights = torch.ones(k, len(y), dtype=torch.float64)
+    weights[1, 4] = weights[2, 9] = 0.0
+
+    def objective(th):
+        losses = torch.stack([(net.per_sample_losses(th[c], x, y) * weights[c]).sum() / weights[c].sum()
+                              for c in range(k)])
+        return (losses + 0.5 * decay * th.pow(2).sum(1)).sum()
+
+    written = ChainGradient(net, thetas, decay)(x, y, weights)
+    leaf = thetas.clone().requires_grad_()
+    (reference,) = torch.autograd.grad(objective(leaf), leaf)
+    torch.testing.assert_close(written, reference, rtol=0, atol=1e-13)
+    for c, i in [(0, 0), (1, 7), (2, net.num_parameters - 1)]:
+        step = torch.zeros_like(thetas)
+        step[c, i] = 1e-6
+        numeric = (objective(thetas + step) - objective(thetas - step)) / 2e-6
+        assert abs(float(numeric) - float(written[c, i])) < 1e-7
+    one = ChainGradient(net, thetas[:1], decay)(x, y, weights[:1])  # one copy: F.linear's path, not bmm's
+    torch.testing.assert_close(one[0], written[0], rtol=0, atol=1e-13)
+
+
 def test_only_plain_chains_skip_functional_call():
     """A model with any other layer, a buffer or a hook keeps functional_call."""
     from torch import nn

@@ -129,3 +129,95 @@ def plain_chain(model: nn.Module, parameter_names: set[str]):
         else:
             return None
     return steps if seen == parameter_names else None
+
+
+class ChainGradient:
+    """∇ of Σ_c R_c(θ_c) for k copies Θ [k, p] of a plain chain (FlatModel.chain), [k, p], where
+
+        R_c(θ) = Σ_i w_ci ℓ(f(x_i; θ), y_i) / m_c + (λ/2)‖θ‖²,  m_c = max(Σ_i w_ci, 1) (kept) or n (all),
+
+    the trainer's objective. The backward pass is written out: the kernels autograd's backward runs
+    for that objective (k = 1: `FlatModel.logits`' addmm; k > 1: `stacked_logits`' bmm), on the same
+    operands in the same order, so the same bits (tested against autograd), without recording a
+    graph per step. The task supplies ∂ℓ/∂h (`Task.output_gradient`). The views of each layer's
+    weights into Θ are taken once: Θ must be updated in place (as optimisers do)."""
+
+    def __init__(self, net: FlatModel, thetas: torch.Tensor, decay: float, mean_over_kept: bool = True):
+        self.net, self.thetas, self.decay, self.kept = net, thetas.detach(), float(decay), mean_over_kept
+        k, self.stacked = len(thetas), len(thetas) > 1
+        pieces = self.thetas.split(net.sizes, dim=1) if self.stacked else self.thetas[0].split(net.sizes)
+        params = dict(zip(net.names, pieces))
+        shapes = dict(zip(net.names, net.shapes))
+        self.layers = []  # (kind, names, weight view [k, in, out] or [out, in], bias view or None)
+        for kind, names in net.chain:
+            weight = bias = None
+            if kind == "linear":
+                weight = (params[names[0]].reshape(k, *shapes[names[0]]).transpose(1, 2) if self.stacked
+                          else params[names[0]].view(shapes[names[0]]))
+                bias = params[names[1]] if len(names) > 1 else None
+                bias = bias.unsqueeze(1) if bias is not None and self.stacked else bias
+            self.layers.append((kind, names, weight, bias))
+        self.first = next(i for i, (kind, *_) in enumerate(self.layers) if kind == "linear")
+        self.one = torch.ones((k,) if self.stacked else (), dtype=thetas.dtype, device=thetas.device)
+        self._rows = (None, None)  # (weights, ∂R/∂ℓ) of the last call: full-batch weights repeat
+
+    def row_grads(self, weights: torch.Tensor) -> torch.Tensor:
+        """∂(Σ_c R_c)/∂ℓ_ci = w_ci / m_c, flattened to [k·m] (autograd's order of operations)."""
+        if self._rows[0] is weights:
+            return self._rows[1]
+        k, n = weights.shape
+        count = weights.sum(-1).clamp_min(1.0) if self.kept else n
+        if self.stacked:
+            per_row = (self.one.expand(k) / count).unsqueeze(-1).expand(k, n) * weights
+        else:
+            per_row = (self.one / count).expand(n) * weights[0]
+        self._rows = (weights, per_row.reshape(-1))
+        return self._rows[1]
+
+    def __call__(self, x: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """The gradient at the current Θ on inputs x [m, d], targets and row weights [k, m]."""
+        k, stacked = len(self.thetas), self.stacked
+        h, on_copies, saved = x, False, []  # forward, keeping what each backward step reads
+        for kind, names, weight, bias in self.layers:
+            if kind == "linear":
+                if stacked:
+                    operand = h if on_copies else h.expand(k, *h.shape)
+                    h = torch.bmm(operand, weight)
+                    h = h + bias if bias is not None else h
+                else:
+                    operand, h = h, F.linear(h, weight, bias)
+                saved.append(operand)
+                on_copies = True
+            elif kind == "relu":
+                h = F.relu(h)
+                saved.append(h)
+            else:
+                start, end = names
+                shift = int(on_copies and stacked)
+                saved.append(h.shape)
+                h = h.flatten(start + shift if start >= 0 else start, end + shift if end >= 0 else end)
+        outputs = h.reshape(-1, *h.shape[2:]) if stacked else h
+        rows = targets.repeat(k, *[1] * (targets.dim() - 1)) if stacked else targets
+        g = self.net.task.output_gradient(outputs, rows, self.row_grads(weights)).reshape(h.shape)
+        grads = {}
+        for index in range(len(self.layers) - 1, -1, -1):
+            (kind, names, weight, bias), operand = self.layers[index], saved[index]
+            if kind == "linear":
+                if bias is not None:
+                    grads[names[1]] = g.sum_to_size(bias.shape).squeeze(1) if stacked else g.sum_to_size(bias.shape)
+                if stacked:
+                    grads[names[0]] = operand.transpose(1, 2).bmm(g).transpose(1, 2)
+                    g = g.bmm(weight.transpose(1, 2)) if index > self.first else None
+                else:
+                    grads[names[0]] = g.t().mm(operand)
+                    g = g.mm(weight) if index > self.first else None
+            elif kind == "relu":
+                g = torch.ops.aten.threshold_backward(g, operand, 0)
+            elif index > self.first:
+                g = g.reshape(operand)
+        # the decay's gradient: autograd's (1 · λ/2) · (2 θ), which is the same number as λ θ
+        if stacked:
+            loss_part = torch.cat([grads[name].reshape(k, -1) for name in self.net.names], dim=1)
+            return loss_part + self.thetas * self.decay
+        loss_part = torch.cat([grads[name].reshape(-1) for name in self.net.names])
+        return (loss_part + self.thetas[0] * self.decay).unsqueeze(0)

@@ -41,6 +41,10 @@ class Task:
         """The quantity whose change on removal is predicted: the per-sample loss by default."""
         return self.per_sample_loss(outputs, targets)
 
+    # ∂(Σ_i g_i ℓ_i)/∂h by the kernels autograd's backward of per_sample_loss runs (the same bits),
+    # for the trainer's graph-free step on plain chains (FlatModel.chain_gradient); None: not written
+    output_gradient = None
+
     def output_hessian_product(self, outputs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """∇²_h ℓ(h) u for outputs [m, C] and u [..., m, C] (the outputs are taken as constants)."""
         raise NotImplementedError
@@ -85,6 +89,13 @@ class CrossEntropyTask(Task):
 
     def per_sample_loss(self, outputs, targets):
         return F.cross_entropy(outputs, targets, reduction="none")
+
+    def output_gradient(self, outputs, targets, row_grads):
+        """g_i ∂ℓ_i/∂h_i = g_i (softmax(h_i) − e_{y_i}): the backward kernels of nll_loss and log_softmax."""
+        log_prob = torch._log_softmax(outputs, 1, False)
+        unused_total = torch.zeros((), dtype=outputs.dtype, device=outputs.device)  # read only under reduction 'mean'
+        grad = torch.ops.aten.nll_loss_backward(row_grads, log_prob, targets, None, 0, -100, unused_total)
+        return torch.ops.aten._log_softmax_backward_data(grad, log_prob, 1, outputs.dtype)
 
     def output_hessian_product(self, outputs, u):
         prob = torch.softmax(outputs.detach(), dim=-1)
@@ -132,6 +143,12 @@ class MeanSquaredErrorTask(Task):
     def per_sample_loss(self, outputs, targets):
         residual = outputs - self._as_outputs(outputs, targets)
         return 0.5 * residual.pow(2).reshape(len(outputs), -1).sum(-1)
+
+    def output_gradient(self, outputs, targets, row_grads):
+        """g_i ∂ℓ_i/∂h_i = g_i (h_i − y_i), as autograd's backward of per_sample_loss computes it."""
+        residual = outputs - self._as_outputs(outputs, targets)
+        per_output = row_grads.unsqueeze(-1).expand(len(outputs), residual[0].numel()).reshape(residual.shape)
+        return (per_output * 0.5) * (2.0 * residual.pow(1.0))
 
     def output_hessian_product(self, outputs, u):
         return u

@@ -45,7 +45,7 @@ import torch
 from torch.func import vmap
 
 from ..io import load_torch, save_torch
-from .flat import FlatModel
+from .flat import ChainGradient, FlatModel
 from .pbrf import ProximalBregman
 
 
@@ -151,6 +151,16 @@ class _NoSchedule:
 
 PLAIN_STEP = True  # use _PlainStep where it computes what torch.optim.SGD computes (tests compare both)
 STACKED_CHAIN = True  # k > 1 copies of a plain MLP chain: batched products instead of vmap (tests compare both)
+CHAIN_GRADIENT = True  # plain MLP chains: the gradient written out instead of autograd (tests compare both)
+
+
+def _chain_gradient_applies(net: FlatModel, thetas: torch.Tensor, x: torch.Tensor, k: int, pbrf) -> bool:
+    """The graph-free gradient (ChainGradient) stands in for autograd's where its bits
+    are tested: a plain chain without hooks on 2-D inputs, a task that writes out ∂ℓ/∂h, not PBRF, on
+    CPU, one copy or the stacked path (`STACKED_CHAIN`) for k > 1."""
+    return (CHAIN_GRADIENT and pbrf is None and net.chain is not None and not net.hooked() and x.dim() == 2
+            and net.task.output_gradient is not None and thetas.device.type == "cpu"
+            and (k == 1 or (STACKED_CHAIN and net.task.rows_independent)))
 
 
 def _plain_step_applies(params, settings: TrainSettings) -> bool:
@@ -330,18 +340,26 @@ def train_copies(
 
         def batched(thetas, buffers, wb, xb, yb, rows=None):
             return vmapped(thetas, buffers, wb, xb, yb)
+    graph_free = (ChainGradient(net, thetas, decay, settings.loss_mean_over == "kept")
+                  if _chain_gradient_applies(net, thetas, x, k, pbrf) else None)
     began = time.perf_counter()
     losses = torch.full((k,), math.nan)
     with _masked_batch_norm(model, row_weights):
         for step in range(start_step, settings.steps):
             rows = batch_rows(step, n, settings.batch_size, settings.order_seed, x.device)
             xb, yb, wb = (x, y, weights) if rows is None else (x[rows], y[rows], weights[:, rows])
+            done = step + 1
             optimizer.zero_grad(set_to_none=True)
-            losses = batched(thetas, buffers, wb, xb, yb, rows)
-            losses.sum().backward()
+            if graph_free:  # the same gradient, written out (ChainGradient); the loss only when logged
+                thetas.grad = graph_free(xb, yb, wb)
+                if done % settings.check_every == 0 or done == settings.steps:
+                    with torch.no_grad():
+                        losses = batched(thetas, buffers, wb, xb, yb, rows)
+            else:
+                losses = batched(thetas, buffers, wb, xb, yb, rows)
+                losses.sum().backward()
             optimizer.step()
             schedule.step()
-            done = step + 1
             if done % settings.check_every == 0 or done == settings.steps:
                 values = losses.detach().cpu()
                 if not torch.isfinite(values).all():
