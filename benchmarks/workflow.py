@@ -217,9 +217,12 @@ def cell(repeat, cores, baseline=None):
 def trainer(repeat, steps=3000):
     """CPU time per step of full-batch GD on the Iris nets (float64, 1 thread), each against what the
     trainer used before, after one warm-up run of each: the plain step against torch.optim.SGD +
-    LambdaLR (mlp-d1-w5, one copy), and the functional chain against functional_call (vmap of it
-    for 20 copies)."""
+    LambdaLR (mlp-d1-w5, one copy); the written-out gradient (ChainGradient) against autograd's
+    backward on the same chain; the chain with it against functional_call + autograd (vmap of it
+    for 20 copies); and the trainer against a plain PyTorch loop (module forward, loss.backward(),
+    p -= η p.grad; other operations, so not the same bits: its largest |Δθ| is reported)."""
     import torch
+    import torch.nn.functional as F
 
     from fragility.data.registry import load_split
     from fragility.engine import training
@@ -245,24 +248,62 @@ def trainer(repeat, steps=3000):
                 if run:  # the first run of each is a warm-up (and imports torch._dynamo for SGD)
                     times[new].append((time.process_time() - start) / steps)
                 thetas[new] = result.thetas
-        training.PLAIN_STEP = True
+        training.PLAIN_STEP = training.CHAIN_GRADIENT = True
+        return row(case, times, baseline, "bit-identical" if torch.equal(thetas[True], thetas[False]) else "DIFFERENT")
+
+    def row(case, times, baseline, agreement):
         ours, base = statistics.median(times[True]), statistics.median(times[False])
         return {"section": "trainer", "case": case, "ours_us": ours * 1e6, "base_us": base * 1e6, "ratio": base / ours,
-                "agreement": "bit-identical" if torch.equal(thetas[True], thetas[False]) else "DIFFERENT",
-                "note": f"median of {repeat} runs of {steps} steps, CPU time, 1 thread", "baseline": baseline}
+                "agreement": agreement, "note": f"median of {repeat} runs of {steps} steps, CPU time, 1 thread",
+                "baseline": baseline}
+
+    def plain_loop(case, arch):
+        """The trainer (one copy) against the loop a PyTorch user writes for the same objective."""
+        times, thetas = {True: [], False: []}, {}
+        for run in range(repeat + 1):
+            net = FlatModel(init_model(arch, (4,), 3, seed=0, dtype=torch.float64))
+            start = time.process_time()
+            thetas[True] = training.train_copies(
+                net, x, y, 0.005, net.flatten()[None], torch.ones(1, len(y), dtype=torch.float64),
+                training.TrainSettings(steps=steps, lr=0.01, check_every=10 * steps), log=lambda message: None).thetas[0]
+            ours = time.process_time() - start
+            model = init_model(arch, (4,), 3, seed=0, dtype=torch.float64)
+            params = list(model.parameters())
+            start = time.process_time()
+            for _ in range(steps):
+                loss = F.cross_entropy(model(x), y) + 0.5 * 0.005 * sum(p.pow(2).sum() for p in params)
+                model.zero_grad(set_to_none=True)
+                loss.backward()
+                with torch.no_grad():
+                    for p in params:
+                        p.sub_(0.01 * p.grad)
+            base = time.process_time() - start
+            thetas[False] = torch.cat([p.detach().reshape(-1) for p in params])
+            if run:
+                times[True].append(ours / steps)
+                times[False].append(base / steps)
+        return row(case, times, "a plain PyTorch loop",
+                   f"max abs diff = {float((thetas[True] - thetas[False]).abs().max()):.1e}")
 
     def plain_step(net, new):
         training.PLAIN_STEP = new
 
+    def written_out(net, new):
+        training.CHAIN_GRADIENT = new
+
     def chain(net, new):
         if not new:
-            net.chain = None  # the baseline: torch.func.functional_call of the module
+            net.chain = None  # the baseline: torch.func.functional_call of the module, autograd's backward
 
     rows = [compare("Iris mlp-d1-w5, full-batch GD, 1 copy", "mlp-d1-w5", 1, plain_step, "torch.optim.SGD + LambdaLR")]
     for arch in ("mlp-d1-w5", "mlp-d8-w5", "mlp-d1-w50"):
         for copies in (1, 20):
-            rows.append(compare(f"Iris {arch}, full-batch GD, {copies} cop{'y' if copies == 1 else 'ies'}", arch, copies,
-                                chain, "functional_call" if copies == 1 else "vmap of functional_call"))
+            name = f"Iris {arch}, full-batch GD, {copies} cop{'y' if copies == 1 else 'ies'}"
+            rows.append(compare(name, arch, copies, written_out, "autograd's backward (same chain)"))
+            rows.append(compare(name, arch, copies, chain,
+                                "functional_call + autograd" if copies == 1 else "vmap of functional_call + autograd"))
+    for arch in ("mlp-d1-w5", "mlp-d8-w5"):
+        rows.append(plain_loop(f"Iris {arch}, full-batch GD, 1 copy", arch))
     return rows
 
 

@@ -355,6 +355,36 @@ def test_the_written_out_chain_gradient_is_autograds_gradient(iris64):
     torch.testing.assert_close(one[0], written[0], rtol=0, atol=1e-13)
 
 
+def test_a_task_that_changes_the_loss_never_inherits_a_written_out_gradient(iris64, monkeypatch):
+    """A Task subclass that overrides per_sample_loss (here: label smoothing) but not
+    output_gradient must train with autograd's gradient of its own loss, not the parent's."""
+    import torch.nn.functional as F
+
+    from fragility.engine import flat
+    from fragility.engine.task import CrossEntropyTask
+
+    class Smoothed(CrossEntropyTask):
+        def per_sample_loss(self, outputs, targets):
+            return F.cross_entropy(outputs, targets, reduction="none", label_smoothing=0.3)
+
+    class Rewritten(Smoothed):
+        output_gradient = CrossEntropyTask.output_gradient  # declares its own (here: wrongly)
+
+    assert CrossEntropyTask().writes_out_gradient() and not Smoothed().writes_out_gradient()
+    assert Rewritten().writes_out_gradient()
+    monkeypatch.setattr(flat.ChainGradient, "__call__", lambda *a: pytest.fail("written-out gradient used"))
+    x, y, _, _ = iris64
+    net = FlatModel(init_model("mlp-d1-w5", (4,), 3, seed=3, dtype=torch.float64), Smoothed())
+    result = train_copies(net, x, y, 0.005, net.flatten()[None], torch.ones(1, len(y), dtype=torch.float64),
+                          TrainSettings(steps=5, lr=0.05), log=lambda m: None)
+    theta = net.flatten()
+    for _ in range(5):  # the same steps by hand, with autograd on the smoothed loss
+        leaf = theta.clone().requires_grad_()
+        objective = net.per_sample_losses(leaf, x, y).mean() + 0.5 * 0.005 * leaf.pow(2).sum()
+        theta = theta - 0.05 * torch.autograd.grad(objective, leaf)[0]
+    torch.testing.assert_close(result.thetas[0], theta, rtol=0, atol=1e-12)
+
+
 def test_only_plain_chains_skip_functional_call():
     """A model with any other layer, a buffer or a hook keeps functional_call."""
     from torch import nn

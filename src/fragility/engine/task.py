@@ -41,9 +41,19 @@ class Task:
         """The quantity whose change on removal is predicted: the per-sample loss by default."""
         return self.per_sample_loss(outputs, targets)
 
-    # ∂(Σ_i g_i ℓ_i)/∂h by the kernels autograd's backward of per_sample_loss runs (the same bits),
-    # for the trainer's graph-free step on plain chains (FlatModel.chain_gradient); None: not written
+    # output_gradient(h, y, g) = ∂(Σ_i g_i ℓ_i)/∂h by the kernels autograd's backward of
+    # per_sample_loss runs (the same bits), for the trainer's graph-free step on plain chains
+    # (flat.ChainGradient); None: not written, the trainer uses autograd
     output_gradient = None
+
+    def writes_out_gradient(self) -> bool:
+        """Whether `output_gradient` was written for this task's `per_sample_loss` (defined in the
+        loss's class or below it): a subclass that overrides the loss but not the gradient gets
+        autograd, never the parent's gradient."""
+        def owner(name):
+            return next(c for c in type(self).__mro__ if name in vars(c))
+
+        return self.output_gradient is not None and issubclass(owner("output_gradient"), owner("per_sample_loss"))
 
     def output_hessian_product(self, outputs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """∇²_h ℓ(h) u for outputs [m, C] and u [..., m, C] (the outputs are taken as constants)."""

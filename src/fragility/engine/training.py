@@ -17,7 +17,10 @@ momentum, Adam) act element-wise and decay is part of the loss, one optimiser st
 exactly k independent steps. Decay is in the loss, not the optimiser, so θ* minimises R(θ).
 For a plain MLP chain (FlatModel.chain) and a Task that scores rows independently, the k
 objectives are evaluated on CPU as broadcast matrix products on the stacked weights instead of
-under vmap: the same operations, the same bits (tested), less per-operation overhead.
+under vmap: the same operations, the same bits (tested), less per-operation overhead. For such a
+chain and a built-in task the gradient ∇Σ_c R_c is written out (flat.ChainGradient: the kernels
+autograd's backward runs, the same bits, tested) instead of recording a graph every step, and the
+loss is evaluated only at the logged steps.
 
 BatchNorm in train mode normalises with the statistics of the minibatch rows copy c may see,
 
@@ -159,7 +162,7 @@ def _chain_gradient_applies(net: FlatModel, thetas: torch.Tensor, x: torch.Tenso
     are tested: a plain chain without hooks on 2-D inputs, a task that writes out ∂ℓ/∂h, not PBRF, on
     CPU, one copy or the stacked path (`STACKED_CHAIN`) for k > 1."""
     return (CHAIN_GRADIENT and pbrf is None and net.chain is not None and not net.hooked() and x.dim() == 2
-            and net.task.output_gradient is not None and thetas.device.type == "cpu"
+            and net.task.writes_out_gradient() and thetas.device.type == "cpu"
             and (k == 1 or (STACKED_CHAIN and net.task.rows_independent)))
 
 
