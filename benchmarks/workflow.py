@@ -3,6 +3,7 @@
     nice .venv/bin/python benchmarks/workflow.py --baseline ../old-main   # both sections, 3 repeats
     .venv/bin/python benchmarks/workflow.py --only noop --repeat 5
     options: --only noop trainer cell, --repeat N (median of N), --cores N (default 1), --jobs N (no-op jobs),
+             --cell-config tiny|paper (the cell section: configs/tiny.yaml or config.yaml),
              --baseline DIR (another checkout, run as it is), --markdown FILE
 
 noop: Snakemake runs N independent jobs of a bare workflow with `--cores 1`; the per-job overhead
@@ -12,9 +13,10 @@ imports the library's pipeline (torch, pandas) and sets torch up as every heavy 
 runtime.configure and with the public torch.use_deterministic_algorithms it used before.
 
 trainer: CPU time per step of full-batch GD on the Iris nets, the trainer's plain step against
-torch.optim.SGD with a LambdaLR schedule (what it used before), and the direct functional chain of
-an MLP (FlatModel.chain) against torch.func.functional_call (what it used before), for 1 and 20
-stacked copies; and whether the bits agree.
+torch.optim.SGD with a LambdaLR schedule, the written-out gradient of a plain chain
+(flat.ChainGradient) against autograd's backward, the chain with it against
+torch.func.functional_call + autograd (what each replaced), for 1 and 20 stacked copies, and the
+trainer against a plain PyTorch loop; and whether the bits agree.
 
 cell: one Iris cell of configs/tiny.yaml (mlp-d1-w5, decay 0.005: train → test points → 2
 influence estimators → selection → drift control → LOO chunk → correlations) from a fresh copy of
@@ -180,8 +182,12 @@ def same_files(a: dict, b: dict) -> str:
     return f"identical ({len(a)} files)"
 
 
-def cell(repeat, cores, baseline=None):
-    """The cell through Snakemake: this tree fused and split, and the `baseline` checkout as it is."""
+CELL_CONFIGS = {"tiny": ["configs/tiny.yaml"], "paper": []}  # configs/tiny.yaml, or config.yaml alone
+
+
+def cell(repeat, cores, baseline=None, config="tiny"):
+    """The cell through Snakemake: this tree fused and split, and the `baseline` checkout as it is;
+    `config` "tiny" (configs/tiny.yaml, short training) or "paper" (config.yaml: 60,000 steps)."""
     variants = {"fused": (REPO, True), "split": (REPO, False)}
     if baseline:
         variants["baseline"] = (Path(baseline).resolve(), None)
@@ -191,7 +197,7 @@ def cell(repeat, cores, baseline=None):
         for name, (source, fuse) in variants.items():
             with tempfile.TemporaryDirectory() as tmp:
                 work = copy_workflow(Path(tmp) / "w", source, fuse)
-                args = ["--configfile", "configs/tiny.yaml", "configs/bench_fuse.yaml"]
+                args = ["--configfile", *CELL_CONFIGS[config], "configs/bench_fuse.yaml"]
                 env = dict(env_with_library(), PYTHONPATH=str(source / "src"))
                 wall, cpu, out = timed([SNAKEMAKE, "--cores", str(cores), f"{CELL}/correlations.parquet", *args], work, env)
                 samples[name].append((wall, cpu))
@@ -204,7 +210,7 @@ def cell(repeat, cores, baseline=None):
             continue
         rows.append({
             "section": "one small cell",
-            "case": f"Iris mlp-d1-w5 cell of configs/tiny.yaml: fused ({jobs['fused']} jobs) vs {name} ({jobs[name]} jobs)",
+            "case": f"Iris mlp-d1-w5 cell of {'configs/tiny.yaml' if config == 'tiny' else 'config.yaml'}: fused ({jobs['fused']} jobs) vs {name} ({jobs[name]} jobs)",
             "ours_wall_s": med["fused"][0], "baseline_wall_s": med[name][0], "ours_cpu_s": med["fused"][1],
             "baseline_cpu_s": med[name][1], "wall_ratio": med[name][0] / med["fused"][0],
             "cpu_ratio": med[name][1] / med["fused"][1], "agreement": same_files(files[name], files["fused"]),
@@ -342,6 +348,8 @@ def main():
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--jobs", type=int, default=6, help="no-op jobs per run (noop section)")
     parser.add_argument("--cores", type=int, default=1)
+    parser.add_argument("--cell-config", choices=sorted(CELL_CONFIGS), default="tiny",
+                        help="cell section: the tiny config's cell or the paper-scale config's (60,000 steps)")
     parser.add_argument("--baseline", help="a checkout of the code to compare with (e.g. the previous main)")
     parser.add_argument("--markdown")
     args = parser.parse_args()
@@ -354,7 +362,7 @@ def main():
     if "trainer" in args.only:
         rows += trainer(args.repeat)
     if "cell" in args.only:
-        rows += cell(args.repeat, args.cores, args.baseline)
+        rows += cell(args.repeat, args.cores, args.baseline, args.cell_config)
     text = markdown(rows, header)
     print(text)
     if args.markdown:
