@@ -200,20 +200,22 @@ class ChainGradient:
         rows = targets.repeat(k, *[1] * (targets.dim() - 1)) if stacked else targets
         g = self.net.task.output_gradient(outputs, rows, self.row_grads(weights)).reshape(h.shape)
         grads = {}
-        for index in range(len(self.layers) - 1, -1, -1):
+        for index in range(len(self.layers) - 1, self.first - 1, -1):  # back to the first layer with weights
             (kind, names, weight, bias), operand = self.layers[index], saved[index]
             if kind == "linear":
                 if bias is not None:
                     grads[names[1]] = g.sum_to_size(bias.shape).squeeze(1) if stacked else g.sum_to_size(bias.shape)
                 if stacked:
                     grads[names[0]] = operand.transpose(1, 2).bmm(g).transpose(1, 2)
-                    g = g.bmm(weight.transpose(1, 2)) if index > self.first else None
+                    if index > self.first:
+                        g = g.bmm(weight.transpose(1, 2))
                 else:
                     grads[names[0]] = g.t().mm(operand)
-                    g = g.mm(weight) if index > self.first else None
+                    if index > self.first:
+                        g = g.mm(weight)
             elif kind == "relu":
                 g = torch.ops.aten.threshold_backward(g, operand, 0)
-            elif index > self.first:
+            else:
                 g = g.reshape(operand)
         # the decay's gradient: autograd's (1 · λ/2) · (2 θ), which is the same number as λ θ
         if stacked:

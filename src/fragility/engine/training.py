@@ -158,10 +158,11 @@ CHAIN_GRADIENT = True  # plain MLP chains: the gradient written out instead of a
 
 
 def _chain_gradient_applies(net: FlatModel, thetas: torch.Tensor, x: torch.Tensor, k: int, pbrf) -> bool:
-    """The graph-free gradient (ChainGradient) stands in for autograd's where its bits
-    are tested: a plain chain without hooks on 2-D inputs, a task that writes out ∂ℓ/∂h, not PBRF, on
-    CPU, one copy or the stacked path (`STACKED_CHAIN`) for k > 1."""
+    """The written-out gradient (ChainGradient) stands in for autograd's where its bits are
+    tested: a plain chain with weights and without hooks on 2-D inputs, a task that writes out
+    ∂ℓ/∂h, not PBRF, on CPU, one copy or the stacked path (`STACKED_CHAIN`) for k > 1."""
     return (CHAIN_GRADIENT and pbrf is None and net.chain is not None and not net.hooked() and x.dim() == 2
+            and any(kind == "linear" for kind, _ in net.chain)
             and net.task.writes_out_gradient() and thetas.device.type == "cpu"
             and (k == 1 or (STACKED_CHAIN and net.task.rows_independent)))
 
@@ -343,8 +344,8 @@ def train_copies(
 
         def batched(thetas, buffers, wb, xb, yb, rows=None):
             return vmapped(thetas, buffers, wb, xb, yb)
-    graph_free = (ChainGradient(net, thetas, decay, settings.loss_mean_over == "kept")
-                  if _chain_gradient_applies(net, thetas, x, k, pbrf) else None)
+    chain_gradient = (ChainGradient(net, thetas, decay, settings.loss_mean_over == "kept")
+                      if _chain_gradient_applies(net, thetas, x, k, pbrf) else None)
     began = time.perf_counter()
     losses = torch.full((k,), math.nan)
     with _masked_batch_norm(model, row_weights):
@@ -353,8 +354,8 @@ def train_copies(
             xb, yb, wb = (x, y, weights) if rows is None else (x[rows], y[rows], weights[:, rows])
             done = step + 1
             optimizer.zero_grad(set_to_none=True)
-            if graph_free:  # the same gradient, written out (ChainGradient); the loss only when logged
-                thetas.grad = graph_free(xb, yb, wb)
+            if chain_gradient is not None:  # the same gradient, written out (ChainGradient); the loss only when logged
+                thetas.grad = chain_gradient(xb, yb, wb)
                 if done % settings.check_every == 0 or done == settings.steps:
                     with torch.no_grad():
                         losses = batched(thetas, buffers, wb, xb, yb, rows)
