@@ -210,12 +210,15 @@ def test_plain_gradient_steps_are_torch_sgd_to_the_last_bit(iris64, monkeypatch,
 
 
 @pytest.mark.parametrize("k, batch_size", [(1, None), (3, 32)])
-def test_an_mlp_evaluated_as_a_functional_chain_trains_to_the_same_bits(iris64, k, batch_size):
+def test_an_mlp_evaluated_as_a_functional_chain_trains_to_the_same_bits(iris64, monkeypatch, k, batch_size):
     """FlatModel evaluates an MLP by calling F.linear / F.relu directly (FlatModel.chain): the
     outputs, their gradients and a training run must equal functional_call's to the last bit."""
     x, y, _, _ = iris64
     weights = torch.ones(k, len(y), dtype=torch.float64)
     weights[k - 1, 0] = 0.0
+    from fragility.engine import training
+
+    monkeypatch.setattr(training, "CHAIN_GRADIENT", False)  # autograd through the chain (the written-out gradient: below)
     runs = {}
     for chain in (True, False):
         net = FlatModel(init_model("mlp-d3-w5", (4,), 3, seed=3, dtype=torch.float64))
@@ -251,6 +254,7 @@ def test_stacked_copies_of_a_chain_train_to_the_bits_of_vmap(iris64, monkeypatch
     weights = torch.ones(k, len(y), dtype=torch.float64)
     for c in range(1, k):
         weights[c, [c, c + 7]] = 0.0
+    monkeypatch.setattr(training, "CHAIN_GRADIENT", False)  # autograd of the products (the written-out gradient: below)
     runs = {}
     for stacked in (True, False):
         monkeypatch.setattr(training, "STACKED_CHAIN", stacked)

@@ -30,6 +30,8 @@ class FlatModel:
         self.sizes = [p.numel() for _, p in params]
         self.buffers = {n: b for n, b in model.named_buffers()}
         self.chain = plain_chain(model, set(self.names))
+        shapes = dict(zip(self.names, self.shapes))
+        self._chain_shapes = [shapes[names[0]] if kind == "linear" else None for kind, names in self.chain or []]
         self._modules = list(model.modules())
 
     @property
@@ -56,15 +58,7 @@ class FlatModel:
 
     def logits(self, theta: torch.Tensor, x: torch.Tensor, buffers: dict | None = None) -> torch.Tensor:
         if self.chain is not None and not self.hooked():
-            params = self.unflatten(theta)
-            for kind, names in self.chain:
-                if kind == "linear":
-                    x = F.linear(x, params[names[0]], params[names[1]] if len(names) > 1 else None)
-                elif kind == "relu":
-                    x = F.relu(x)
-                else:
-                    x = x.flatten(*names)
-            return x
+            return run_chain(self.chain_layers(theta), x)[0]
         return functional_call(self.model, (self.unflatten(theta), self.buffers if buffers is None else buffers), (x,))
 
     def stacked_logits(self, thetas: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -72,22 +66,25 @@ class FlatModel:
         plain chain: broadcast matrix products on the stacked weights (torch.matmul, then the bias),
         the operations `vmap(logits)` runs, with the same bits (tested) and without vmap's
         per-operation overhead."""
-        k = len(thetas)
-        params = dict(zip(self.names, thetas.split(self.sizes, dim=1)))
-        shapes = dict(zip(self.names, self.shapes))
-        h, stacked = x, False  # the inputs are shared until the first layer with weights
-        for kind, names in self.chain:
+        h, on_copies = run_chain(self.chain_layers(thetas), x, copies=len(thetas))
+        return h if on_copies else h.unsqueeze(0).expand(len(thetas), *h.shape)
+
+    def chain_layers(self, theta: torch.Tensor) -> list[tuple]:
+        """The plain chain's layers [(kind, arguments, weight, bias)] with views of their weights into
+        θ: for one copy θ [p] the operands of F.linear (weight [out, in], bias [out]); for stacked
+        copies Θ [k, p] those of the batched products (weight [k, in, out], bias [k, 1, out])."""
+        stacked = theta.dim() == 2
+        params = dict(zip(self.names, theta.split(self.sizes, dim=-1)))
+        layers = []
+        for (kind, names), shape in zip(self.chain, self._chain_shapes):
+            weight = bias = None
             if kind == "linear":
-                h = torch.matmul(h, params[names[0]].reshape(k, *shapes[names[0]]).transpose(1, 2))
+                weight = (params[names[0]].reshape(len(theta), *shape).transpose(1, 2) if stacked
+                          else params[names[0]].view(shape))
                 if len(names) > 1:
-                    h = h + params[names[1]].unsqueeze(1)
-                stacked = True
-            elif kind == "relu":
-                h = F.relu(h)
-            else:  # once stacked, a copy's dimension d is dimension d + 1
-                start, end = names
-                h = h.flatten(start + stacked if start >= 0 else start, end + stacked if end >= 0 else end)
-        return h if stacked else h.unsqueeze(0).expand(k, *h.shape)
+                    bias = params[names[1]].unsqueeze(1) if stacked else params[names[1]]
+            layers.append((kind, names, weight, bias))
+        return layers
 
     def per_sample_losses(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """ℓ(z_i, θ) for every row, the task's loss of the outputs, shape [n]."""
@@ -96,6 +93,32 @@ class FlatModel:
     def measurements(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The task's test measurement for every row (the loss unless the task says otherwise), [n]."""
         return self.task.measurement(self.logits(theta, x), y)
+
+
+def run_chain(layers: list[tuple], x: torch.Tensor, copies: int | None = None, saved: list | None = None):
+    """Forward through `FlatModel.chain_layers`: one copy (`copies` None: F.linear, F.relu) or
+    `copies` stacked ones (torch.matmul on the stacked weights, then the bias; the inputs are shared
+    until the first layer with weights, after which a copy's dimension d is dimension d + 1).
+    Returns (outputs, whether they are per copy); `saved` collects each layer's (input, output)."""
+    h, on_copies = x, False
+    for kind, names, weight, bias in layers:
+        before = h
+        if kind == "linear":
+            if copies:
+                h = torch.matmul(h, weight)
+                h = h + bias if bias is not None else h
+            else:
+                h = F.linear(h, weight, bias)
+            on_copies = True
+        elif kind == "relu":
+            h = F.relu(h)
+        else:
+            start, end = names
+            shift = int(on_copies and bool(copies))
+            h = h.flatten(start + shift if start >= 0 else start, end + shift if end >= 0 else end)
+        if saved is not None:
+            saved.append((before, h))
+    return h, on_copies
 
 
 def plain_chain(model: nn.Module, parameter_names: set[str]):
@@ -137,26 +160,15 @@ class ChainGradient:
         R_c(θ) = Σ_i w_ci ℓ(f(x_i; θ), y_i) / m_c + (λ/2)‖θ‖²,  m_c = max(Σ_i w_ci, 1) (kept) or n (all),
 
     the trainer's objective. The backward pass is written out: the kernels autograd's backward runs
-    for that objective (k = 1: `FlatModel.logits`' addmm; k > 1: `stacked_logits`' bmm), on the same
-    operands in the same order, so the same bits (tested against autograd), without recording a
-    graph per step. The task supplies ∂ℓ/∂h (`Task.output_gradient`). The views of each layer's
+    for that objective (k = 1: `FlatModel.logits`' addmm; k > 1: the bmm inside `stacked_logits`'
+    matmul), on the same operands in the same order, so the same bits (tested against autograd),
+    without recording a graph per step. The forward is `run_chain`, as in `logits`. The task supplies ∂ℓ/∂h (`Task.output_gradient`). The views of each layer's
     weights into Θ are taken once: Θ must be updated in place (as optimisers do)."""
 
     def __init__(self, net: FlatModel, thetas: torch.Tensor, decay: float, mean_over_kept: bool = True):
         self.net, self.thetas, self.decay, self.kept = net, thetas.detach(), float(decay), mean_over_kept
         k, self.stacked = len(thetas), len(thetas) > 1
-        pieces = self.thetas.split(net.sizes, dim=1) if self.stacked else self.thetas[0].split(net.sizes)
-        params = dict(zip(net.names, pieces))
-        shapes = dict(zip(net.names, net.shapes))
-        self.layers = []  # (kind, names, weight view [k, in, out] or [out, in], bias view or None)
-        for kind, names in net.chain:
-            weight = bias = None
-            if kind == "linear":
-                weight = (params[names[0]].reshape(k, *shapes[names[0]]).transpose(1, 2) if self.stacked
-                          else params[names[0]].view(shapes[names[0]]))
-                bias = params[names[1]] if len(names) > 1 else None
-                bias = bias.unsqueeze(1) if bias is not None and self.stacked else bias
-            self.layers.append((kind, names, weight, bias))
+        self.layers = net.chain_layers(self.thetas if self.stacked else self.thetas[0])
         self.first = next(i for i, (kind, *_) in enumerate(self.layers) if kind == "linear")
         self.one = torch.ones((k,) if self.stacked else (), dtype=thetas.dtype, device=thetas.device)
         self._rows = (None, None)  # (weights, ∂R/∂ℓ) of the last call: full-batch weights repeat
@@ -168,7 +180,7 @@ class ChainGradient:
         k, n = weights.shape
         count = weights.sum(-1).clamp_min(1.0) if self.kept else n
         if self.stacked:
-            per_row = (self.one.expand(k) / count).unsqueeze(-1).expand(k, n) * weights
+            per_row = (self.one / count).unsqueeze(-1).expand(k, n) * weights
         else:
             per_row = (self.one / count).expand(n) * weights[0]
         self._rows = (weights, per_row.reshape(-1))
@@ -177,32 +189,17 @@ class ChainGradient:
     def __call__(self, x: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """The gradient at the current Θ on inputs x [m, d], targets and row weights [k, m]."""
         k, stacked = len(self.thetas), self.stacked
-        h, on_copies, saved = x, False, []  # forward, keeping what each backward step reads
-        for kind, names, weight, bias in self.layers:
-            if kind == "linear":
-                if stacked:
-                    operand = h if on_copies else h.expand(k, *h.shape)
-                    h = torch.bmm(operand, weight)
-                    h = h + bias if bias is not None else h
-                else:
-                    operand, h = h, F.linear(h, weight, bias)
-                saved.append(operand)
-                on_copies = True
-            elif kind == "relu":
-                h = F.relu(h)
-                saved.append(h)
-            else:
-                start, end = names
-                shift = int(on_copies and stacked)
-                saved.append(h.shape)
-                h = h.flatten(start + shift if start >= 0 else start, end + shift if end >= 0 else end)
+        saved = []  # each layer's (input, output): what its backward reads
+        h, _ = run_chain(self.layers, x, k if stacked else None, saved)
         outputs = h.reshape(-1, *h.shape[2:]) if stacked else h
         rows = targets.repeat(k, *[1] * (targets.dim() - 1)) if stacked else targets
         g = self.net.task.output_gradient(outputs, rows, self.row_grads(weights)).reshape(h.shape)
         grads = {}
         for index in range(len(self.layers) - 1, self.first - 1, -1):  # back to the first layer with weights
-            (kind, names, weight, bias), operand = self.layers[index], saved[index]
+            (kind, names, weight, bias), (before, after) = self.layers[index], saved[index]
             if kind == "linear":
+                # the product's left operand as bmm saw it: the shared inputs broadcast over the copies
+                operand = before.expand(k, *before.shape) if stacked and index == self.first else before
                 if bias is not None:
                     grads[names[1]] = g.sum_to_size(bias.shape).squeeze(1) if stacked else g.sum_to_size(bias.shape)
                 if stacked:
@@ -214,9 +211,9 @@ class ChainGradient:
                     if index > self.first:
                         g = g.mm(weight)
             elif kind == "relu":
-                g = torch.ops.aten.threshold_backward(g, operand, 0)
+                g = torch.ops.aten.threshold_backward(g, after, 0)
             else:
-                g = g.reshape(operand)
+                g = g.reshape(before.shape)
         # the decay's gradient: autograd's (1 · λ/2) · (2 θ), which is the same number as λ θ
         if stacked:
             loss_part = torch.cat([grads[name].reshape(k, -1) for name in self.net.names], dim=1)

@@ -353,10 +353,11 @@ def train_copies(
             rows = batch_rows(step, n, settings.batch_size, settings.order_seed, x.device)
             xb, yb, wb = (x, y, weights) if rows is None else (x[rows], y[rows], weights[:, rows])
             done = step + 1
+            logged = done % settings.check_every == 0 or done == settings.steps
             optimizer.zero_grad(set_to_none=True)
             if chain_gradient is not None:  # the same gradient, written out (ChainGradient); the loss only when logged
                 thetas.grad = chain_gradient(xb, yb, wb)
-                if done % settings.check_every == 0 or done == settings.steps:
+                if logged:
                     with torch.no_grad():
                         losses = batched(thetas, buffers, wb, xb, yb, rows)
             else:
@@ -364,7 +365,7 @@ def train_copies(
                 losses.sum().backward()
             optimizer.step()
             schedule.step()
-            if done % settings.check_every == 0 or done == settings.steps:
+            if logged:
                 values = losses.detach().cpu()
                 if not torch.isfinite(values).all():
                     bad = torch.nonzero(~torch.isfinite(values)).flatten().tolist()
