@@ -104,9 +104,12 @@ def run_chain(layers: list[tuple], x: torch.Tensor, copies: int | None = None, s
     for kind, names, weight, bias in layers:
         before = h
         if kind == "linear":
-            if copies:
-                h = torch.matmul(h, weight)
+            if copies:  # torch.matmul's own bmm for shared 2-D or stacked 3-D inputs, without its dispatch
+                h = (torch.bmm(h.expand(copies, *h.shape), weight) if h.dim() == 2 else
+                     torch.bmm(h, weight) if h.dim() == 3 else torch.matmul(h, weight))
                 h = h + bias if bias is not None else h
+            elif h.dim() == 2:  # what F.linear calls for 2-D inputs, without its dispatch
+                h = torch.addmm(bias, h, weight.t()) if bias is not None else h.mm(weight.t())
             else:
                 h = F.linear(h, weight, bias)
             on_copies = True
@@ -200,8 +203,8 @@ class ChainGradient:
             if kind == "linear":
                 # the product's left operand as bmm saw it: the shared inputs broadcast over the copies
                 operand = before.expand(k, *before.shape) if stacked and index == self.first else before
-                if bias is not None:
-                    grads[names[1]] = g.sum_to_size(bias.shape).squeeze(1) if stacked else g.sum_to_size(bias.shape)
+                if bias is not None:  # autograd's sum_to_size onto the bias: the sum over the rows
+                    grads[names[1]] = g.sum(1) if stacked else g.sum(0)
                 if stacked:
                     grads[names[0]] = operand.transpose(1, 2).bmm(g).transpose(1, 2)
                     if index > self.first:
