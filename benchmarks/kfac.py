@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from fragility.engine.flat import FlatModel
-from fragility.engine.influence import influence_table
+from fragility.estimators.inverse_hessian import influence_table
 from fragility.engine.objective import Objective
 from fragility.engine.solvers import make_solver
 from fragility.engine.training import TrainSettings, train_copies

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from fragility.data.tabular import load_iris
 from fragility.engine.solvers import make_solver
-from fragility.engine.influence import default_scoring_chunk, test_gradients
+from fragility.estimators.inverse_hessian import default_scoring_chunk, test_gradients
 from fragility.models.registry import build_model
 from fragility.engine.flat import FlatModel
 from fragility.engine.objective import Objective, directional_derivatives

@@ -23,7 +23,7 @@ import torch
 from fragility.data.registry import load_split
 from fragility.engine.flat import FlatModel
 from fragility.engine.ihvp import ExactSolver
-from fragility.engine.influence import influence_table
+from fragility.estimators.inverse_hessian import influence_table
 from fragility.engine.objective import Objective
 from fragility.engine.pbrf import removal_terms, solve_lbfgs
 from fragility.engine.training import TrainSettings, train_copies

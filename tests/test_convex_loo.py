@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from fragility.engine.ihvp import ExactSolver
-from fragility.engine.influence import influence_table
+from fragility.estimators.inverse_hessian import influence_table
 from fragility.models.registry import init_model
 from fragility.engine.flat import FlatModel
 from fragility.engine.objective import Objective

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from fragility.engine.flat import FlatModel
-from fragility.engine.influence import influence_table
+from fragility.estimators.inverse_hessian import influence_table
 from fragility.engine.objective import Objective, per_sample_gradients
 from fragility.engine.solvers import make_solver
 from fragility.engine.task import MeanSquaredErrorTask

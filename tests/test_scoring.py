@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-import fragility.engine.influence as influence
+import fragility.estimators.inverse_hessian as influence
 from fragility.engine.solvers import make_solver
 from fragility.models.registry import build_model
 from fragility.engine.flat import FlatModel

@@ -11,7 +11,7 @@ import torch
 from fragility.engine.flat import FlatModel
 from fragility.engine.health import evaluate, training_flags
 from fragility.engine.solvers import make_solver
-from fragility.engine.influence import influence_table
+from fragility.estimators.inverse_hessian import influence_table
 from fragility.engine.methods import TASK_NAMES
 from fragility.engine.objective import Objective
 from fragility.engine.task import TASKS, CrossEntropyTask, MeanSquaredErrorTask, make_task

@@ -1,7 +1,8 @@
 """What the engine offers, by config name, in tables without torch (the DAG is built from them):
 the built-in tasks (`task.py`), and the inverse-Hessian methods with the options each reads, so
-that building the DAG can drop the options a method does not read (`method_settings`); the
-solver classes (`ihvp.py`) take their `options_read` from here."""
+that building the DAG can drop the options a method does not read
+(`estimators.registry.method_settings`), and what each requires (`estimators.base.REQUIREMENTS`).
+The solver classes (`ihvp.py`) take their `options_read` from here."""
 
 from __future__ import annotations
 
@@ -20,9 +21,9 @@ OPTIONS_READ: dict[str, tuple[str, ...]] = {
 }
 
 
-def method_settings(name: str, settings: dict) -> dict:
-    """An estimator's config block (`method` + options) less the options its method does not read:
-    a block merged from a per-architecture override may carry another method's options."""
-    method = settings.get("method", name)
-    read = OPTIONS_READ.get(method, tuple(settings))
-    return {k: v for k, v in settings.items() if k == "method" or k in read}
+# every method scores by forward mode (objective.directional_derivatives); all but the
+# Kronecker and identity ones multiply by the Hessian
+REQUIRES: dict[str, tuple[str, ...]] = {
+    **{m: ("second_derivatives", "forward_mode") for m in ("exact", "cg", "lissa", "arnoldi")},
+    **{m: ("forward_mode",) for m in ("kfac", "ekfac", "identity")},
+}

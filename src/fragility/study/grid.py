@@ -13,7 +13,9 @@ import re
 
 from .. import plugins
 from ..data.registry import dataset_loader, expected_sizes
-from ..engine.methods import OPTIONS_READ, TASK_NAMES, method_settings
+from ..engine.methods import OPTIONS_READ, TASK_NAMES
+from ..estimators import registry as estimator_registry
+from ..estimators.registry import method_settings
 from ..models.registry import check_architecture, model_spec
 
 CELL_PATTERN = "{study}/{dataset}/{arch}/wd{decay}/seed{seed}"
@@ -366,9 +368,14 @@ def _check_method_blocks(study: str, block: dict) -> None:
             if settings is None:  # `name: null` drops the estimator
                 continue
             merged = settings if arch is None else {**(block["influence"]["methods"].get(name) or {}), **settings}
-            if merged.get("method", name) not in OPTIONS_READ:
+            method = merged.get("method", name)
+            if method not in OPTIONS_READ and not estimator_registry.is_plugin(method):
                 raise ValueError(f"{key}.{name}: the estimator '{name}' names no method (it has no `method:` and "
-                                 f"'{name}' is not one); give it `method:` one of {', '.join(OPTIONS_READ)}")
+                                 f"'{name}' is not one); give it `method:` one of {', '.join(OPTIONS_READ)}, or an "
+                                 f"estimator class of your own, 'path/to/file.py:Class'")
+            if estimator_registry.is_plugin(method):  # file, class, the options written here, requires
+                written = {k: v for k, v in settings.items() if k != "method"}
+                estimator_registry.check_estimator(name, {"method": method, **written}, f"{key}.{name}", block)
 
 
 def read_config_files(paths) -> list[tuple[str, dict]]:
@@ -405,6 +412,8 @@ def check_method_options(config: dict, files: list[tuple[str, dict]]) -> None:
                         continue
                     final = (arch_config(config, study, arch) if arch else config["studies"][study])["influence"]["methods"]
                     method = settings.get("method") or (final.get(name) or {}).get("method", name)
+                    if estimator_registry.is_plugin(method):
+                        continue  # checked against the class's source (_check_method_blocks)
                     for option in settings:
                         if option == "method" or method not in OPTIONS_READ or option in OPTIONS_READ[method]:
                             continue

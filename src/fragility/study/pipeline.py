@@ -15,13 +15,13 @@ import torch
 from ..engine import health
 from ..data.split import Split
 from ..data.registry import load_split
-from ..engine.solvers import make_solver
-from ..engine.influence import influence_table
 from ..io import load_torch, read_json, save_torch, write_json, write_parquet
 from ..models.registry import init_from_spec, model_spec
 from ..engine.flat import FlatModel
 from ..engine.task import make_task
 from ..engine.objective import Objective
+from ..estimators.base import Context, check_requirements
+from ..estimators.registry import make_estimator
 from ..runtime import resolve_device, resolve_dtype
 from .grid import read_selected
 from .selection import choose_test_points
@@ -159,18 +159,23 @@ def pick_test_points(model_path, data_path, specs, out_path, device_name="auto")
 # --------------------------------------------------------------------------- influence
 def compute_influence(model_path, data_path, test_points_path, method_name, method_cfg, damping, table_out, diagnostics_out,
                       device_name="auto", chunk_size=1024, scoring_chunk_size=None, log=print):
+    """Fit estimator `method_name` (its config block `method_cfg`: estimators/registry.py) on the
+    trained model and write its influence table (Δ̂ of every training point for each test point)
+    and its diagnostics."""
     device = resolve_device(device_name)
     net, theta, record = load_trained(model_path, device)
     split = Split.load(data_path)
     x, y, xt, yt = _tensors(split, theta.dtype, device)
     points = read_json(test_points_path)["test_points"]
-    options = {k: v for k, v in method_cfg.items() if k != "method"}
-    solver = make_solver(method_cfg.get("method", method_name), **options)
-    solver.fit(Objective(net, x, y, record["decay"], chunk_size=chunk_size), theta)
-    table, outcomes = influence_table(net, theta, x, y, points, xt, yt, solver, damping, chunk_size=chunk_size,
-                                      scoring_chunk_size=scoring_chunk_size)
-    diagnostics = {**solver.diagnostics, "estimator": method_name, "damping": damping, "test_points": outcomes,
-                   "num_parameters": net.num_parameters, "n_train": len(y)}
+    key = f"influence.methods.{method_name}"
+    estimator = make_estimator(method_name, method_cfg, key)
+    context = Context(net, theta, x, y, xt, yt, decay=record["decay"], damping=damping, device=device,
+                      chunk_size=chunk_size, scoring_chunk_size=scoring_chunk_size)
+    check_requirements(estimator, context, key)
+    scores = estimator.fit(context).scores(points).checked()
+    table, outcomes = scores.table(points), scores.diagnostics
+    diagnostics = {"method": method_cfg.get("method", method_name), **estimator.diagnostics, "estimator": method_name,
+                   "damping": damping, "test_points": outcomes, "num_parameters": net.num_parameters, "n_train": len(y)}
     diagnostics.pop("solves", None)
     for outcome in outcomes:
         log(f"{method_name} {outcome['test_point']}: {outcome['status']}")

@@ -1,0 +1,152 @@
+"""Estimators by config name: `influence.methods.<name>.method` is a built-in method (exact, cg,
+lissa, arnoldi, kfac, ekfac, identity: estimators/inverse_hessian.py; the estimator's name when
+`method` is left out) or an Estimator class of the user's own, `"path/to/file.py:Class"` or
+`"package.module:Class"`, resolved by the plugin machinery that resolves models and loaders
+(plugins.py).
+
+Building the DAG reads a class's options (its `__init__` keyword arguments, or the fields of a
+nested `Options` dataclass) and its `requires` from the source, without importing it or torch
+(`check_estimator`, `options_read`, `requirements`); a job imports it (`make_estimator`).
+"""
+
+from __future__ import annotations
+
+import ast
+
+from .. import plugins
+from ..engine.methods import OPTIONS_READ, REQUIRES
+from .base import REQUIREMENTS
+
+BUILT_IN = tuple(OPTIONS_READ)
+
+
+def method_of(name: str, settings: dict | None) -> str:
+    """The method of estimator `name`: its `method:`, else its name."""
+    return (settings or {}).get("method", name)
+
+
+def is_plugin(method: str) -> bool:
+    """Does `method` name a class of the user's own ("file.py:Class", "module:Class")?"""
+    return isinstance(method, str) and ":" in method
+
+
+def _class_node(spec: str, key: str) -> ast.ClassDef:
+    path = plugins.source_file(spec, key)
+    _, name = plugins.split_spec(spec, key)
+    try:
+        tree = ast.parse(path.read_text(), filename=str(path))
+    except SyntaxError as err:
+        raise plugins.PluginError(f"{key}: {path} has a syntax error at line {err.lineno}: {err.msg}") from None
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == name:
+            return node
+    raise plugins.PluginError(f"{key}: {path} defines no top-level class '{name}' (an estimator is a class, "
+                              f"a subclass of fragility.estimators.base.Estimator)")
+
+
+def options_read(method: str, key: str = "method") -> tuple[str, ...] | None:
+    """The options `method` reads: a built-in's from engine/methods.py; a class's keyword arguments
+    of `__init__` (after self), or the annotated fields of its nested `Options` class, or none.
+    None: it takes `**options`, anything."""
+    if not is_plugin(method):
+        if method not in OPTIONS_READ:
+            raise plugins.PluginError(f"{key}: unknown estimator method '{method}'; known: {', '.join(BUILT_IN)}, or "
+                                      f"an estimator class of your own written 'path/to/file.py:Class'")
+        return OPTIONS_READ[method]
+    node = _class_node(method, key)
+    for item in node.body:
+        if isinstance(item, ast.FunctionDef) and item.name == "__init__":
+            args = item.args
+            names = [a.arg for a in args.posonlyargs + args.args + args.kwonlyargs][1:]
+            return None if args.kwarg else tuple(names)
+    for item in node.body:
+        if isinstance(item, ast.ClassDef) and item.name == "Options":
+            return tuple(s.target.id for s in item.body if isinstance(s, ast.AnnAssign) and isinstance(s.target, ast.Name))
+    return ()
+
+
+def requirements(method: str, key: str = "method") -> tuple[str, ...]:
+    """What `method` needs (keys of base.REQUIREMENTS): a built-in's from engine/methods.py, a
+    class's from its `requires = (...)` literal (none if it writes none)."""
+    if not is_plugin(method):
+        return REQUIRES.get(method, ())
+    node = _class_node(method, key)
+    for item in node.body:
+        if isinstance(item, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "requires" for t in item.targets):
+            value = item.value
+        elif isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name) and item.target.id == "requires":
+            value = item.value
+        else:
+            continue
+        try:
+            needs = ast.literal_eval(value)
+        except ValueError:
+            raise plugins.PluginError(f"{key}: '{method}' must write `requires` as a literal tuple of names") from None
+        needs = (needs,) if isinstance(needs, str) else tuple(needs)
+        unknown = [n for n in needs if n not in REQUIREMENTS]
+        if unknown:
+            raise plugins.PluginError(f"{key}: '{method}' requires {', '.join(map(repr, unknown))}, which the workflow "
+                                      f"does not know; known: {', '.join(REQUIREMENTS)}")
+        return needs
+    return ()
+
+
+def check_estimator(name: str, settings: dict, key: str, study_block: dict | None = None) -> None:
+    """At DAG build: the method of estimator `name` exists (file and class, from the source), the
+    options written in `settings` are options it reads, and what it requires the study can give.
+    PluginError naming `key` (the estimator's config key)."""
+    method = method_of(name, settings)
+    read = options_read(method, f"{key}.method" if "method" in settings else key)
+    unknown = sorted(set(settings) - {"method"} - set(read if read is not None else settings))
+    if unknown:
+        raise plugins.PluginError(f"{key}.{unknown[0]}: not an option of the estimator '{method}', which reads "
+                                  f"{', '.join(read) if read else 'no options'}")
+    for need in requirements(method, key):
+        if need == "checkpoints":
+            raise plugins.PluginError(f"{key}: the estimator '{method}' requires checkpoints of the training run, "
+                                      f"and the workflow keeps none")
+        if need == "several_models" and study_block is not None and len(study_block.get("seeds", [])) < 2:
+            raise plugins.PluginError(f"{key}: the estimator '{method}' requires several trained models (every seed "
+                                      f"of a dataset × architecture × decay), and the study has one seed")
+
+
+def method_settings(name: str, settings: dict) -> dict:
+    """An estimator's config block (`method` + options) less the options its method does not read:
+    a block merged from a per-architecture override may carry another method's options."""
+    method = method_of(name, settings)
+    read = OPTIONS_READ.get(method) if not is_plugin(method) else options_read(method, f"estimator '{name}'")
+    read = tuple(settings) if read is None else read
+    return {k: v for k, v in settings.items() if k == "method" or k in read}
+
+
+def estimator_class(method: str, key: str = "method"):
+    """The Estimator class of `method` (imports it)."""
+    from .base import Estimator
+
+    if not is_plugin(method):
+        options_read(method, key)  # a known method
+        from .inverse_hessian import InverseHessianEstimator
+
+        return InverseHessianEstimator
+    cls = plugins.load(method, key)
+    if not (isinstance(cls, type) and issubclass(cls, Estimator)):
+        raise plugins.PluginError(f"{key}: '{method}' is not a subclass of fragility.estimators.base.Estimator")
+    return cls
+
+
+def make_estimator(name: str, settings: dict, key: str | None = None):
+    """An estimator built from its config block: `InverseHessianEstimator(method, **options)` for
+    a built-in method, `Class(**options)` for a class of the user's own."""
+    key = key or f"influence.methods.{name}"
+    method = method_of(name, settings)
+    options = {k: v for k, v in settings.items() if k != "method"}
+    cls = estimator_class(method, f"{key}.method")
+    if not is_plugin(method):
+        return cls(method, **options)
+    try:
+        estimator = cls(**options)
+    except TypeError as err:
+        raise plugins.PluginError(f"{key}: '{method}' cannot be built with options {sorted(options)}: {err}") from None
+    if not hasattr(estimator, "method"):
+        estimator.method = method  # how messages name it
+    return estimator
