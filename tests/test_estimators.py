@@ -198,6 +198,23 @@ def test_a_good_estimator_class_passes_the_dag_checks(estimator_file):
     grid.check_config(two_seeds)
 
 
+def test_an_estimator_needing_several_models_gets_the_other_seeds_as_inputs(estimator_file):
+    """The DAG hook of `requires`: every other seed's model of the same dataset × arch × decay;
+    a fused study, whose jobs each train one model, refuses such an estimator at DAG build."""
+    config = _study(estimator_file, {"method": estimator_file("NeedsSeeds")})
+    config["studies"]["audit"]["seeds"] = [0, 1, 2]
+    config["studies"]["audit"]["decays"] = [0.0, 0.01]
+    grid.check_config(config)
+    cell = {"study": "audit", "dataset": "iris", "arch": "mlp-d1-w3", "decay": "0.01", "seed": "1"}
+    others = grid.estimator_model_cells(config, cell, "mine")
+    assert [(c["seed"], c["decay"]) for c in others] == [(0, "0.01"), (2, "0.01")]
+    assert grid.estimator_model_cells(config, cell, "exact") == []
+    config["studies"]["audit"]["fuse_fit"] = True
+    with pytest.raises(ValueError, match="methods.mine: the estimator .* requires several trained models, which a study "
+                                         "with fuse_fit: true cannot give"):
+        grid.check_config(config)
+
+
 BAD_ESTIMATORS = [
     (lambda p: {"method": "/nowhere/e.py:Mine"}, "studies.audit.influence.methods.mine.method: file '/nowhere/e.py' does not exist"),
     (lambda p: {"method": p("Missing")}, "studies.audit.influence.methods.mine.method: .*mine.py defines no top-level class 'Missing'"),

@@ -1,5 +1,6 @@
 """The worked example (examples/): a model and datasets of a user's own, named by file path in the
-config, run end to end through Snakemake on tiny settings, classification and regression."""
+config, run end to end through Snakemake on tiny settings, classification and regression; the
+estimator of one's own (examples/my_estimator.py) is in every table like a built-in one."""
 
 import subprocess
 import sys
@@ -48,7 +49,7 @@ def test_the_example_runs_end_to_end(tmp_path):
     assert not (work / "results" / "iris").exists()  # the example runs only its own studies
 
     cancer = pd.read_csv(work / "results" / "cancer" / "summary.csv")
-    assert set(cancer.arch) == {"tanhnet", "mlp-d0-w0"} and set(cancer.estimator) == {"exact", "gauss_newton"}
+    assert set(cancer.arch) == {"tanhnet", "mlp-d0-w0"} and set(cancer.estimator) == {"exact", "gauss_newton", "last_layer"}
     training = pd.read_csv(work / "results" / "cancer" / "training.csv")
     assert (training.task == "cross_entropy").all() and (training.train_accuracy > 0.9).all()
 
@@ -58,6 +59,11 @@ def test_the_example_runs_end_to_end(tmp_path):
     # least squares is convex: influence and re-training agree
     convex = diabetes[(diabetes.target == "loss_change") & (diabetes.subset == "all") & (diabetes.estimator == "exact")]
     assert len(convex) == 1 and (convex.pearson > 0.95).all() and (convex.spearman > 0.9).all(), convex
+
+    assert set(pd.read_csv(work / "results" / "cancer" / "estimators.csv").estimator) >= {"exact", "last_layer"}
+    diagnostics = pd.read_csv(work / "results" / "diabetes" / "influence_diagnostics.csv")
+    assert (diagnostics[diagnostics.estimator == "last_layer"].statuses == "ok").all()
+    assert set(diabetes.estimator) == {"exact", "gauss_newton", "last_layer"}
 
     figures = work / "results" / "cancer" / "figures" / "overview"
     assert (figures / "correlation_by_test_point.png").stat().st_size > 0

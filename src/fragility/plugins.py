@@ -2,7 +2,7 @@
 `"path/to/file.py:function"` (a file, relative to the working directory).
 
 The shipped models and dataset loaders are named the same way (`models/registry.py`,
-`data/registry.py`), so a user's own factory or loader goes through exactly the code the
+`data/registry.py`; estimator classes: `estimators/registry.py`), so a user's own factory or loader goes through exactly the code the
 built-in ones do. `parameters` reads a callable's signature from its source with `ast`, without
 importing it: building the DAG neither imports torch nor runs a user's code. `load` imports it,
 in a job.

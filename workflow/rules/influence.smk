@@ -3,6 +3,11 @@ rule influence:
         model=in_grid(os.path.join(CELL, "model.pt")),
         data=os.path.join(RESULTS, "{study}/{dataset}/data.pt"),
         test_points=os.path.join(CELL, "test_points.json"),
+        # the other trained models an estimator requires ("several_models": the other seeds)
+        models=lambda w: [
+            os.path.join(grid.cell_dir(c, RESULTS), "model.pt")
+            for c in grid.estimator_model_cells(config, dict(w.items()), w.estimator)
+        ],
     output:
         table=os.path.join(CELL, "influence/{estimator}.parquet"),
         diagnostics=os.path.join(CELL, "influence/{estimator}.json"),

@@ -12,6 +12,8 @@ nested `Options` dataclass) and its `requires` from the source, without importin
 from __future__ import annotations
 
 import ast
+import functools
+from pathlib import Path
 
 from .. import plugins
 from ..engine.methods import OPTIONS_READ, REQUIRES
@@ -30,11 +32,17 @@ def is_plugin(method: str) -> bool:
     return isinstance(method, str) and ":" in method
 
 
+@functools.lru_cache(maxsize=64)
+def _parsed(path: str, modified: int) -> ast.Module:
+    """The syntax tree of a source file, parsed once per version (a DAG build asks many times)."""
+    return ast.parse(Path(path).read_text(), filename=path)
+
+
 def _class_node(spec: str, key: str) -> ast.ClassDef:
     path = plugins.source_file(spec, key)
     _, name = plugins.split_spec(spec, key)
     try:
-        tree = ast.parse(path.read_text(), filename=str(path))
+        tree = _parsed(str(path.resolve()), path.stat().st_mtime_ns)
     except SyntaxError as err:
         raise plugins.PluginError(f"{key}: {path} has a syntax error at line {err.lineno}: {err.msg}") from None
     for node in tree.body:

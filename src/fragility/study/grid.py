@@ -165,6 +165,18 @@ def estimators(config: dict, study: str, arch: str) -> dict:
     return {name: method_settings(name, settings) for name, settings in methods.items() if settings is not None}
 
 
+def estimator_model_cells(config: dict, wildcards: dict, estimator: str) -> list[dict]:
+    """The cells whose trained models estimator `estimator` of the cell `wildcards` gets besides
+    its own (the DAG hook of `requires`): for "several_models", the cell's other seeds (same
+    dataset, architecture and decay); none otherwise."""
+    settings = estimators(config, wildcards["study"], wildcards["arch"])[estimator]
+    method = estimator_registry.method_of(estimator, settings)
+    if "several_models" not in estimator_registry.requirements(method, f"influence.methods.{estimator}"):
+        return []
+    return [c for c in cells(config, wildcards["study"]) if c["seed"] != int(wildcards["seed"])
+            and all(c[k] == wildcards[k] for k in ("dataset", "arch", "decay"))]
+
+
 def model_factory(config: dict, arch: str) -> list:
     """[import path, options] of the factory that builds `arch` (a rule's param: changing a model of
     your own re-trains it)."""
@@ -376,6 +388,9 @@ def _check_method_blocks(study: str, block: dict) -> None:
             if estimator_registry.is_plugin(method):  # file, class, the options written here, requires
                 written = {k: v for k, v in settings.items() if k != "method"}
                 estimator_registry.check_estimator(name, {"method": method, **written}, f"{key}.{name}", block)
+                if block.get("fuse_fit") and "several_models" in estimator_registry.requirements(method, key):
+                    raise ValueError(f"{key}.{name}: the estimator '{method}' requires several trained models, which a "
+                                     f"study with fuse_fit: true cannot give (each job trains one); set fuse_fit: false")
 
 
 def read_config_files(paths) -> list[tuple[str, dict]]:

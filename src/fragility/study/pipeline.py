@@ -20,7 +20,7 @@ from ..models.registry import init_from_spec, model_spec
 from ..engine.flat import FlatModel
 from ..engine.task import make_task
 from ..engine.objective import Objective
-from ..estimators.base import Context, check_requirements
+from ..estimators.base import Context, TrainedModel, check_requirements
 from ..estimators.registry import make_estimator
 from ..runtime import resolve_device, resolve_dtype
 from .grid import read_selected
@@ -158,10 +158,11 @@ def pick_test_points(model_path, data_path, specs, out_path, device_name="auto")
 
 # --------------------------------------------------------------------------- influence
 def compute_influence(model_path, data_path, test_points_path, method_name, method_cfg, damping, table_out, diagnostics_out,
-                      device_name="auto", chunk_size=1024, scoring_chunk_size=None, log=print):
+                      device_name="auto", chunk_size=1024, scoring_chunk_size=None, extra_models=(), log=print):
     """Fit estimator `method_name` (its config block `method_cfg`: estimators/registry.py) on the
     trained model and write its influence table (Δ̂ of every training point for each test point)
-    and its diagnostics."""
+    and its diagnostics. `extra_models`: further `model.pt` files for the context (an estimator
+    that requires "several_models": the other seeds of the cell, grid.estimator_model_cells)."""
     device = resolve_device(device_name)
     net, theta, record = load_trained(model_path, device)
     split = Split.load(data_path)
@@ -171,6 +172,9 @@ def compute_influence(model_path, data_path, test_points_path, method_name, meth
     estimator = make_estimator(method_name, method_cfg, key)
     context = Context(net, theta, x, y, xt, yt, decay=record["decay"], damping=damping, device=device,
                       chunk_size=chunk_size, scoring_chunk_size=scoring_chunk_size)
+    for path in extra_models:
+        other_net, other_theta, other = load_trained(path, device)
+        context.models.append(TrainedModel(other_net, other_theta, label=f"seed {other['seed']}"))
     check_requirements(estimator, context, key)
     scores = estimator.fit(context).scores(points).checked()
     table, outcomes = scores.table(points), scores.diagnostics
