@@ -68,8 +68,7 @@ class LastLayerSimilarity(Estimator):
         bias = 1.0 if self.layer.bias is not None else 0.0
         predicted = (e_test @ self.e_train.T) * (a_test @ self.a_train.T + bias) / c.n_train
         # ‖∇_{W,b} ℓ(z_t)‖ = ‖e_t‖ (‖a_t‖² + 1)^½
-        diagnostics = [{"test_point": tp["name"], "status": "ok",
-                        "test_grad_norm": float(e_test[t].norm() * (a_test[t].pow(2).sum() + bias).sqrt())}
-                       for t, tp in enumerate(test_points)]
+        diagnostics = [{"test_grad_norm": float(e_test[t].norm() * (a_test[t].pow(2).sum() + bias).sqrt())}
+                       for t in range(len(test_points))]
         # a non-finite row is reported as such (EstimatorScores.checked), not scored
         return EstimatorScores(predicted.detach(), ["ok"] * len(test_points), diagnostics)

@@ -122,9 +122,11 @@ def test_scores_and_status_never_disagree():
     """A test point that is not "ok" scores NaN; NaN scores are never "ok"."""
     scores = EstimatorScores(torch.tensor([[1.0, math.nan], [1.0, 2.0], [3.0, 4.0]]), ["ok", "ok", "diverged"],
                              [{"status": "ok"}, {"status": "ok"}, {"status": "diverged"}]).checked()
-    assert scores.status == ["non_finite_scores", "ok", "diverged"] and scores.diagnostics[0]["status"] == "non_finite_scores"
+    assert scores.status == ["non_finite_scores", "ok", "diverged"]
+    points = [{"name": f"t{t}", "index": t} for t in range(3)]
+    assert scores.outcomes(points)[0] == {"test_point": "t0", "status": "non_finite_scores"}
     assert torch.isnan(scores.predicted_loss_change[2]).all() and scores.predicted_loss_change[1].tolist() == [1.0, 2.0]
-    table = scores.table([{"name": f"t{t}", "index": t} for t in range(3)])
+    table = scores.table(points)
     assert len(table) == 6 and table.predicted_param_change_norm.isna().all()
 
 
@@ -163,6 +165,8 @@ def test_the_registry_reads_options_and_needs_from_source_without_importing(tmp_
 def estimator_file(tmp_path):
     path = tmp_path / "mine.py"
     path.write_text(textwrap.dedent('''
+        from dataclasses import dataclass, field
+
         from fragility.estimators.base import Estimator
 
         class Mine(Estimator):
@@ -177,6 +181,13 @@ def estimator_file(tmp_path):
 
         class NeedsMagic(Estimator):
             requires = ("magic",)
+
+        @dataclass
+        class RankOptions:
+            rank: int = field(default=4, metadata={"help": "how many directions"})
+
+        class WithOptions(Estimator):
+            Options = RankOptions
     '''))
     return lambda name: f"{path}:{name}"
 
@@ -213,6 +224,16 @@ def test_an_estimator_needing_several_models_gets_the_other_seeds_as_inputs(esti
     with pytest.raises(ValueError, match="methods.mine: the estimator .* requires several trained models, which a study "
                                          "with fuse_fit: true cannot give"):
         grid.check_config(config)
+
+
+def test_options_reach_the_estimator_as_its_init_arguments_or_its_options_dataclass(estimator_file):
+    assert registry.make_estimator("mine", {"method": estimator_file("WithOptions"), "rank": 7}).options.rank == 7
+    assert registry.make_estimator("mine", {"method": estimator_file("WithOptions")}).options.rank == 4
+    with pytest.raises(plugins.PluginError, match="influence.methods.mine: .*WithOptions' cannot be built with options "
+                                                  "\\['depth'\\]"):
+        registry.make_estimator("mine", {"method": estimator_file("WithOptions"), "depth": 1})
+    assert registry.make_estimator("exact", {"hessian": "gauss_newton"}).solver.hessian == "gauss_newton"
+    assert registry.options_read(estimator_file("WithOptions")) == ("rank",)
 
 
 BAD_ESTIMATORS = [

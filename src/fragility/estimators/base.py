@@ -96,9 +96,16 @@ class EstimatorScores:
                 predicted[t] = math.nan
             elif not bool(torch.isfinite(predicted[t]).all()):
                 self.status[t] = "non_finite_scores"
-                if t < len(self.diagnostics):
-                    self.diagnostics[t]["status"] = self.status[t]
         return self
+
+    def outcomes(self, test_points: list[dict]) -> list[dict]:
+        """Per test point: its name, its status and the estimator's diagnostics of it."""
+        out = []
+        for t, tp in enumerate(test_points):
+            extra = self.diagnostics[t] if t < len(self.diagnostics) else {}
+            out.append({"test_point": tp["name"], "status": self.status[t],
+                        **{k: v for k, v in extra.items() if k not in ("test_point", "status")}})
+        return out
 
     def table(self, test_points: list[dict]):
         """The influence table: one row per (test point, training point)."""
@@ -129,10 +136,12 @@ class Estimator:
     """An attributor: `fit(context)` once per trained model, then `scores(test_points)`.
 
     A subclass sets `name`, `requires` (keys of `REQUIREMENTS`) and either an `__init__` whose
-    keyword arguments are its options, or a nested dataclass `Options` (fields with defaults;
-    `self.options` is then an instance). The config block's options are exactly those: they are
-    checked against the source when the DAG is built. `diagnostics` (a dict) goes to the
-    estimator's JSON next to its table."""
+    keyword arguments are its options, or a dataclass `Options` (nested, or `Options = Name` of a
+    class in the same file; fields with defaults and `metadata={"help": ...}`, as kronfluence's
+    arguments; `self.options` is then an instance). The config block's options are exactly those:
+    they are checked against the source when the DAG is built. `diagnostics` (a dict) goes to the
+    estimator's JSON next to its table, with each test point's status and diagnostics
+    (`EstimatorScores.outcomes`)."""
 
     name: ClassVar[str] = "estimator"
     requires: ClassVar[tuple[str, ...]] = ()

@@ -18,7 +18,7 @@ import torch
 
 from ..engine.flat import FlatModel
 from ..engine.ihvp import InverseHessianSolver
-from ..engine.methods import OPTIONS_READ, REQUIRES
+from ..engine.methods import REQUIRES
 from ..engine.objective import Objective, directional_derivatives, per_sample_gradients
 from ..engine.solvers import make_solver
 from .base import Context, Estimator, EstimatorScores
@@ -54,11 +54,6 @@ class InverseHessianEstimator(Estimator):
         self.solver = solver if solver is not None else make_solver(method, **options)
         self.fitted = solver is not None  # a solver passed in is already fitted
         self.param_change_norms, self.max_gradient_matrix_bytes = param_change_norms, max_gradient_matrix_bytes
-
-    @staticmethod
-    def options_read(method: str) -> tuple[str, ...]:
-        """The config options `method` reads (engine/methods.py)."""
-        return OPTIONS_READ[method]
 
     def fit(self, context: Context) -> "InverseHessianEstimator":
         """Fit the solver on the training objective R(θ) = mean ℓ + (λ/2)‖θ‖² at θ*."""
@@ -121,4 +116,4 @@ def influence_table(net: FlatModel, theta: torch.Tensor, x_train: torch.Tensor, 
     estimator = InverseHessianEstimator(solver.name, solver=solver, param_change_norms=param_change_norms,
                                         max_gradient_matrix_bytes=max_gradient_matrix_bytes).fit(context)
     scores = estimator.scores(test_points).checked()
-    return scores.table(test_points), scores.diagnostics
+    return scores.table(test_points), scores.outcomes(test_points)

@@ -38,11 +38,16 @@ def _parsed(path: str, modified: int) -> ast.Module:
     return ast.parse(Path(path).read_text(), filename=path)
 
 
+def _source_version(spec: str, key: str) -> tuple[str, int]:
+    path = plugins.source_file(spec, key)
+    return str(path.resolve()), path.stat().st_mtime_ns
+
+
 def _class_node(spec: str, key: str) -> ast.ClassDef:
     path = plugins.source_file(spec, key)
     _, name = plugins.split_spec(spec, key)
     try:
-        tree = _parsed(str(path.resolve()), path.stat().st_mtime_ns)
+        tree = _parsed(*_source_version(spec, key))
     except SyntaxError as err:
         raise plugins.PluginError(f"{key}: {path} has a syntax error at line {err.lineno}: {err.msg}") from None
     for node in tree.body:
@@ -67,10 +72,15 @@ def options_read(method: str, key: str = "method") -> tuple[str, ...] | None:
             args = item.args
             names = [a.arg for a in args.posonlyargs + args.args + args.kwonlyargs][1:]
             return None if args.kwarg else tuple(names)
-    for item in node.body:
-        if isinstance(item, ast.ClassDef) and item.name == "Options":
-            return tuple(s.target.id for s in item.body if isinstance(s, ast.AnnAssign) and isinstance(s.target, ast.Name))
-    return ()
+    options = next((item for item in node.body if isinstance(item, ast.ClassDef) and item.name == "Options"), None)
+    for item in node.body:  # `Options = SomeDataclass`, a class of the same file
+        if (isinstance(item, ast.Assign) and isinstance(item.value, ast.Name)
+                and any(isinstance(t, ast.Name) and t.id == "Options" for t in item.targets)):
+            module = _parsed(*_source_version(method, key))
+            options = next((c for c in module.body if isinstance(c, ast.ClassDef) and c.name == item.value.id), None)
+    if options is None:
+        return ()
+    return tuple(s.target.id for s in options.body if isinstance(s, ast.AnnAssign) and isinstance(s.target, ast.Name))
 
 
 def requirements(method: str, key: str = "method") -> tuple[str, ...]:

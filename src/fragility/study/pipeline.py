@@ -177,7 +177,7 @@ def compute_influence(model_path, data_path, test_points_path, method_name, meth
         context.models.append(TrainedModel(other_net, other_theta, label=f"seed {other['seed']}"))
     check_requirements(estimator, context, key)
     scores = estimator.fit(context).scores(points).checked()
-    table, outcomes = scores.table(points), scores.diagnostics
+    table, outcomes = scores.table(points), scores.outcomes(points)
     diagnostics = {"method": method_cfg.get("method", method_name), **estimator.diagnostics, "estimator": method_name,
                    "damping": damping, "test_points": outcomes, "num_parameters": net.num_parameters, "n_train": len(y)}
     diagnostics.pop("solves", None)
