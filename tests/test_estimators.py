@@ -280,3 +280,36 @@ def test_a_model_without_a_last_linear_layer_is_refused_in_the_job_naming_the_es
     with pytest.raises(ValueError, match="iris/mlp-d1-w3/wd0.01/seed0: the estimator 'examples/my_estimator.py:LastLay"
                                          "erSimilarity' requires a model whose last parameterised layer is an nn.Linear"):
         check_requirements(estimator, c, "iris/mlp-d1-w3/wd0.01/seed0")
+
+
+def test_the_other_seeds_models_reach_the_context(cell, tmp_path):
+    """compute_influence loads `extra_models` into Context.models; without them an estimator
+    that requires several models stops in the job, naming itself."""
+    _, paths = cell
+    other = str(tmp_path / "seed1.pt")
+    pipeline.train(paths["data.pt"], "mlp-d1-w3", 0.01, 1, {"optimizer": "gd", "lr": 0.1, "steps": 20}, "float64",
+                   "cpu", other, str(tmp_path / "m.json"), log=lambda m: None)
+    path = tmp_path / "ensemble.py"
+    path.write_text(textwrap.dedent('''
+        import torch
+        from fragility.estimators.base import Estimator, EstimatorScores
+
+        class SeedCount(Estimator):
+            requires = ("several_models",)
+
+            def scores(self, test_points):
+                c = self.context
+                self.diagnostics = {"models": [m.label for m in c.models]}
+                return EstimatorScores(torch.zeros(len(test_points), c.n_train, dtype=c.theta.dtype),
+                                       ["ok"] * len(test_points))
+    '''))
+    out = (str(tmp_path / "t.parquet"), str(tmp_path / "t.json"))
+    settings = {"method": f"{path}:SeedCount"}
+    pipeline.compute_influence(paths["model.pt"], paths["data.pt"], paths["tp.json"], "seeds", settings, 0.01, *out,
+                               device_name="cpu", extra_models=[other], log=lambda m: None)
+    record = read_json(out[1])
+    assert record["models"] == ["seed 1"] and [p["status"] for p in record["test_points"]] == ["ok", "ok"]
+    with pytest.raises(ValueError, match="influence.methods.seeds: the estimator '.*ensemble.py:SeedCount' requires "
+                                         "several trained models"):
+        pipeline.compute_influence(paths["model.pt"], paths["data.pt"], paths["tp.json"], "seeds", settings, 0.01, *out,
+                                   device_name="cpu", log=lambda m: None)
