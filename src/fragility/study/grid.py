@@ -15,7 +15,6 @@ from .. import plugins
 from ..data.registry import dataset_loader, expected_sizes
 from ..engine.methods import OPTIONS_READ, TASK_NAMES
 from ..estimators import registry as estimator_registry
-from ..estimators.registry import method_settings
 from ..models.registry import check_architecture, model_spec
 
 CELL_PATTERN = "{study}/{dataset}/{arch}/wd{decay}/seed{seed}"
@@ -162,7 +161,8 @@ def estimators(config: dict, study: str, arch: str) -> dict:
     (so that a LiSSA option merged into an `exact` override re-runs nothing). An estimator set to
     null (`kfac: null`, e.g. in a --configfile overlay or an architecture's override) is dropped."""
     methods = arch_config(config, study, arch)["influence"]["methods"]
-    return {name: method_settings(name, settings) for name, settings in methods.items() if settings is not None}
+    return {name: estimator_registry.method_settings(name, settings) for name, settings in methods.items()
+            if settings is not None}
 
 
 def estimator_model_cells(config: dict, wildcards: dict, estimator: str) -> list[dict]:
