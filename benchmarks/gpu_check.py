@@ -8,7 +8,7 @@
         on the GPU machine (carry benchmarks/gpu_wheels): installs the wheels into a virtualenv
         that sees the image's torch, then runs the parts below, each in its own process group,
         killed at its time box; everything is written as it goes into one folder, packed at the
-        end into gpu_check.tar.gz in $OUT (or --out).
+        end into gpu_check-<time>.tar.gz in $OUT (or --out).
     python benchmarks/gpu_check.py run --dry
         the same orchestration on CPU at toy size (seconds; tests/test_gpu_check.py).
 
@@ -39,10 +39,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 WHEELS = ROOT / "benchmarks" / "gpu_wheels"
 CARRY = ("snakemake", "snakemake-executor-plugin-slurm", "mlxtend", "pytest")
+# offered beside them but not pinned: pip takes them only where the image lacks mlxtend's dependency
+FALLBACK = ("scikit-learn", "joblib", "threadpoolctl")
 # on the GPU image already (its torch stack, and what benchmarks/run.py imported there): not carried
 ON_IMAGE = re.compile(r"^(torch|torchvision|triton|nvidia-.*|cuda-.*|numpy|pandas|scipy|pyarrow|matplotlib|scikit-learn|"
                       r"pillow|contourpy|fonttools|kiwisolver|sympy|mpmath|networkx|jinja2|markupsafe|fsspec|filelock|"
-                      r"typing-extensions|setuptools|python-dateutil|six|tzdata|joblib|threadpoolctl|cycler|pyparsing)$")
+                      r"setuptools|python-dateutil|six|tzdata|cycler|pyparsing|scikit-learn|joblib|threadpoolctl)$")
 
 # Table 1's architectures at CIFAR-10's shape with the study's batch sizes (config.yaml: table1),
 # then the two other shapes the paper-scale studies use: the small CNN on MNIST (mnist_small,
@@ -132,23 +134,34 @@ def carried_requirements() -> list[str]:
 
 
 def prepare(args) -> None:
-    """Download (or build, for source-only packages) wheels for CPython 3.12 on x86-64 Linux."""
+    """Download wheels for CPython 3.12 on x86-64 Linux (a pure-Python package published only as
+    source is built into one)."""
+    from importlib import metadata
+
     WHEELS.mkdir(parents=True, exist_ok=True)
     pins = carried_requirements()
     (WHEELS / "requirements.txt").write_text("\n".join(pins) + "\n")
     pip = [sys.executable, "-m", "pip"]
     target = ["--python-version", "3.12", "--implementation", "cp", "--abi", "cp312", "--only-binary=:all:",
               "--platform", "manylinux2014_x86_64", "--platform", "manylinux_2_28_x86_64"]
-    for pin in pins:
+    missing = []
+    for pin in pins + [f"{name}=={metadata.version(name)}" for name in FALLBACK]:
+        name, version = pin.split("==")
+        stem = f"{re.sub(r'[-_.]+', '_', name)}-{version}-".lower()
+        if any(p.name.lower().startswith(stem) for p in WHEELS.glob("*.whl")):
+            continue  # from an earlier prepare
         got = subprocess.run(pip + ["download", "--no-deps", "-q", "-d", str(WHEELS), *target, pin])
         if got.returncode:  # no wheel published: build one (pure Python)
-            subprocess.run(pip + ["wheel", "--no-deps", "-q", "-w", str(WHEELS), pin], check=True)
+            if subprocess.run(pip + ["wheel", "--no-deps", "-q", "-w", str(WHEELS), pin]).returncode:
+                missing.append(pin)
     if args.cpu_table:
         (WHEELS / "cpu_table1.csv").write_bytes(Path(args.cpu_table).read_bytes())
     if args.cpu_seconds:
         (WHEELS / "cpu_run.json").write_text(json.dumps({"seconds": args.cpu_seconds}))
     size = sum(p.stat().st_size for p in WHEELS.iterdir()) / 2**20
-    print(f"{len(pins)} packages, {size:.1f} MiB in {WHEELS}")
+    print(f"{len(pins)} packages pinned, {len(FALLBACK)} offered, {size:.1f} MiB in {WHEELS}")
+    if missing:
+        sys.exit(f"no wheel for {', '.join(missing)}: the GPU machine cannot install them")
 
 
 # --------------------------------------------------------------------------- the GPU machine's environment
@@ -177,6 +190,7 @@ def environment(folder: Path, dry: bool) -> tuple[str, dict]:
             if subprocess.run(pip + extra + wheels, stdout=out, stderr=out, timeout=120,
                               env={**env, "PIP_BREAK_SYSTEM_PACKAGES": "1"}).returncode == 0:
                 break
+        subprocess.run([python, "-m", "pip", "check"], stdout=out, stderr=out, timeout=60)  # what --no-deps left unmet
     env["PATH"] = f"{Path(python).parent}{os.pathsep}{env['PATH']}"  # jobs run `python` and `snakemake`
     return python, env
 
@@ -314,7 +328,7 @@ def run(args) -> Path:
     began = time.perf_counter()
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     out = Path(args.out or os.environ.get("OUT") or ROOT / "results" / "gpu_check")
-    folder = out / f"gpu_check-{stamp}"
+    folder = Path(args.work) / f"gpu_check-{stamp}"  # unpacked beside the repository: only the archive goes to out
     folder.mkdir(parents=True)
     python, env = environment(folder, args.dry)
     summary = {"dry": args.dry, "budget_s": args.budget, "environment": describe(python, env),
@@ -341,7 +355,8 @@ def run(args) -> Path:
         write_summary()  # as it goes: a killed run still leaves every finished part's record
     summary["seconds"] = round(time.perf_counter() - began, 1)
     write_summary()
-    archive = out / "gpu_check.tar.gz"
+    out.mkdir(parents=True, exist_ok=True)
+    archive = out / f"{folder.name}.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(folder, arcname=folder.name)
     print(f"{archive} ({summary['seconds']} s)")
@@ -391,7 +406,7 @@ def cells(args) -> None:
     device = resolve_device("cpu" if args.dry else "cuda")
     n, n_test, steps, depth, power, short, _ = SIZES["dry" if args.dry else "gpu"]
     timer, out = Timer(device), Path(args.out)
-    work = ROOT / "results" / "gpu_check_work"  # data and models, not packed; the cells' JSON files are
+    work = out.parent.parent / "cells_data"  # data and models, beside the packed folder; the cells' JSON files are
     work.mkdir(parents=True, exist_ok=True)
     (out.parent / "d_cells").mkdir(exist_ok=True)
     with open(out, "w", newline="") as handle:
@@ -485,13 +500,14 @@ def main(argv=None) -> None:
     p = sub.add_parser("prepare", help="wheels and the CPU run's table into benchmarks/gpu_wheels (here)")
     p.add_argument("--cpu-table", help="table1.csv of a CPU run of configs/quick.yaml")
     p.add_argument("--cpu-seconds", type=float, help="that run's wall seconds")
-    p = sub.add_parser("run", help="all parts, packed into gpu_check.tar.gz")
+    p = sub.add_parser("run", help="all parts, packed into gpu_check-<time>.tar.gz")
     p.add_argument("--dry", action="store_true", help="on CPU at toy size; the workflow parts as dry runs (-n)")
     p.add_argument("--budget", type=float, default=290, help="wall seconds for all parts (default 290)")
     p.add_argument("--only", nargs="+", choices=sorted(PARTS), help="run only these parts")
     p.add_argument("--skip", nargs="+", choices=sorted(PARTS), default=[], help="leave these parts out")
     p.add_argument("--cores", type=int, default=os.cpu_count() or 1, help="snakemake --cores (default: all)")
-    p.add_argument("--out", help="where the folder and archive go (default $OUT, else results/gpu_check)")
+    p.add_argument("--out", help="where the archive goes (default $OUT, else results/gpu_check)")
+    p.add_argument("--work", default=str(ROOT / "results" / "gpu_check"), help="where the parts write (unpacked)")
     for name in ("cells", "hessian"):
         p = sub.add_parser(name, help=f"part {'d' if name == 'cells' else 'e'} (run by `run`)")
         p.add_argument("--out", required=True)

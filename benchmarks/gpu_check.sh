@@ -2,7 +2,7 @@
 # The CUDA check on one GPU machine, from the repository root, with benchmarks/gpu_wheels carried
 # (made here by `python benchmarks/gpu_check.py prepare`):
 #
-#   bash benchmarks/gpu_check.sh                 # all parts in ~290 s; archive: $OUT/gpu_check.tar.gz
+#   bash benchmarks/gpu_check.sh                 # all parts in ~290 s; archive: $OUT/gpu_check-<time>.tar.gz
 #   bash benchmarks/gpu_check.sh --only c --budget 280   # a second try of one part
 #   bash benchmarks/gpu_check.sh --dry           # on CPU at toy size (tests/test_gpu_check.py)
 #

@@ -68,9 +68,11 @@ def test_dry_run_packs_every_part_and_a_summary(tmp_path):
     env = {**os.environ, "PYTHON": sys.executable, "PYTHONPATH": str(ROOT / "src")}
     env.pop("OUT", None)
     got = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--dry", "--budget", "600", "--out",
-                          str(tmp_path)], capture_output=True, text=True, env=env, timeout=900)
+                          str(tmp_path / "out"), "--work", str(tmp_path / "work")], capture_output=True, text=True,
+                         env=env, timeout=900)
     assert got.returncode == 0, got.stderr[-3000:]
-    with tarfile.open(tmp_path / "gpu_check.tar.gz") as tar:
+    [archive] = (tmp_path / "out").iterdir()  # the archive alone
+    with tarfile.open(archive) as tar:
         names = {Path(n).name: n for n in tar.getnames()}
         for name in ("summary.json", "summary.md", "setup.log", "a_pytest.log", "b_tiny.log", "c_quick.log",
                      "d_cells.csv", "e_hessian.json", "lenet-cifar.metrics.json"):
