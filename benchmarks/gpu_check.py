@@ -260,16 +260,18 @@ def part_b(ctx, folder):
 def part_c(ctx, folder):
     resumed = (ROOT / "results" / "table1").exists()  # a second try on a warm machine goes on from the first
     record = boxed(snakemake(ctx.python, "all", "configs/quick.yaml", ctx.cores, ctx.dry), folder / "c_quick.log",
-                   ctx.box("c", 200), ctx.env)
+                   ctx.box("c", 200) - 20, ctx.env)  # 20 s kept for the report below
     code = (f"import sys; sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); import gpu_check; "
             f"gpu_check.main_job_report({str(folder)!r}, {str(WHEELS)!r})")
-    boxed([ctx.python, "-c", code], folder / "c_quick.log", 30, ctx.env)
+    boxed([ctx.python, "-c", code], folder / "c_quick.log", 20, ctx.env)
     summary = folder / "c_table1_compare.txt"
     record["result"] = "; ".join([last_line(folder / "c_quick.log", r"steps \(|^total\s+\d+"),
                                   summary.read_text().splitlines()[0] if summary.exists() else "no table1.csv to compare"])
     record["resumed"] = resumed
     cpu = WHEELS / "cpu_run.json"
     record["cpu_seconds"] = json.loads(cpu.read_text())["seconds"] if cpu.exists() else None
+    if record["cpu_seconds"]:
+        record["result"] += f"; the CPU run took {record['cpu_seconds']:.0f} s"
     return record
 
 
@@ -314,6 +316,18 @@ def part_e(ctx, folder):
 PARTS = {"a": part_a, "b": part_b, "e": part_e, "d": part_d, "c": part_c}  # run in this order
 
 
+def cells_markdown(path: Path) -> list[str]:
+    """d_cells.csv as a table: a row per cell, a column per job, `seconds / peak MiB` (or the error)."""
+    rows = list(csv.DictReader(open(path)))
+    jobs = list(dict.fromkeys(r["job"] for r in rows))
+    table = {}
+    for r in rows:
+        text = f"{float(r['seconds']):.2f} / {float(r['peak_gpu_memory_mb']):.0f}" if r["status"] == "ok" else "failed"
+        table.setdefault(r["cell"], {})[r["job"]] = text
+    return ["| cell | " + " | ".join(jobs) + " |", "|---" * (len(jobs) + 1) + "|",
+            *[f"| {cell} | " + " | ".join(row.get(j, "") for j in jobs) + " |" for cell, row in table.items()]]
+
+
 class Context:
     def __init__(self, python, env, dry, budget, cores):
         self.python, self.env, self.dry, self.cores = python, env, dry, cores
@@ -341,6 +355,8 @@ def run(args) -> Path:
         for name, rec in summary["parts"].items():
             state = "TIMED OUT" if rec.get("timed_out") else f"rc {rec.get('rc')}"
             lines.append(f"- part {name}: {state}, {rec.get('seconds')} s (box {rec.get('box')} s): {rec.get('result', '')}")
+        if (folder / "d_cells.csv").exists():
+            lines += ["", "part d, seconds / peak GPU MiB per job:", "", *cells_markdown(folder / "d_cells.csv")]
         (folder / "summary.md").write_text("\n".join(lines) + "\n")
 
     write_summary()
