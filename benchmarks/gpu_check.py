@@ -1,16 +1,17 @@
 """The CUDA path, checked and timed on one GPU machine, in one prepared run.
 
-    python benchmarks/gpu_check.py prepare [--cpu-table results/table1/table1.csv --cpu-seconds 489]
+    python benchmarks/gpu_check.py prepare [--cpu-table results/table1/table1.csv --cpu-seconds S]
         here, with network: wheels of what the GPU image lacks (snakemake and its dependencies,
         the SLURM plugin, mlxtend, pytest; no torch) into benchmarks/gpu_wheels/ (git-ignored),
         and the CPU run's table1.csv (configs/quick.yaml) to compare the GPU run's with.
-    bash benchmarks/gpu_check.sh [--budget 290] [--only a c] [--out DIR]
+    bash benchmarks/gpu_check.sh [--budget 290] [--only c] [--skip d] [--out DIR]
         on the GPU machine (carry benchmarks/gpu_wheels): installs the wheels into a virtualenv
         that sees the image's torch, then runs the parts below, each in its own process group,
         killed at its time box; everything is written as it goes into one folder, packed at the
         end into gpu_check-<time>.tar.gz in $OUT (or --out).
-    python benchmarks/gpu_check.py run --dry
-        the same orchestration on CPU at toy size (seconds; tests/test_gpu_check.py).
+    PYTHON=.venv/bin/python bash benchmarks/gpu_check.sh --dry
+        the same orchestration on CPU at toy size, the workflow parts as dry runs (`snakemake -n`);
+        about a minute (tests/test_gpu_check.py).
 
 Parts: a `pytest tests/test_cuda.py`; b the tiny Iris study (configs/tiny.yaml, fused jobs);
 c the main job (configs/quick.yaml) with device cuda, timed, its table1.csv beside the CPU run's
@@ -19,6 +20,8 @@ d one cell per Table 1 architecture on synthetic data at reduced steps: train �
 influence (LiSSA, EK-FAC, identity) → one LOO chunk → one PBRF chunk, seconds and peak GPU
 memory per job (`cells`); e the small-MNIST small CNN's exact Hessian (2,616 parameters, 6,000
 points), seconds (`hessian`). The cost model in docs/cluster.md turns these rows into GPU-hours.
+They run in the order a, b, e, d, c: the main job last, with what is left of the budget (a second
+try: `--only c`, which goes on from the first where the machine kept results/).
 """
 
 from __future__ import annotations

@@ -79,6 +79,7 @@ def test_dry_run_packs_every_part_and_a_summary(tmp_path):
             assert name in names, name
         summary = json.load(tar.extractfile(names["summary.json"]))
         cells = pd.read_csv(tar.extractfile(names["d_cells.csv"]))
+        page = tar.extractfile(names["summary.md"]).read().decode()
     assert summary["dry"] and summary["environment"]["torch"]
     assert list(summary["parts"]) == ["a", "b", "e", "d", "c"]
     for name, part in summary["parts"].items():
@@ -87,3 +88,4 @@ def test_dry_run_packs_every_part_and_a_summary(tmp_path):
     assert list(cells.job) == ["train", "train (again, warm)", "test_points", "influence lissa", "influence ekfac",
                                "influence identity", "loo_chunk", "pbrf_chunk"]
     assert (cells.status == "ok").all() and (cells.seconds > 0).all()
+    assert "- part c: rc 0" in page and "| lenet-cifar | " in page   # part d's table of seconds / peak memory
