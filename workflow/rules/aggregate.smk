@@ -87,3 +87,81 @@ rule aggregate:
 localrules:
     correlate,
     aggregate,
+
+
+def verdict_correlations(wildcards):
+    """Every ground truth's correlations: targets_correlations.parquet where the study scores more
+    than LOO (it holds LOO's rows too), else correlations.parquet."""
+    name = (
+        "targets_correlations.parquet"
+        if target_outputs(wildcards.study)
+        else "correlations.parquet"
+    )
+    return os.path.join(RESULTS, wildcards.study, name)
+
+
+def repeat_cells(study):
+    """The cells of `study` with repeat re-trainings (`loo.repeats.count` > 0)."""
+    return [
+        c
+        for c in grid.cells(config, study)
+        if grid.repeat_settings(config, study, c["arch"])["count"] > 0
+    ]
+
+
+def deterministic_pairs(study):
+    """[arch, truth] pairs whose re-training has no minibatch order to vary (study/verdict.py)."""
+    from fragility.study.verdict import deterministic_truths
+
+    return [
+        [arch, truth]
+        for arch in grid.study_block(config, study)["architectures"]
+        for truth, fixed in deterministic_truths(
+            grid.arch_config(config, study, arch)
+        ).items()
+        if fixed
+    ]
+
+
+rule verdict:
+    input:
+        correlations=verdict_correlations,
+        rows=os.path.join(RESULTS, "{study}/rows.parquet"),
+        repeats=lambda w: [
+            os.path.join(grid.cell_dir(c, RESULTS), "loo/repeat.parquet")
+            for c in repeat_cells(w.study)
+        ],
+    output:
+        verdict=os.path.join(RESULTS, "{study}/verdict.csv"),
+        best=os.path.join(RESULTS, "{study}/verdict_best.csv"),
+    log:
+        os.path.join(RESULTS, "logs/{study}/verdict.log"),
+    resources:
+        mem_mb=2000,
+        runtime=5,
+    params:
+        options=lambda w: grid.study_block(config, w.study).get("verdict", {}),
+        repeat_cells=lambda w: [
+            grid.cell_keys(config, c) for c in repeat_cells(w.study)
+        ],
+        deterministic=lambda w: deterministic_pairs(w.study),
+    run:
+        from fragility.study.verdict import write_verdict
+
+        logged(
+            log,
+            lambda table: f"{len(table)} verdict rows written",
+            write_verdict,
+            input.correlations,
+            input.rows,
+            output.verdict,
+            output.best,
+            options=params.options,
+            repeat_paths=list(input.repeats),
+            repeat_cells=params.repeat_cells,
+            deterministic={tuple(pair): True for pair in params.deterministic},
+        )
+
+
+localrules:
+    verdict,

@@ -148,7 +148,81 @@ rule gather_benchmarks:
         )
 
 
+def verdict_figures(study):
+    """(PNG, caption) of the figures that carry a study's verdict: the scatter of Δ̂ against Δ and
+    the correlations by ground truth (or, with LOO only, by estimator or by test point)."""
+    overview = outputs.overview_figures(config, study)
+    root = f"{RESULTS}/{study}/figures"
+    chosen = [
+        (
+            f"{root}/overview/predicted_vs_actual.png",
+            "Predicted Δ̂ against the re-trained Δ, one panel per cell and test point, with each "
+            "seed's Pearson (P) and Spearman (S) and bootstrap interval; dashed: the identity.",
+        )
+    ]
+    if target_outputs(study):
+        chosen.append(
+            (
+                f"{root}/targets/correlation_by_target.png",
+                "Each estimator's correlation against every ground truth (LOO, PBRF, groups, LDS).",
+            )
+        )
+    elif "estimator_comparison" in overview:
+        chosen.append(
+            (
+                f"{root}/overview/estimator_comparison.png",
+                "Every estimator against the same re-training, per cell and test point.",
+            )
+        )
+    else:
+        chosen.append(
+            (
+                f"{root}/overview/correlation_by_test_point.png",
+                "Pearson and Spearman of Δ̂ with Δ per cell and test point.",
+            )
+        )
+    return chosen
+
+
+rule verdict_page:
+    input:
+        verdict=os.path.join(RESULTS, "{study}/verdict.csv"),
+        best=os.path.join(RESULTS, "{study}/verdict_best.csv"),
+        figures=lambda w: [path for path, _ in verdict_figures(w.study)],
+    output:
+        report(
+            os.path.join(RESULTS, "{study}/report/index.html"),
+            caption="../report/verdict.rst",
+            category="Study {study}",
+            subcategory="Verdict",
+            labels={"study": "{study}", "table": "verdict"},
+        ),
+    log:
+        os.path.join(RESULTS, "logs/{study}/verdict_page.log"),
+    resources:
+        mem_mb=2000,
+        runtime=5,
+    params:
+        captions=lambda w: [caption for _, caption in verdict_figures(w.study)],
+        options=lambda w: grid.study_block(config, w.study).get("verdict", {}),
+    run:
+        from fragility.report.page import write_index
+
+        logged(
+            log,
+            "verdict page written",
+            write_index,
+            wildcards.study,
+            input.verdict,
+            input.best,
+            output[0],
+            list(zip(input.figures, params.captions)),
+            params.options,
+        )
+
+
 localrules:
+    verdict_page,
     table1_report_page,
     overview_figure,
     study_report_pages,
