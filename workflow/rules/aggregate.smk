@@ -89,40 +89,6 @@ localrules:
     aggregate,
 
 
-def verdict_correlations(wildcards):
-    """Every ground truth's correlations: targets_correlations.parquet where the study scores more
-    than LOO (it holds LOO's rows too), else correlations.parquet."""
-    name = (
-        "targets_correlations.parquet"
-        if target_outputs(wildcards.study)
-        else "correlations.parquet"
-    )
-    return os.path.join(RESULTS, wildcards.study, name)
-
-
-def repeat_cells(study):
-    """The cells of `study` with repeat re-trainings (`loo.repeats.count` > 0)."""
-    return [
-        c
-        for c in grid.cells(config, study)
-        if grid.repeat_settings(config, study, c["arch"])["count"] > 0
-    ]
-
-
-def deterministic_pairs(study):
-    """[arch, truth] pairs whose re-training has no minibatch order to vary (study/verdict.py)."""
-    from fragility.study.verdict import deterministic_truths
-
-    return [
-        [arch, truth]
-        for arch in grid.study_block(config, study)["architectures"]
-        for truth, fixed in deterministic_truths(
-            grid.arch_config(config, study, arch)
-        ).items()
-        if fixed
-    ]
-
-
 rule verdict:
     input:
         correlations=verdict_correlations,

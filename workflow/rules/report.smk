@@ -43,7 +43,7 @@ rule overview_figure:
     output:
         report(
             os.path.join(RESULTS, "{study}/figures/overview/{figure}.png"),
-            caption="../report/{figure}.rst",
+            caption="../report/overview_figure.rst",
             category="Study {study}",
             subcategory="Figures",
             labels={"study": "{study}", "figure": "{figure}"},
@@ -146,42 +146,6 @@ rule gather_benchmarks:
             params.logs,
             *output,
         )
-
-
-def verdict_figures(study):
-    """(PNG, caption) of the figures that carry a study's verdict: the scatter of Δ̂ against Δ and
-    the correlations by ground truth (or, with LOO only, by estimator or by test point)."""
-    overview = outputs.overview_figures(config, study)
-    root = f"{RESULTS}/{study}/figures"
-    chosen = [
-        (
-            f"{root}/overview/predicted_vs_actual.png",
-            "Predicted Δ̂ against the re-trained Δ, one panel per cell and test point, with each "
-            "seed's Pearson (P) and Spearman (S) and bootstrap interval; dashed: the identity.",
-        )
-    ]
-    if target_outputs(study):
-        chosen.append(
-            (
-                f"{root}/targets/correlation_by_target.png",
-                "Each estimator's correlation against every ground truth (LOO, PBRF, groups, LDS).",
-            )
-        )
-    elif "estimator_comparison" in overview:
-        chosen.append(
-            (
-                f"{root}/overview/estimator_comparison.png",
-                "Every estimator against the same re-training, per cell and test point.",
-            )
-        )
-    else:
-        chosen.append(
-            (
-                f"{root}/overview/correlation_by_test_point.png",
-                "Pearson and Spearman of Δ̂ with Δ per cell and test point.",
-            )
-        )
-    return chosen
 
 
 rule verdict_page:

@@ -254,6 +254,10 @@ def verdict_table(correlations: pd.DataFrame, rows: pd.DataFrame | None = None, 
             **{f"{m}_{e}": float(r.get(f"{m}_{e}", math.nan)) if shown else math.nan
                for m in ("pearson", "spearman") for e in ("lo", "hi")}})
     table = pd.DataFrame(out, columns=COLUMNS)
+    if len(table):  # LOO first, then PBRF, groups, LDS; within each, the cells in the tables' (grid) order
+        order = {name: i for i, name in enumerate(("loo", "pbrf", "groups", "lds"))}
+        table = table.assign(_truth=table.truth.map(order).fillna(len(order)))
+        table = table.sort_values("_truth", kind="stable").drop(columns="_truth").reset_index(drop=True)
     return _over_seeds(table)
 
 
