@@ -406,3 +406,28 @@ def verdict_figures(study):
             )
         )
     return chosen
+
+
+def verdict_links(study):
+    """[page, description] of the study's kind-specific pages and tables, linked from index.html."""
+    links = []
+    if study_kind(study) == "table1":
+        links.append(["table1.html", "Table 1, and ours next to the paper's values"])
+    if target_outputs(study):
+        links.append(["../targets.csv", "every estimator against every ground truth"])
+    return links
+
+
+def verdict_page_job(wildcards, input, output, params):
+    """Adapter of the verdict_page step (runs inside the Snakemake process)."""
+    from fragility.report.page import write_index
+
+    write_index(
+        wildcards.study,
+        input.verdict,
+        input.best,
+        output[0],
+        list(zip(input.figures, params.captions)),
+        params.options,
+        [tuple(link) for link in params.links],
+    )

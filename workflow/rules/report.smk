@@ -169,19 +169,16 @@ rule verdict_page:
     params:
         captions=lambda w: [caption for _, caption in verdict_figures(w.study)],
         options=lambda w: grid.study_block(config, w.study).get("verdict", {}),
+        links=lambda w: verdict_links(w.study),
     run:
-        from fragility.report.page import write_index
-
         logged(
             log,
             "verdict page written",
-            write_index,
-            wildcards.study,
-            input.verdict,
-            input.best,
-            output[0],
-            list(zip(input.figures, params.captions)),
-            params.options,
+            verdict_page_job,
+            wildcards,
+            input,
+            output,
+            params,
         )
 
 

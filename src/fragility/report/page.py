@@ -128,8 +128,9 @@ def _verdict_rows(table: pd.DataFrame) -> str:
 
 
 def index_page(study: str, verdict: pd.DataFrame, best: pd.DataFrame, figures: list[tuple[str, str]],
-               options: dict | None = None, confidence: float | None = None) -> str:
-    """The page's HTML. `figures`: (PNG path, caption) of the study's figures that carry the verdict."""
+               options: dict | None = None, confidence: float | None = None, links: list[tuple[str, str]] = ()) -> str:
+    """The page's HTML. `figures`: (PNG path, caption) of the study's figures that carry the verdict;
+    `links`: (path relative to the page, description) of the study's pages beyond LINKS."""
     options = settings(options)
     study_lines = best[best.seed.astype(str) == "all"] if len(best) else best
     items = "".join(f"<li><b>{html.escape(_text(r.truth))}</b>: {html.escape(_text(r.line))}</li>"
@@ -155,7 +156,8 @@ def index_page(study: str, verdict: pd.DataFrame, best: pd.DataFrame, figures: l
         if Path(path).exists():
             figure_html.append(f"<figure>{_img(Path(path).read_bytes(), Path(path).stem)}<figcaption>"
                                f"{html.escape(caption)}</figcaption></figure>")
-    links = "".join(f'<li><a href="{name}">{name}</a>: {html.escape(text)}</li>' for name, text in LINKS)
+    links = "".join(f'<li><a href="{html.escape(name)}">{html.escape(name)}</a>: {html.escape(text)}</li>'
+                    for name, text in list(links) + LINKS)
     links += ('<li><a href="../verdict.csv">verdict.csv</a> and <a href="../verdict_best.csv">verdict_best.csv</a>: '
               "this page's table, with every number</li>")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>Verdict: {html.escape(study)}</title>"
@@ -169,10 +171,10 @@ def index_page(study: str, verdict: pd.DataFrame, best: pd.DataFrame, figures: l
 
 
 def write_index(study: str, verdict_csv, best_csv, out_path, figures: list[tuple[str, str]] = (),
-                options: dict | None = None) -> None:
+                options: dict | None = None, links: list[tuple[str, str]] = ()) -> None:
     """Write `report/index.html` from verdict.csv, verdict_best.csv and the figure PNGs."""
     read = lambda p: pd.read_csv(p, keep_default_na=False, na_values=[""])  # noqa: E731
     verdict, best = read(verdict_csv), read(best_csv)
     confidence = float(verdict.confidence.dropna().iloc[0]) if "confidence" in verdict and verdict.confidence.notna().any() else None
     with atomic_path(out_path) as tmp:
-        tmp.write_text(index_page(study, verdict, best, list(figures), options, confidence), encoding="utf-8")
+        tmp.write_text(index_page(study, verdict, best, list(figures), options, confidence, list(links)), encoding="utf-8")
