@@ -35,6 +35,7 @@ table#verdict { border-collapse: collapse; font-size: 13px; }
 #verdict th, #verdict td { border: 1px solid #ccc; padding: 3px 6px; text-align: left; vertical-align: top; }
 #verdict th { background: #f0f0f0; position: sticky; top: 0; }
 td.word { font-weight: 700; white-space: nowrap; }
+#verdict td:nth-child(-n+10) { white-space: nowrap; }
 ul.best li { margin: 2px 0; }
 p.legend span { display: inline-block; padding: 1px 6px; margin: 2px; border-radius: 3px; font-weight: 600; }
 figure { margin: 12px 0 24px 0; } figure img { max-width: 100%; border: 1px solid #ddd; }
@@ -127,6 +128,15 @@ def _verdict_rows(table: pd.DataFrame) -> str:
     return "".join(out) + "</tbody>"
 
 
+def _counts(verdict: pd.DataFrame) -> str:
+    """`44 rows: 12 reliable, 20 partly reliable, ...`, each word in its colour."""
+    counts = verdict.verdict.value_counts()
+    words = ", ".join(f'<b style="color:{COLOURS.get(w, ("", "#000"))[1]}">{int(c)} {html.escape(w)}</b>'
+                      for w, c in counts.items())
+    cells = verdict[["dataset", "arch", "decay", "seed"]].drop_duplicates()
+    return f"{len(verdict)} rows over {len(cells)} cells: {words}."
+
+
 def index_page(study: str, verdict: pd.DataFrame, best: pd.DataFrame, figures: list[tuple[str, str]],
                options: dict | None = None, confidence: float | None = None, links: list[tuple[str, str]] = ()) -> str:
     """The page's HTML. `figures`: (PNG path, caption) of the study's figures that carry the verdict;
@@ -164,7 +174,7 @@ def index_page(study: str, verdict: pd.DataFrame, best: pd.DataFrame, figures: l
             f"<style>{STYLE}</style></head><body>"
             f"<h1>Can the influence estimates be trusted? Study {html.escape(study)}</h1>"
             f"<h2>Best estimator per ground truth</h2><ul class='best'>{items}</ul>"
-            f"<h2>Verdict per cell, test point, estimator and ground truth</h2><p>{explain}</p>"
+            f"<h2>Verdict per cell, test point, estimator and ground truth</h2><p>{_counts(verdict)}</p><p>{explain}</p>"
             f"<p class='legend'>{legend}</p><table id='verdict'>{_verdict_rows(verdict)}</table>"
             f"<h2>Figures</h2>{''.join(figure_html)}"
             f"<h2>More</h2><ul>{links}</ul></body></html>")
