@@ -145,3 +145,27 @@ def test_a_null_estimator_is_dropped_and_cannot_be_the_selection():
     cfg["studies"]["mnist_small"]["influence"]["methods"]["primary"] = None
     with pytest.raises(ValueError, match="select.by"):
         grid.check_config(cfg)
+
+
+def test_seeds_per_architecture():
+    """`overrides.<arch>.seeds` gives one architecture its own seeds: its cells, and only its, have them."""
+    from snakemake.utils import update_config
+
+    from fragility.study import grid
+
+    cfg = config()
+    update_config(cfg, {"studies": {"table1": {"overrides": {"lenet": {"seeds": [0, 1]}}}}})
+    validate(cfg, SCHEMA)
+    grid.check_config(cfg)
+    seeds = {}
+    for cell in grid.cells(cfg, "table1"):
+        seeds.setdefault(cell["arch"], set()).add(cell["seed"])
+    assert seeds["lenet"] == {0, 1} and seeds["smallcnn"] == {0}
+    grid.check_wildcards(cfg, {"study": "table1", "dataset": "mnist", "arch": "lenet", "seed": "1"})
+    with pytest.raises(grid.GridError, match=r"not one of studies.table1.seeds; the seeds are written seed0"):
+        grid.check_wildcards(cfg, {"study": "table1", "dataset": "mnist", "arch": "smallcnn", "seed": "1"})
+    with pytest.raises(grid.GridError, match=r"overrides.lenet.seeds; the seeds are written seed0, seed1"):
+        grid.check_wildcards(cfg, {"study": "table1", "dataset": "mnist", "arch": "lenet", "seed": "2"})
+    cfg["studies"]["table1"]["overrides"]["lenet"]["seeds"] = [1, 1]
+    with pytest.raises(ValueError, match=r"overrides.lenet.seeds: duplicate values"):
+        grid.check_config(cfg)

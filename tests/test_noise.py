@@ -168,3 +168,29 @@ def test_repeat_with_another_minibatch_order_measures_noise(tiny_cell):
     assert pick(corr_same).repeat_n == 3 and pick(corr_same).repeat_noise == pytest.approx(0.0, abs=1e-12)
     assert pick(corr_other).repeat_noise > 1e-6  # another minibatch order moves the re-trained loss
     assert not list(root.glob(".repeat_*"))
+
+
+def test_the_verdict_reads_a_real_cell_with_repeats(tiny_cell, tmp_path):
+    """On real re-trainings (minibatch SGD): the verdict's σ_repeat is the centred spread of the
+    repeat against the original (never above noise.py's uncentred one), the ceiling follows from it,
+    and the flagged variants of the cell read as words, never numbers."""
+    from fragility.study import verdict
+
+    root, paths, train_cfg, loo_cfg = tiny_cell
+    other = str(tmp_path / "repeat.parquet")
+    pipeline.repeat_loo(paths["model.pt"], paths["data.pt"], paths["tp.json"], paths["selected.json"], 4, loo_cfg,
+                        train_cfg, other, order_seed=5, device_name="cpu", log=lambda m: None)
+    rows, corr = _correlate(paths, root, other)
+    keys = {"study": "s", "dataset": "iris", "decay": 0.01}
+    rows, corr = rows.assign(**keys), corr.assign(**keys)
+    cell = {**keys, "arch": "mlp-d1-w3", "seed": 0}
+    measured = verdict.repeat_noise(rows, [(cell, pd.read_parquet(other))])
+    sigma = float(measured.sigma_repeat.iloc[0])
+    assert measured.repeat_n.iloc[0] == 4 and 0 < sigma
+    loss = corr[(corr.target == "loss_change") & (corr.subset == "all")].iloc[0]
+    assert sigma <= loss.repeat_noise * (1 + 1e-9)  # centring removes the shared shift
+    row = verdict.verdict_table(corr, rows, measured).iloc[0]
+    assert row.sigma_repeat == sigma and row.ceiling == pytest.approx(verdict.ceiling(sigma, loss.actual_std))
+    assert row.verdict in verdict.WORDS and row.repeat_n == 4 and row.selection == "top 8"
+    flagged = corr.assign(flag="model_not_trained:constant_outputs")
+    assert (verdict.verdict_table(flagged, rows, measured).verdict == verdict.NOT_TRAINED).all()

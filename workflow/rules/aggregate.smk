@@ -87,3 +87,47 @@ rule aggregate:
 localrules:
     correlate,
     aggregate,
+
+
+rule verdict:
+    input:
+        correlations=verdict_correlations,
+        rows=os.path.join(RESULTS, "{study}/rows.parquet"),
+        repeats=lambda w: [
+            os.path.join(grid.cell_dir(c, RESULTS), "loo/repeat.parquet")
+            for c in repeat_cells(w.study)
+        ],
+    output:
+        verdict=os.path.join(RESULTS, "{study}/verdict.csv"),
+        best=os.path.join(RESULTS, "{study}/verdict_best.csv"),
+    log:
+        os.path.join(RESULTS, "logs/{study}/verdict.log"),
+    resources:
+        mem_mb=2000,
+        runtime=5,
+    params:
+        options=lambda w: grid.study_block(config, w.study).get("verdict", {}),
+        repeat_cells=lambda w: [
+            grid.cell_keys(config, c) for c in repeat_cells(w.study)
+        ],
+        deterministic=lambda w: deterministic_pairs(w.study),
+    run:
+        from fragility.study.verdict import write_verdict
+
+        logged(
+            log,
+            lambda table: f"{len(table)} verdict rows written",
+            write_verdict,
+            input.correlations,
+            input.rows,
+            output.verdict,
+            output.best,
+            options=params.options,
+            repeat_paths=list(input.repeats),
+            repeat_cells=params.repeat_cells,
+            deterministic={tuple(pair): True for pair in params.deterministic},
+        )
+
+
+localrules:
+    verdict,

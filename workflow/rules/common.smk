@@ -332,3 +332,102 @@ def yaml_dump(value):
     import yaml
 
     return yaml.safe_dump(value, sort_keys=False, default_flow_style=None, width=100)
+
+
+# The verdict (rules verdict and verdict_page; study/verdict.py, report/page.py)
+
+
+def verdict_correlations(wildcards):
+    """Every ground truth's correlations: targets_correlations.parquet where the study scores more
+    than LOO (it holds LOO's rows too), else correlations.parquet."""
+    name = (
+        "targets_correlations.parquet"
+        if target_outputs(wildcards.study)
+        else "correlations.parquet"
+    )
+    return os.path.join(RESULTS, wildcards.study, name)
+
+
+def repeat_cells(study):
+    """The cells of `study` with repeat re-trainings (`loo.repeats.count` > 0)."""
+    return [
+        c
+        for c in grid.cells(config, study)
+        if grid.repeat_settings(config, study, c["arch"])["count"] > 0
+    ]
+
+
+def deterministic_pairs(study):
+    """[arch, truth] pairs whose re-training has no minibatch order to vary (study/verdict.py)."""
+    from fragility.study.verdict import deterministic_truths
+
+    return [
+        [arch, truth]
+        for arch in grid.study_block(config, study)["architectures"]
+        for truth, fixed in deterministic_truths(
+            grid.arch_config(config, study, arch)
+        ).items()
+        if fixed
+    ]
+
+
+def verdict_figures(study):
+    """(PNG, caption) of the figures that carry a study's verdict: the scatter of Δ̂ against Δ and
+    the correlations by ground truth (or, with LOO only, by estimator or by test point).
+    """
+    overview = outputs.overview_figures(config, study)
+    root = f"{RESULTS}/{study}/figures"
+    chosen = [
+        (
+            f"{root}/overview/predicted_vs_actual.png",
+            "Predicted Δ̂ against the re-trained Δ, one panel per cell and test point, with each "
+            "seed's Pearson (P) and Spearman (S) and bootstrap interval; dashed: the identity.",
+        )
+    ]
+    if target_outputs(study):
+        chosen.append(
+            (
+                f"{root}/targets/correlation_by_target.png",
+                "Each estimator's correlation against every ground truth (LOO, PBRF, groups, LDS).",
+            )
+        )
+    elif "estimator_comparison" in overview:
+        chosen.append(
+            (
+                f"{root}/overview/estimator_comparison.png",
+                "Every estimator against the same re-training, per cell and test point.",
+            )
+        )
+    else:
+        chosen.append(
+            (
+                f"{root}/overview/correlation_by_test_point.png",
+                "Pearson and Spearman of Δ̂ with Δ per cell and test point.",
+            )
+        )
+    return chosen
+
+
+def verdict_links(study):
+    """[page, description] of the study's kind-specific pages and tables, linked from index.html."""
+    links = []
+    if study_kind(study) == "table1":
+        links.append(["table1.html", "Table 1, and ours next to the paper's values"])
+    if target_outputs(study):
+        links.append(["../targets.csv", "every estimator against every ground truth"])
+    return links
+
+
+def verdict_page_job(wildcards, input, output, params):
+    """Adapter of the verdict_page step (runs inside the Snakemake process)."""
+    from fragility.report.page import write_index
+
+    write_index(
+        wildcards.study,
+        input.verdict,
+        input.best,
+        output[0],
+        list(zip(input.figures, params.captions)),
+        params.options,
+        [tuple(link) for link in params.links],
+    )

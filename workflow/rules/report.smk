@@ -43,7 +43,7 @@ rule overview_figure:
     output:
         report(
             os.path.join(RESULTS, "{study}/figures/overview/{figure}.png"),
-            caption="../report/{figure}.rst",
+            caption="../report/overview_figure.rst",
             category="Study {study}",
             subcategory="Figures",
             labels={"study": "{study}", "figure": "{figure}"},
@@ -148,7 +148,42 @@ rule gather_benchmarks:
         )
 
 
+rule verdict_page:
+    input:
+        verdict=os.path.join(RESULTS, "{study}/verdict.csv"),
+        best=os.path.join(RESULTS, "{study}/verdict_best.csv"),
+        figures=lambda w: [path for path, _ in verdict_figures(w.study)],
+    output:
+        report(
+            os.path.join(RESULTS, "{study}/report/index.html"),
+            caption="../report/verdict.rst",
+            category="Study {study}",
+            subcategory="Verdict",
+            labels={"study": "{study}", "table": "verdict"},
+        ),
+    log:
+        os.path.join(RESULTS, "logs/{study}/verdict_page.log"),
+    resources:
+        mem_mb=2000,
+        runtime=5,
+    params:
+        captions=lambda w: [caption for _, caption in verdict_figures(w.study)],
+        options=lambda w: grid.study_block(config, w.study).get("verdict", {}),
+        links=lambda w: verdict_links(w.study),
+    run:
+        logged(
+            log,
+            "verdict page written",
+            verdict_page_job,
+            wildcards,
+            input,
+            output,
+            params,
+        )
+
+
 localrules:
+    verdict_page,
     table1_report_page,
     overview_figure,
     study_report_pages,

@@ -64,8 +64,11 @@ def study_targets(study):
                 "summary.csv",
                 "training.csv",
                 "benchmarks.csv",
+                "verdict.csv",
+                "verdict_best.csv",
             )
         ]
+        + [f"{RESULTS}/{study}/report/index.html"]
         + [f"{RESULTS}/{study}/report/{name}.html" for name in REPORT_PAGES]
         + [f"{RESULTS}/{study}/report/benchmarks.html"]
         + figure_files(

@@ -82,10 +82,14 @@ def check_wildcards(config: dict, wildcards: dict) -> None:
                             "(a decay is written the way Python's '%g' writes it: 0.0 as wd0, 0.005 as wd0.005)")
         where += f"wd{values['decay']}/"
     if "seed" in values:
-        if not values["seed"].isdigit() or int(values["seed"]) not in [int(s) for s in block["seeds"]] \
+        allowed = (seeds_of(config, study, values["arch"]) if "arch" in values
+                   else sorted({int(s) for arch in block["architectures"] for s in seeds_of(config, study, arch)}))
+        if not values["seed"].isdigit() or int(values["seed"]) not in [int(s) for s in allowed] \
                 or values["seed"] != str(int(values["seed"])):
-            raise GridError(f"{where}seed{values['seed']}/: {values['seed']} is not one of studies.{study}.seeds; "
-                            f"the seeds are written {_listing('seed' + str(int(s)) for s in block['seeds'])}")
+            key = f"overrides.{values['arch']}.seeds" if "arch" in values and "seeds" in block.get("overrides", {}).get(
+                values["arch"], {}) else "seeds"
+            raise GridError(f"{where}seed{values['seed']}/: {values['seed']} is not one of studies.{study}.{key}; "
+                            f"the seeds are written {_listing('seed' + str(int(s)) for s in allowed)}")
         where += f"seed{values['seed']}/"
     if "estimator" in values and "arch" in values:
         names = list(estimators(config, study, values["arch"]))
@@ -99,6 +103,11 @@ def arch_config(config: dict, study: str, arch: str) -> dict:
     block = study_block(config, study)
     merged = deep_merge({k: v for k, v in block.items() if k != "overrides"}, block.get("overrides", {}).get(arch, {}))
     return merged
+
+
+def seeds_of(config: dict, study: str, arch: str) -> list[int]:
+    """The seeds of an architecture's cells: `overrides.<arch>.seeds`, else the study's `seeds`."""
+    return [int(s) for s in arch_config(config, study, arch)["seeds"]]
 
 
 def _excluded(block: dict, dataset: str, arch: str) -> bool:
@@ -115,7 +124,7 @@ def cells(config: dict, study: str) -> list[dict]:
             if _excluded(block, dataset, arch):
                 continue
             for decay in block["decays"]:
-                for seed in block["seeds"]:
+                for seed in seeds_of(config, study, arch):
                     out.append({"study": study, "dataset": dataset, "arch": arch, "decay": decay_label(decay), "seed": int(seed)})
     return out
 
@@ -326,6 +335,9 @@ def check_config(config: dict) -> None:
             raise ValueError(f"studies.{study}.decays: duplicate values {block['decays']}")
         if len(set(block["seeds"])) != len(block["seeds"]):
             raise ValueError(f"studies.{study}.seeds: duplicate values {block['seeds']}")
+        for arch, patch in block.get("overrides", {}).items():
+            if "seeds" in patch and len(set(patch["seeds"])) != len(patch["seeds"]):
+                raise ValueError(f"studies.{study}.overrides.{arch}.seeds: duplicate values {patch['seeds']}")
 
 
 RULE_KINDS = ("top_fraction", "top_k", "around_percentile")
