@@ -29,6 +29,13 @@ BatchNorm in train mode normalises with the statistics of the minibatch rows cop
 so a removed point leaves no trace in the batch statistics either, and every copy keeps its own
 running statistics (buffers stacked [k, ...], updated in place under vmap).
 
+Random operations in `forward` (dropout) draw from the global generator seeded, for the duration
+of each step, with a hash of (order seed, step) (`step_seed`; the global state is restored
+afterwards), and the copies share the draws (vmap's `randomness="same"`). Every copy of a chunk,
+the drift control (trained alone) and a rerun thus see the same masks at each step, as they see
+the same minibatches (common random numbers): a copy that leaves nothing out equals the drift
+control. Models without random operations compute exactly what they computed without the seeding.
+
 With `pbrf` (a `ProximalBregman`) each copy minimises the proximal Bregman response objective
 instead (engine/pbrf.py): the same loop, batches and checkpoints, the model in eval mode.
 """
@@ -112,6 +119,27 @@ def run_fingerprint(x: torch.Tensor, y: torch.Tensor, decay: float, theta_init: 
     for tensor in (theta_init, weights, y, sample):
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
+
+
+def step_seed(order_seed: int, step: int) -> int:
+    """The seed of the random operations (dropout masks) at `step` of a run with minibatch order
+    `order_seed`: the first 63 bits of SHA-256("random-ops <order_seed> <step>")."""
+    digest = hashlib.sha256(f"random-ops {int(order_seed)} {int(step)}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+@contextlib.contextmanager
+def seeded_random_ops(seed: int, device: torch.device):
+    """Run the body with the CPU generator (and the generator of `device` if it is a GPU) seeded
+    with `seed`; their previous states are restored on exit, so nothing outside sees the seeding."""
+    device = torch.device(device)
+    cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda, device_type="cuda"):
+        torch.default_generator.manual_seed(seed)
+        if cuda:
+            with torch.cuda.device(cuda[0]):
+                torch.cuda.manual_seed(seed)
+        yield
 
 
 class _PlainStep:
@@ -327,7 +355,7 @@ def train_copies(
     elif pbrf is not None:
         def batched(thetas, buffers, wb, xb, yb, rows=None):
             return vmap(lambda th, bu, w, rx, ry, rw: copy_objective(th, bu, w, xb, yb, rows, (rx, ry, rw)),
-                        in_dims=0)(thetas, buffers, wb, pbrf.removal_x, pbrf.removal_y, pbrf.removal_weights)
+                        in_dims=0, randomness="same")(thetas, buffers, wb, pbrf.removal_x, pbrf.removal_y, pbrf.removal_weights)
     elif (STACKED_CHAIN and net.chain is not None and net.task.rows_independent and not net.hooked()
           and thetas.device.type == "cpu"):
         # a plain MLP chain: the copies' objectives as batched products, the numbers of the vmap
@@ -340,12 +368,15 @@ def train_copies(
             count = wb.sum(1).clamp_min(1.0) if settings.loss_mean_over == "kept" else wb.shape[-1]
             return (losses * wb).sum(1) / count + 0.5 * decay * thetas.pow(2).sum(1)
     else:
-        vmapped = vmap(copy_objective, in_dims=(0, 0, 0, None, None))
+        vmapped = vmap(copy_objective, in_dims=(0, 0, 0, None, None), randomness="same")  # shared dropout masks
 
         def batched(thetas, buffers, wb, xb, yb, rows=None):
             return vmapped(thetas, buffers, wb, xb, yb)
     chain_gradient = (ChainGradient(net, thetas, decay, settings.loss_mean_over == "kept")
                       if _chain_gradient_applies(net, thetas, x, k, pbrf) else None)
+    # a plain chain has no random operation: it skips the per-step seeding (its numbers would not change)
+    seeded = (lambda step: seeded_random_ops(step_seed(settings.order_seed, step), thetas.device)) \
+        if net.chain is None else (lambda step: contextlib.nullcontext())
     began = time.perf_counter()
     losses = torch.full((k,), math.nan)
     with _masked_batch_norm(model, row_weights):
@@ -361,7 +392,8 @@ def train_copies(
                     with torch.no_grad():
                         losses = batched(thetas, buffers, wb, xb, yb, rows)
             else:
-                losses = batched(thetas, buffers, wb, xb, yb, rows)
+                with seeded(step):  # the step's dropout masks: from (order seed, step) only
+                    losses = batched(thetas, buffers, wb, xb, yb, rows)
                 losses.sum().backward()
             optimizer.step()
             schedule.step()

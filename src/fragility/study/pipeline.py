@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 
 from ..engine import health
-from ..data.split import Split
+from ..data.split import Split, model_inputs
 from ..data.registry import load_split
 from ..engine.solvers import make_solver
 from ..engine.influence import influence_table
@@ -42,8 +42,9 @@ def prepare_data(dataset_id: str, dataset_cfg: dict, data_dir: str, out_path: st
 
 
 def _tensors(split: Split, dtype, device):
-    return (split.x_train.to(device=device, dtype=dtype), split.y_train.to(device),
-            split.x_test.to(device=device, dtype=dtype), split.y_test.to(device))
+    """(x, y, x_test, y_test) on `device`; float inputs in `dtype`, integer ones (token ids) as they are."""
+    return (model_inputs(split.x_train, dtype, device), split.y_train.to(device),
+            model_inputs(split.x_test, dtype, device), split.y_test.to(device))
 
 
 # --------------------------------------------------------------------------- models
