@@ -101,3 +101,24 @@ def test_a_decomposition_that_always_fails_is_a_status_not_a_crash(method, monke
     assert table.predicted_param_change_norm.isna().all()
     assert all(o["status"] == kfac.DECOMPOSITION_FAILED for o in outcomes)
     assert math.isnan(float(solver.solution_norms(torch.ones(1, theta.numel()), 0.01)[0]))
+
+
+def test_long_solver_phases_report_progress(monkeypatch):
+    """LiSSA's power iteration and series, and Arnoldi's iterations, log lines as training does."""
+    from fragility.engine import ihvp
+
+    monkeypatch.setattr(ihvp, "PROGRESS_SECONDS", 0.0)
+    net, obj, theta, x, y = float32_problem()
+    obj = Objective(net, x.double(), y, decay=0.01)
+    net.model.double()
+    theta = net.flatten()
+    lines = []
+    lissa = make_solver("lissa", depth=7, power_iterations=5, hessian="gauss_newton")
+    lissa.log = lines.append
+    lissa.fit(obj, theta).solve(torch.ones(1, theta.numel(), dtype=torch.float64), 0.1)
+    assert "lissa: series step 7/7" in lines[-1] and "s left" in lines[-1]
+    assert any(line.startswith("lissa: power iteration (at most) 1/5") for line in lines)
+    arnoldi = make_solver("arnoldi", iterations=4, rank=4)
+    arnoldi.log = lines.append
+    arnoldi.fit(obj, theta)
+    assert lines[-1].startswith("arnoldi: iteration 4/4")

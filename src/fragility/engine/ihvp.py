@@ -38,8 +38,33 @@ class SolveResult:
     details: list[dict] = field(default_factory=list)
 
 
+PROGRESS_SECONDS = 30.0  # long solver phases log a line at most this often (and when they end)
+
+
+class Progress:
+    """`log` lines like the trainer's for a loop of `total` steps: `<what> i/total, s so far, about s
+    left`, at most one per PROGRESS_SECONDS, and one at the last step if any was written before."""
+
+    def __init__(self, what: str, total: int, log):
+        self.what, self.total, self.log = what, int(total), log
+        self.began = self.last = time.perf_counter()
+        self.written = False
+
+    def __call__(self, done: int) -> None:
+        now = time.perf_counter()
+        if now - self.last < PROGRESS_SECONDS and not (self.written and done == self.total):
+            return
+        self.last, self.written = now, True
+        elapsed = now - self.began
+        left = elapsed / max(done, 1) * (self.total - done)
+        self.log(f"{self.what} {done}/{self.total}: {elapsed:.0f} s so far, about {left:.0f} s left")
+
+
 class InverseHessianSolver:
-    """Common part: option handling, the choice of curvature matrix, timing of fit and solve."""
+    """Common part: option handling, the choice of curvature matrix, timing of fit and solve.
+    `log` (print unless the caller sets it) receives the progress lines of long phases."""
+
+    log = staticmethod(print)
 
     name = "base"
     options_read = ("hessian",)  # the config options this method reads (others are not passed to it)
@@ -92,14 +117,17 @@ class InverseHessianSolver:
         return self._product(vectors) + damping * vectors
 
 
-def top_eigenvalue(hvp, p: int, like: torch.Tensor, iterations: int = 100, tol: float = 1e-6, seed: int = 0) -> float:
-    """Largest-magnitude eigenvalue of H by power iteration on v ↦ Hv."""
+def top_eigenvalue(hvp, p: int, like: torch.Tensor, iterations: int = 100, tol: float = 1e-6, seed: int = 0,
+                   progress=None) -> float:
+    """Largest-magnitude eigenvalue of H by power iteration on v ↦ Hv; `progress(i)` after step i."""
     gen = torch.Generator(device="cpu").manual_seed(seed)
     v = torch.randn(p, generator=gen, dtype=like.dtype).to(like.device)
     v /= v.norm()
     value = 0.0
-    for _ in range(iterations):
+    for step in range(iterations):
         hv = hvp(v)
+        if progress is not None:
+            progress(step + 1)
         new_value = float(v @ hv)
         norm = hv.norm()
         if norm == 0 or not torch.isfinite(norm):
@@ -293,8 +321,10 @@ class LissaSolver(InverseHessianSolver):
         obj, theta = self.objective, self.theta
         n = obj.n
         gen = torch.Generator(device="cpu").manual_seed(seed)
+        power_iterations = int(self.options.get("power_iterations", 50))
         top = top_eigenvalue(lambda u: self._damped_hvp_many(u[None], damping)[0], theta.numel(), theta,
-                             iterations=int(self.options.get("power_iterations", 50)))
+                             iterations=power_iterations,
+                             progress=Progress(f"{self.name}: power iteration (at most)", power_iterations, self.log))
         # "auto": σ = scale_factor · |λ_max(H + δI)| from power iteration (a safe margin)
         scale = float(self.options.get("scale_factor", 1.5)) * abs(top) if scale_option == "auto" else float(scale_option)
         self.diagnostics.update(top_eigenvalue_damped=top, eigenvalue_max_estimate=top - damping, scale=scale,
@@ -307,7 +337,8 @@ class LissaSolver(InverseHessianSolver):
         diverged_at = [None] * t_count
         total = torch.zeros_like(vectors)
         last_change = torch.full((t_count,), math.nan, dtype=torch.float64)
-        for _ in range(repeats):
+        progress = Progress(f"{self.name}: series step", depth * repeats, self.log)
+        for repeat in range(repeats):
             h = vectors.clone()
             for j in range(depth):
                 rows = None
@@ -326,6 +357,7 @@ class LissaSolver(InverseHessianSolver):
                 for t in idx[bad].tolist():
                     alive[t] = False
                     diverged_at[t] = j + 1
+                progress(repeat * depth + j + 1)
             total += torch.where(alive[:, None], h / scale, torch.zeros_like(h))
         status = ["ok" if bool(a) else "diverged" for a in alive]
         solutions = total / repeats
@@ -371,8 +403,10 @@ class ArnoldiSolver(InverseHessianSolver):
         hess = torch.zeros(m + 1, m, dtype=torch.float64)
         basis[0] = random_unit()
         restarts = 0
+        progress = Progress(f"{self.name}: iteration", m, self.log)
         for j in range(m):
             w = self._damped_hvp_many(basis[j][None], 0.0)[0]
+            progress(j + 1)
             w_norm = w.norm()
             for _ in range(2):  # orthogonalise twice: "twice is enough"
                 coeffs = basis[: j + 1] @ w

@@ -167,6 +167,7 @@ def compute_influence(model_path, data_path, test_points_path, method_name, meth
     points = read_json(test_points_path)["test_points"]
     options = {k: v for k, v in method_cfg.items() if k != "method"}
     solver = make_solver(method_cfg.get("method", method_name), **options)
+    solver.log = log  # progress lines of long solver phases
     solver.fit(Objective(net, x, y, record["decay"], chunk_size=chunk_size), theta)
     table, outcomes = influence_table(net, theta, x, y, points, xt, yt, solver, damping, chunk_size=chunk_size,
                                       scoring_chunk_size=scoring_chunk_size)
