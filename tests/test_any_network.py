@@ -36,6 +36,22 @@ FACTORIES = textwrap.dedent('''
         return Bag(input_shape, n_classes, vocab)
 
 
+    class RealBag(nn.Module):
+        """nn.EmbeddingBag (mean): PyTorch has neither its second nor its forward-mode derivative."""
+
+        def __init__(self, n_classes, vocab=12, dim=4):
+            super().__init__()
+            self.embed = nn.EmbeddingBag(vocab, dim, mode="mean")
+            self.out = nn.Linear(dim, n_classes)
+
+        def forward(self, tokens):
+            return self.out(self.embed(tokens))
+
+
+    def real_bag(input_shape, n_classes):
+        return RealBag(n_classes)
+
+
     def dropout_mlp(input_shape, n_classes, p=0.5, hidden=6):
         return nn.Sequential(nn.Linear(input_shape[0], hidden), nn.Tanh(), nn.Dropout(p), nn.Linear(hidden, n_classes))
 ''')
@@ -56,7 +72,7 @@ def files(tmp_path_factory):
 
 
 def models_cfg(root):
-    return {"bag": {"factory": f"{root}/mine.py:bag"},
+    return {"bag": {"factory": f"{root}/mine.py:bag"}, "realbag": {"factory": f"{root}/mine.py:real_bag"},
             "drop": {"factory": f"{root}/mine.py:dropout_mlp"},
             "nodrop": {"factory": f"{root}/mine.py:dropout_mlp", "options": {"p": 0.0}}}
 
@@ -137,3 +153,28 @@ def test_influence_is_computed_with_dropout_off(files):
                                    device_name="cpu", **QUIET)
         tables.append(pd.read_parquet(table))
     pd.testing.assert_frame_equal(*tables, check_exact=True)
+
+
+def test_a_model_without_second_derivatives_runs_what_it_can_and_refuses_the_rest(files):
+    """nn.EmbeddingBag: training, LOO, identity, K-FAC and EK-FAC run (scoring by reverse-mode
+    per-sample gradients, its forward mode missing); exact, CG, LiSSA and Arnoldi need its second
+    derivative and report `unsupported: ...` with NaN scores instead of failing."""
+    paths = trained(files, "realbag", "tokens.pt")
+    data = str(files / "tokens.pt")
+    out = str(files / "realbag-loo.parquet")
+    pipeline.run_loo(paths["model.pt"], data, paths["tp.json"], [-1, 0], LOO, TRAIN, out, device_name="cpu", **QUIET)
+    assert pd.read_parquet(out).test_loss.notna().all()
+    lines = []
+    for method, runs in [("identity", True), ("kfac", True), ("ekfac", True), ("exact", False), ("cg", False),
+                         ("lissa", False), ("arnoldi", False)]:
+        table, diag = str(files / f"realbag-{method}.parquet"), str(files / f"realbag-{method}.json")
+        pipeline.compute_influence(paths["model.pt"], data, paths["tp.json"], method, {"method": method}, 0.01, table,
+                                   diag, device_name="cpu", log=lines.append)
+        scores = pd.read_parquet(table)
+        if runs:
+            assert scores.predicted_loss_change.notna().all() and (scores.status == "ok").all(), method
+        else:
+            assert scores.predicted_loss_change.isna().all() and scores.predicted_param_change_norm.isna().all()
+            assert (scores.status == "unsupported: derivative of _embedding_bag_backward").all(), method
+            assert read_json(diag)["status"] == "unsupported: derivative of _embedding_bag_backward"
+    assert "exact max: unsupported: derivative of _embedding_bag_backward" in lines

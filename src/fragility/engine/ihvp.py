@@ -18,6 +18,7 @@ Gauss-Newton matrix G = (1/n) Σ J_iᵀ H_out,i J_i + λI, which is positive sem
 from __future__ import annotations
 
 import math
+import re
 import time
 from dataclasses import dataclass, field
 
@@ -60,6 +61,19 @@ class Progress:
         self.log(f"{self.what} {done}/{self.total}: {elapsed:.0f} s so far, about {left:.0f} s left")
 
 
+def unsupported_status(err: BaseException) -> str | None:
+    """`unsupported: derivative of <op>` for PyTorch's error on a derivative it does not implement
+    ("the derivative for '<op>' is not implemented", e.g. the double backward of nn.EmbeddingBag;
+    "forward AD with <op>"), else None."""
+    match = re.search(r"derivative for '([^']+)' is not implemented", str(err))
+    if match:
+        return f"unsupported: derivative of {match.group(1)}"
+    match = re.search(r"forward AD with (\S+)", str(err))
+    if match:
+        return f"unsupported: forward-mode derivative of {match.group(1)}"
+    return None
+
+
 class InverseHessianSolver:
     """Common part: option handling, the choice of curvature matrix, timing of fit and solve.
     `log` (print unless the caller sets it) receives the progress lines of long phases."""
@@ -69,6 +83,7 @@ class InverseHessianSolver:
     name = "base"
     options_read = ("hessian",)  # the config options this method reads (others are not passed to it)
     supports_norms = False  # can it return ‖(H+δI)⁻¹ g_i‖ for many g_i cheaply?
+    unsupported = None  # the status `unsupported: ...` once a derivative it needs turned out missing (`_refuse`)
 
     def __init__(self, **options):
         self.options = options
@@ -82,13 +97,36 @@ class InverseHessianSolver:
         start = time.perf_counter()
         self.objective, self.theta = objective.with_hessian(self.hessian), theta
         self._product = None
-        self._fit()
+        self.unsupported = None
+        try:
+            self._fit()
+        except NotImplementedError as err:
+            self._refuse(err)
         self.diagnostics["fit_seconds"] = time.perf_counter() - start
         return self
 
+    def _refuse(self, err: NotImplementedError) -> None:
+        """The model lacks a derivative this method needs (PyTorch implements no second derivative
+        of some layers, nn.EmbeddingBag's for one): every solve is then NaN with the status
+        `unsupported: derivative of <op>`, the job goes on. Other errors propagate."""
+        status = unsupported_status(err)
+        if status is None:
+            raise err
+        self.unsupported = status
+        self.supports_norms = False  # the instance's: the parameter-change norms are NaN too
+        self.diagnostics.update(status=status, error=str(err).splitlines()[0])
+
     def solve(self, vectors: torch.Tensor, damping: float) -> SolveResult:
         start = time.perf_counter()
-        result = self._solve(vectors, float(damping))
+        result = None
+        if self.unsupported is None:
+            try:
+                result = self._solve(vectors, float(damping))
+            except NotImplementedError as err:
+                self._refuse(err)
+        if result is None:
+            result = SolveResult(torch.full_like(vectors, math.nan), [self.unsupported] * len(vectors),
+                                 [{"error": self.diagnostics["error"]} for _ in vectors])
         self.diagnostics.update(damping=float(damping), solve_seconds=time.perf_counter() - start,
                                 solved=len(vectors), failed=sum(s != "ok" for s in result.status))
         return result
