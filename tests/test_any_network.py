@@ -178,3 +178,26 @@ def test_a_model_without_second_derivatives_runs_what_it_can_and_refuses_the_res
             assert (scores.status == "unsupported: derivative of _embedding_bag_backward").all(), method
             assert read_json(diag)["status"] == "unsupported: derivative of _embedding_bag_backward"
     assert "exact max: unsupported: derivative of _embedding_bag_backward" in lines
+
+
+@pytest.mark.parametrize("arch,data", [("bag", "tokens.pt"), ("drop", "features.pt")])
+def test_other_ground_truths_on_token_and_dropout_models(files, arch, data):
+    """Groups/LDS re-training and PBRF run on token ids and with dropout. A scratch re-training
+    that removes nothing repeats θ*'s training, masks included: it lands on θ* exactly."""
+    from fragility.study import targets
+
+    paths = trained(files, arch, data)
+    data = str(files / data)
+    out = str(files / f"{arch}-sets.parquet")
+    pipeline.run_removal_sets(paths["model.pt"], data, paths["tp.json"], [[], [5, 6]], [0, 1], {"start": "scratch"},
+                              LOO, TRAIN, out, device_name="cpu", **QUIET)
+    sets = pd.read_parquet(out)
+    assert (sets[sets.set_id == 0].param_distance < 1e-12).all()  # vmapped vs alone: rounding
+    assert (sets[sets.set_id == 1].param_distance > 1e-6).all()
+    for solver in ("train", "lbfgs"):
+        out = str(files / f"{arch}-pbrf-{solver}.parquet")
+        pipeline.run_pbrf(paths["model.pt"], data, paths["tp.json"], [-1, 7], {**targets.DEFAULTS["pbrf"], "solver": solver},
+                          LOO, TRAIN, 0.01, out, device_name="cpu", **QUIET)
+        pbrf = pd.read_parquet(out)
+        assert pbrf.test_loss.notna().all()
+        assert (pbrf[pbrf.removed_index == -1].param_distance < 1e-9).all()

@@ -30,8 +30,8 @@ so a removed point leaves no trace in the batch statistics either, and every cop
 running statistics (buffers stacked [k, ...], updated in place under vmap).
 
 Random operations in `forward` (dropout) draw from the global generator seeded, for the duration
-of each step, with a hash of (order seed, step) (`step_seed`; the global state is restored
-afterwards), and the copies share the draws (vmap's `randomness="same"`). Every copy of a chunk,
+of each step, with a hash of (order seed, step) (`step_seed`; the global state is restored when
+training ends), and the copies share the draws (vmap's `randomness="same"`). Every copy of a chunk,
 the drift control (trained alone) and a rerun thus see the same masks at each step, as they see
 the same minibatches (common random numbers): a copy that leaves nothing out equals the drift
 control. Models without random operations compute exactly what they computed without the seeding.
@@ -128,17 +128,32 @@ def step_seed(order_seed: int, step: int) -> int:
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
-@contextlib.contextmanager
-def seeded_random_ops(seed: int, device: torch.device):
-    """Run the body with the CPU generator (and the generator of `device` if it is a GPU) seeded
-    with `seed`; their previous states are restored on exit, so nothing outside sees the seeding."""
+def _cuda_devices(device) -> list[int]:
     device = torch.device(device)
-    cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda, device_type="cuda"):
-        torch.default_generator.manual_seed(seed)
-        if cuda:
-            with torch.cuda.device(cuda[0]):
-                torch.cuda.manual_seed(seed)
+    if device.type != "cuda":
+        return []
+    return [device.index if device.index is not None else torch.cuda.current_device()]
+
+
+def seed_random_ops(seed: int, device) -> None:
+    """Seed the CPU generator (and that of `device` if it is a GPU) with `seed`."""
+    torch.default_generator.manual_seed(seed)
+    for index in _cuda_devices(device):
+        with torch.cuda.device(index):
+            torch.cuda.manual_seed(seed)
+
+
+def restored_generators(device, enabled: bool = True):
+    """A context that restores the CPU generator's (and `device`'s) state on exit, so nothing
+    outside sees the seeding inside."""
+    return torch.random.fork_rng(devices=_cuda_devices(device), enabled=enabled, device_type="cuda")
+
+
+@contextlib.contextmanager
+def seeded_random_ops(seed: int, device):
+    """Run the body with the generators seeded with `seed`, their states restored on exit."""
+    with restored_generators(device):
+        seed_random_ops(seed, device)
         yield
 
 
@@ -375,11 +390,10 @@ def train_copies(
     chain_gradient = (ChainGradient(net, thetas, decay, settings.loss_mean_over == "kept")
                       if _chain_gradient_applies(net, thetas, x, k, pbrf) else None)
     # a plain chain has no random operation: it skips the per-step seeding (its numbers would not change)
-    seeded = (lambda step: seeded_random_ops(step_seed(settings.order_seed, step), thetas.device)) \
-        if net.chain is None else (lambda step: contextlib.nullcontext())
+    random_ops = net.chain is None
     began = time.perf_counter()
     losses = torch.full((k,), math.nan)
-    with _masked_batch_norm(model, row_weights):
+    with _masked_batch_norm(model, row_weights), restored_generators(thetas.device, enabled=random_ops):
         for step in range(start_step, settings.steps):
             rows = batch_rows(step, n, settings.batch_size, settings.order_seed, x.device)
             xb, yb, wb = (x, y, weights) if rows is None else (x[rows], y[rows], weights[:, rows])
@@ -392,8 +406,9 @@ def train_copies(
                     with torch.no_grad():
                         losses = batched(thetas, buffers, wb, xb, yb, rows)
             else:
-                with seeded(step):  # the step's dropout masks: from (order seed, step) only
-                    losses = batched(thetas, buffers, wb, xb, yb, rows)
+                if random_ops:  # the step's dropout masks: from (order seed, step) only
+                    seed_random_ops(step_seed(settings.order_seed, step), thetas.device)
+                losses = batched(thetas, buffers, wb, xb, yb, rows)
                 losses.sum().backward()
             optimizer.step()
             schedule.step()
