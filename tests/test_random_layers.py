@@ -37,10 +37,19 @@ def retrain(net, x, y, removed, s, theta=None):
     return train_copies(net, x, y, 1e-3, theta.repeat(len(removed), 1), weights, s, log=lambda *a: None).thetas
 
 
-@pytest.mark.parametrize("batch_size", [None, 8])
-def test_a_copy_that_removes_nothing_equals_the_drift_control(batch_size):
-    net = FlatModel(dropout_net())
+def dropout_cnn(seed=0):
+    """The issue's case: a small CNN with BatchNorm and Dropout (both kinds)."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.Dropout2d(0.5), nn.Flatten(),
+                         nn.Linear(3 * 4 * 4, 6), nn.ReLU(), nn.Dropout(0.5), nn.Linear(6, 3)).double()
+
+
+@pytest.mark.parametrize("model,batch_size", [("mlp", None), ("mlp", 8), ("cnn", 8)])
+def test_a_copy_that_removes_nothing_equals_the_drift_control(model, batch_size):
+    net = FlatModel(dropout_net() if model == "mlp" else dropout_cnn())
     x, y = data()
+    if model == "cnn":
+        x = torch.randn(len(y), 1, 6, 6, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     s = settings(batch_size=batch_size)
     chunk = retrain(net, x, y, [3, -1, 5], s)
     drift = retrain(net, x, y, [-1], s)
