@@ -201,3 +201,31 @@ def test_other_ground_truths_on_token_and_dropout_models(files, arch, data):
         pbrf = pd.read_parquet(out)
         assert pbrf.test_loss.notna().all()
         assert (pbrf[pbrf.removed_index == -1].param_distance < 1e-9).all()
+
+
+def test_a_refused_estimator_is_a_named_flag_in_the_correlations(files):
+    """The correlations of an estimator that could not run name why (`estimator_failed:unsupported:
+    derivative of ...`) next to those of the estimators that did run."""
+    from fragility.study import correlate, selection
+
+    paths = trained(files, "realbag", "tokens.pt")
+    data = str(files / "tokens.pt")
+    influence = {}
+    for method in ("identity", "exact"):
+        influence[method] = str(files / f"flag-{method}.parquet")
+        pipeline.compute_influence(paths["model.pt"], data, paths["tp.json"], method, {}, 0.01, influence[method],
+                                   influence[method] + ".json", device_name="cpu", **QUIET)
+    selected = str(files / "flag-selected.json")
+    selection.select(influence["identity"], [{"top_k": 6}], selected)
+    removed = read_json(selected)["indices"]
+    drift, chunk = str(files / "flag-drift.parquet"), str(files / "flag-chunk.parquet")
+    pipeline.run_loo(paths["model.pt"], data, paths["tp.json"], [-1], LOO, TRAIN, drift, device_name="cpu", **QUIET)
+    pipeline.run_loo(paths["model.pt"], data, paths["tp.json"], removed, LOO, TRAIN, chunk, device_name="cpu", **QUIET)
+    cell = {"study": "s", "dataset": "tokens", "arch": "realbag", "decay": 0.01, "seed": 0}
+    rows, corr = str(files / "flag-rows.parquet"), str(files / "flag-corr.parquet")
+    correlate.correlate_cell(cell, influence, paths["tp.json"], selected, [chunk], drift, paths["metrics.json"], rows, corr,
+                             options={"resamples": 20, "permutations": 20})
+    table = pd.read_parquet(corr)
+    exact = table[(table.estimator == "exact") & (table.target == "loss_change")]
+    assert (exact.flag == "estimator_failed:unsupported: derivative of _embedding_bag_backward").all()
+    assert table[(table.estimator == "identity") & (table.target == "loss_change")].pearson.notna().any()
