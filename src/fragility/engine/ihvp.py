@@ -281,12 +281,12 @@ class ConjugateGradientSolver(InverseHessianSolver):
         alphas, betas = [], []  # per iteration, [T] with NaN where a system was not iterated
         nan = torch.full((t_count,), math.nan, dtype=torch.float64, device=device)
         progress = Progress(f"{self.name}: iteration (at most)", max_iter, self.log)
-        for step in range(max_iter):
+        for iteration in range(max_iter):
             if not bool(active.any()):  # the loop's only host synchronisation
                 break
             # every system takes the step; masks keep finished ones where they are (no re-indexing)
             ap = self._damped_hvp_many(p, damping)
-            progress(step + 1)
+            progress(iteration + 1)
             curvature = (p * ap).sum(1)
             finite = torch.isfinite(ap).all(1)
             good = (curvature > 0) & finite
