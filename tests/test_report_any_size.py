@@ -87,6 +87,15 @@ def test_every_table_is_written_whatever_its_size(study, tmp_path, size):
     folder = cut(study, tmp_path, size)
     frame = pd.read_parquet(folder / "correlations.parquet")
     rows = pd.read_parquet(folder / "rows.parquet")
+    metrics = folder / "metrics.json"
+    metrics.write_text('{"flags": [], "train_loss": 0.1}')
+    diagnostics = folder / "diagnostics.json"
+    diagnostics.write_text('{"method": "exact", "test_points": []}')
+    aggregate.aggregate_study([folder / "correlations.parquet"], [folder / "rows.parquet"], [metrics], [diagnostics],
+                              *[tmp_path / f"agg_{name}" for name in ("corr.parquet", "summary.csv", "rows.parquet",
+                                                                      "training.csv", "diag.csv", "by_seed.csv",
+                                                                      "noise.csv", "estimators.csv")],
+                              metric_cells=[CELL], diagnostic_cells=[CELL])
     aggregate.summary_table(frame)
     aggregate.seed_summary(frame)
     aggregate.noise_table(frame)
