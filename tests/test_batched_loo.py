@@ -117,10 +117,15 @@ def crashed_run(tmp_path, monkeypatch, make, x, y, weights, settings):
     return checkpoint
 
 
-@pytest.mark.parametrize("kind", ["mlp", "bn"])
+def dropout_net():
+    torch.manual_seed(3)
+    return nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Dropout(0.5), nn.Linear(6, 3)).double()
+
+
+@pytest.mark.parametrize("kind", ["mlp", "bn", "dropout"])
 def test_resume_from_checkpoint_equals_an_uninterrupted_run(kind, tmp_path, monkeypatch):
-    make = mlp if kind == "mlp" else bn_net
-    x, y = data(kind)
+    make = {"mlp": mlp, "bn": bn_net, "dropout": dropout_net}[kind]
+    x, y = data("bn" if kind == "bn" else "mlp")
     weights = removal_weights(len(y), [-1, 4])
     settings = TrainSettings(steps=12, lr=0.01, optimizer="adam", batch_size=7, schedule="cosine", order_seed=1,
                              checkpoint_every=4)

@@ -115,3 +115,28 @@ def test_a_failed_solve_gives_nan_scores_not_numbers():
     table, outcomes = influence.influence_table(net, theta, x, y, [{"name": "A", "index": 2}], x, y, solver, 0.5)
     assert outcomes[0]["status"] == "not_converged"
     assert table.predicted_loss_change.isna().all() and (table.status == "not_converged").all()
+
+
+def test_scoring_without_forward_mode_takes_per_sample_gradients_with_the_same_numbers(monkeypatch):
+    """Where a layer has no forward-mode derivative the jvp path falls back to reverse-mode
+    per-sample gradients: the same scores (both ways where both work)."""
+    import torch
+    from torch import nn
+
+    from fragility.engine import objective
+    from fragility.engine.flat import FlatModel
+
+    torch.manual_seed(0)
+    net = FlatModel(nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3)).double())
+    theta = net.flatten()
+    gen = torch.Generator().manual_seed(1)
+    x, y = torch.randn(50, 4, generator=gen, dtype=torch.float64), torch.randint(0, 3, (50,), generator=gen)
+    directions = torch.randn(2, theta.numel(), generator=gen, dtype=torch.float64)
+    forward = objective.directional_derivatives(net, theta, x, y, directions, chunk_size=16)
+
+    def no_forward_mode(*args, **kwargs):
+        raise NotImplementedError("Trying to use forward AD with _embedding_bag that does not support it")
+    monkeypatch.setattr(objective, "jvp", no_forward_mode)
+    reverse = objective.directional_derivatives(net, theta, x, y, directions, chunk_size=16)
+    assert torch.allclose(reverse, forward, rtol=1e-12, atol=1e-14)
+    assert not torch.equal(reverse, torch.zeros_like(reverse))

@@ -13,8 +13,9 @@ from ..io import load_torch, plain, save_torch
 
 @dataclass
 class Split:
-    """Train and test tensors. Features are float32 here; training casts to the study's dtype.
-    `n_classes` is the number of model outputs: classes, or regression targets per row."""
+    """Train and test tensors. Floating-point features (float32 from the shipped loaders) are cast
+    to the study's dtype by the jobs (`model_inputs`); integer features (token ids, indices into an
+    `nn.Embedding`) stay integers. `n_classes` is the number of model outputs: classes, or regression targets per row."""
 
     x_train: torch.Tensor
     y_train: torch.Tensor
@@ -77,6 +78,14 @@ class Split:
     def load(cls, path) -> "Split":
         obj = load_torch(path, required_keys=("x_train", "y_train", "x_test", "y_test", "n_classes"))
         return cls(**{k: obj[k] for k in ("x_train", "y_train", "x_test", "y_test", "n_classes")}, meta=obj.get("meta", {}))
+
+
+def model_inputs(x: torch.Tensor, dtype: torch.dtype, device) -> torch.Tensor:
+    """The inputs as the model receives them: floating-point features cast to the study's `dtype`,
+    integer (and boolean) ones, such as token ids, moved to `device` as they are."""
+    if x.is_floating_point() or x.is_complex():
+        return x.to(device=device, dtype=dtype)
+    return x.to(device=device)
 
 
 def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -18,6 +18,7 @@ Gauss-Newton matrix G = (1/n) Σ J_iᵀ H_out,i J_i + λI, which is positive sem
 from __future__ import annotations
 
 import math
+import re
 import time
 from dataclasses import dataclass, field
 
@@ -38,12 +39,51 @@ class SolveResult:
     details: list[dict] = field(default_factory=list)
 
 
+PROGRESS_SECONDS = 30.0  # long solver phases log a line at most this often (and when they end)
+
+
+class Progress:
+    """`log` lines like the trainer's for a loop of `total` steps: `<what> i/total, s so far, about s
+    left`, at most one per PROGRESS_SECONDS, and one at the last step if any was written before."""
+
+    def __init__(self, what: str, total: int, log):
+        self.what, self.total, self.log = what, int(total), log
+        self.began = self.last = time.perf_counter()
+        self.written = False
+
+    def __call__(self, done: int) -> None:
+        now = time.perf_counter()
+        if now - self.last < PROGRESS_SECONDS and not (self.written and done == self.total):
+            return
+        self.last, self.written = now, True
+        elapsed = now - self.began
+        left = elapsed / max(done, 1) * (self.total - done)
+        self.log(f"{self.what} {done}/{self.total}: {elapsed:.0f} s so far, about {left:.0f} s left")
+
+
+def unsupported_status(err: BaseException) -> str | None:
+    """`unsupported: derivative of <op>` for PyTorch's error on a derivative it does not implement
+    ("the derivative for '<op>' is not implemented", e.g. the double backward of nn.EmbeddingBag;
+    "forward AD with <op>"), else None."""
+    match = re.search(r"derivative for '([^']+)' is not implemented", str(err))
+    if match:
+        return f"unsupported: derivative of {match.group(1)}"
+    match = re.search(r"forward AD with (\S+)", str(err))
+    if match:
+        return f"unsupported: forward-mode derivative of {match.group(1)}"
+    return None
+
+
 class InverseHessianSolver:
-    """Common part: option handling, the choice of curvature matrix, timing of fit and solve."""
+    """Common part: option handling, the choice of curvature matrix, timing of fit and solve.
+    `log` (print unless the caller sets it) receives the progress lines of long phases."""
+
+    log = staticmethod(print)
 
     name = "base"
     options_read = ("hessian",)  # the config options this method reads (others are not passed to it)
     supports_norms = False  # can it return ‖(H+δI)⁻¹ g_i‖ for many g_i cheaply?
+    unsupported = None  # the status `unsupported: ...` once a derivative it needs turned out missing (`_refuse`)
 
     def __init__(self, **options):
         self.options = options
@@ -57,13 +97,36 @@ class InverseHessianSolver:
         start = time.perf_counter()
         self.objective, self.theta = objective.with_hessian(self.hessian), theta
         self._product = None
-        self._fit()
+        self.unsupported = None
+        try:
+            self._fit()
+        except NotImplementedError as err:
+            self._refuse(err)
         self.diagnostics["fit_seconds"] = time.perf_counter() - start
         return self
 
+    def _refuse(self, err: NotImplementedError) -> None:
+        """The model lacks a derivative this method needs (PyTorch implements no second derivative
+        of some layers, nn.EmbeddingBag's for one): every solve is then NaN with the status
+        `unsupported: derivative of <op>`, the job goes on. Other errors propagate."""
+        status = unsupported_status(err)
+        if status is None:
+            raise err
+        self.unsupported = status
+        self.supports_norms = False  # the instance's: the parameter-change norms are NaN too
+        self.diagnostics.update(status=status, error=str(err).splitlines()[0])
+
     def solve(self, vectors: torch.Tensor, damping: float) -> SolveResult:
         start = time.perf_counter()
-        result = self._solve(vectors, float(damping))
+        result = None
+        if self.unsupported is None:
+            try:
+                result = self._solve(vectors, float(damping))
+            except NotImplementedError as err:
+                self._refuse(err)
+        if result is None:
+            result = SolveResult(torch.full_like(vectors, math.nan), [self.unsupported] * len(vectors),
+                                 [{"error": self.diagnostics["error"]} for _ in vectors])
         self.diagnostics.update(damping=float(damping), solve_seconds=time.perf_counter() - start,
                                 solved=len(vectors), failed=sum(s != "ok" for s in result.status))
         return result
@@ -92,14 +155,17 @@ class InverseHessianSolver:
         return self._product(vectors) + damping * vectors
 
 
-def top_eigenvalue(hvp, p: int, like: torch.Tensor, iterations: int = 100, tol: float = 1e-6, seed: int = 0) -> float:
-    """Largest-magnitude eigenvalue of H by power iteration on v ↦ Hv."""
+def top_eigenvalue(hvp, p: int, like: torch.Tensor, iterations: int = 100, tol: float = 1e-6, seed: int = 0,
+                   progress=None) -> float:
+    """Largest-magnitude eigenvalue of H by power iteration on v ↦ Hv; `progress(i)` after step i."""
     gen = torch.Generator(device="cpu").manual_seed(seed)
     v = torch.randn(p, generator=gen, dtype=like.dtype).to(like.device)
     v /= v.norm()
     value = 0.0
-    for _ in range(iterations):
+    for step in range(iterations):
         hv = hvp(v)
+        if progress is not None:
+            progress(step + 1)
         new_value = float(v @ hv)
         norm = hv.norm()
         if norm == 0 or not torch.isfinite(norm):
@@ -214,11 +280,13 @@ class ConjugateGradientSolver(InverseHessianSolver):
         iterations = torch.zeros(t_count, dtype=torch.long, device=device)
         alphas, betas = [], []  # per iteration, [T] with NaN where a system was not iterated
         nan = torch.full((t_count,), math.nan, dtype=torch.float64, device=device)
-        for _ in range(max_iter):
+        progress = Progress(f"{self.name}: iteration (at most)", max_iter, self.log)
+        for iteration in range(max_iter):
             if not bool(active.any()):  # the loop's only host synchronisation
                 break
             # every system takes the step; masks keep finished ones where they are (no re-indexing)
             ap = self._damped_hvp_many(p, damping)
+            progress(iteration + 1)
             curvature = (p * ap).sum(1)
             finite = torch.isfinite(ap).all(1)
             good = (curvature > 0) & finite
@@ -293,8 +361,10 @@ class LissaSolver(InverseHessianSolver):
         obj, theta = self.objective, self.theta
         n = obj.n
         gen = torch.Generator(device="cpu").manual_seed(seed)
+        power_iterations = int(self.options.get("power_iterations", 50))
         top = top_eigenvalue(lambda u: self._damped_hvp_many(u[None], damping)[0], theta.numel(), theta,
-                             iterations=int(self.options.get("power_iterations", 50)))
+                             iterations=power_iterations,
+                             progress=Progress(f"{self.name}: power iteration (at most)", power_iterations, self.log))
         # "auto": σ = scale_factor · |λ_max(H + δI)| from power iteration (a safe margin)
         scale = float(self.options.get("scale_factor", 1.5)) * abs(top) if scale_option == "auto" else float(scale_option)
         self.diagnostics.update(top_eigenvalue_damped=top, eigenvalue_max_estimate=top - damping, scale=scale,
@@ -307,7 +377,8 @@ class LissaSolver(InverseHessianSolver):
         diverged_at = [None] * t_count
         total = torch.zeros_like(vectors)
         last_change = torch.full((t_count,), math.nan, dtype=torch.float64)
-        for _ in range(repeats):
+        progress = Progress(f"{self.name}: series step", depth * repeats, self.log)
+        for repeat in range(repeats):
             h = vectors.clone()
             for j in range(depth):
                 rows = None
@@ -326,6 +397,7 @@ class LissaSolver(InverseHessianSolver):
                 for t in idx[bad].tolist():
                     alive[t] = False
                     diverged_at[t] = j + 1
+                progress(repeat * depth + j + 1)
             total += torch.where(alive[:, None], h / scale, torch.zeros_like(h))
         status = ["ok" if bool(a) else "diverged" for a in alive]
         solutions = total / repeats
@@ -371,8 +443,10 @@ class ArnoldiSolver(InverseHessianSolver):
         hess = torch.zeros(m + 1, m, dtype=torch.float64)
         basis[0] = random_unit()
         restarts = 0
+        progress = Progress(f"{self.name}: iteration", m, self.log)
         for j in range(m):
             w = self._damped_hvp_many(basis[j][None], 0.0)[0]
+            progress(j + 1)
             w_norm = w.norm()
             for _ in range(2):  # orthogonalise twice: "twice is enough"
                 coeffs = basis[: j + 1] @ w

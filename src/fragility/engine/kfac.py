@@ -31,8 +31,19 @@ Output directions b_ik (`output_hessian`):
 Parameters of other layers (BatchNorm's affine parameters, a grouped convolution, ...) are not
 dropped: `uncovered: diagonal` (default) inverts the exact diagonal of G there,
 (diag(G) + λ + δ)⁻¹ with diag(G)_j = (1/n) Σ_{i,k} (J_iᵀ b_ik)_j² from per-example gradients;
-`uncovered: identity` uses (λ + δ)⁻¹ (G taken as 0 there). The diagnostics list both groups.
+`uncovered: identity` uses (λ + δ)⁻¹ (G taken as 0 there). The diagnostics list both groups,
+and the modules that hold uncovered parameters (`uncovered_layers`: an `nn.Embedding` on token
+ids, for instance, is not factored; it gets the fallback).
 Factors are fitted once (`fit`) and reused for every right-hand side and damping.
+
+The factors A and S are eigendecomposed in float64 whatever the model's dtype (as kronfluence
+does), the results cast back. A factor from fewer samples than dimensions is rank-deficient, with
+many equal eigenvalues, and an eigensolver may fail to converge on it: the decomposition is then
+retried on A + jI with the jitter j = ε·max(mean(diag A), tiny) for ε = 1e-12, 1e-10, ..., 1e-4,
+the eigenvalues shifted back by −j (the eigenvectors of A + jI are those of A), the jitter used
+recorded in the diagnostics (`factor_jitter`). If every try fails the estimator does not stop the
+job: its status for every test point is `factor_decomposition_failed` (scores NaN) and the
+diagnostics name the layer and the error.
 """
 
 from __future__ import annotations
@@ -49,6 +60,41 @@ from .methods import OPTIONS_READ
 
 OUTPUT_HESSIANS = ("expected", "sampled")
 FALLBACKS = ("diagonal", "identity")
+JITTERS = (1e-12, 1e-10, 1e-8, 1e-6, 1e-4)  # relative to the mean diagonal (module docstring)
+DECOMPOSITION_FAILED = "factor_decomposition_failed"
+
+
+class FactorDecompositionError(SolverError):
+    """A Kronecker factor could not be eigendecomposed, even with jitter."""
+
+
+def decompose_factor(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(λ, Q, j) with matrix ≈ Q diag(λ) Qᵀ for a symmetric factor, computed in float64 and cast
+    back to the factor's dtype; j is the relative jitter ε the decomposition needed (0: none; the
+    module docstring). FactorDecompositionError if every jitter fails."""
+    dtype = matrix.dtype
+    wide = 0.5 * (matrix + matrix.T)
+    wide = wide.to(torch.float64)  # the same tensor for a float64 model
+    errors = []
+    for eps in (0.0,) + JITTERS:
+        try:
+            if eps == 0.0:
+                lam, q = torch.linalg.eigh(wide)
+            else:
+                scale = max(float(wide.diagonal().mean()), torch.finfo(torch.float64).tiny)
+                jitter = eps * scale
+                eye = torch.eye(len(wide), dtype=wide.dtype, device=wide.device)
+                lam, q = torch.linalg.eigh(wide + jitter * eye)
+                lam = lam - jitter
+        except RuntimeError as err:  # torch.linalg.LinAlgError is a RuntimeError
+            errors.append(f"{type(err).__name__}: {str(err).splitlines()[0]}")
+            continue
+        if not (torch.isfinite(lam).all() and torch.isfinite(q).all()):
+            errors.append("non-finite eigenvalues or eigenvectors")
+            continue
+        return lam.to(dtype), q.to(dtype), eps
+    raise FactorDecompositionError(f"eigendecomposition of a {len(matrix)} × {len(matrix)} factor failed with every "
+                                   f"jitter up to {JITTERS[-1]:g} × its mean diagonal: {errors[-1]}")
 
 
 class _Layer:
@@ -152,6 +198,13 @@ class KroneckerSolver(InverseHessianSolver):
             covered.update([w_name] + ([b_name] if module.bias is not None else []))
         self.layers = layers
         self.uncovered = [(n, offsets[n]) for n in net.names if n not in covered]
+        uncovered_names = {n for n, _ in self.uncovered}
+        self.uncovered_layers = []
+        for name, module in net.model.named_modules():
+            own = [f"{name}.{p}" if name else p for p, _ in module.named_parameters(recurse=False)]
+            own = [p for p in own if p in uncovered_names]
+            if own:
+                self.uncovered_layers.append({"name": name, "kind": type(module).__name__, "parameters": own})
         if not layers:
             raise SolverError(f"influence method '{self.name}': the model has no Linear or Conv2d layer to factor")
 
@@ -284,14 +337,26 @@ class KroneckerSolver(InverseHessianSolver):
             if want_diag:
                 part = self._uncovered_diagonal(theta, rows, directions)
                 diag = part if diag is None else diag + part
-        self.factors = {}
+        self.factors, self.failure, jitters = {}, None, {}
         for layer in self.layers:
             a = fac_a[layer.name] / count_a[layer.name]  # A = (1/(nL)) Σ a aᵀ
             s = fac_s[layer.name] / n  # S = (1/n) Σ g gᵀ
-            lam_a, q_a = torch.linalg.eigh(0.5 * (a + a.T))
-            lam_s, q_s = torch.linalg.eigh(0.5 * (s + s.T))
+            try:
+                lam_a, q_a, jitter_a = decompose_factor(a)
+                lam_s, q_s, jitter_s = decompose_factor(s)
+            except FactorDecompositionError as err:
+                self.failure = f"layer '{layer.name}': {err}"
+                break
+            if jitter_a or jitter_s:
+                jitters[layer.name] = {"A": jitter_a, "S": jitter_s}
             self.factors[layer.name] = {"q_a": q_a, "q_s": q_s,
                                         "eigenvalues": lam_s.clamp_min(0)[:, None] * lam_a.clamp_min(0)[None, :]}
+        if self.failure is not None:
+            self.diagonal = None
+            self.diagnostics.update(num_parameters=theta.numel(), status=DECOMPOSITION_FAILED, error=self.failure,
+                                    uncovered_parameters=[n for n, _ in self.uncovered],
+                                    uncovered_layers=self.uncovered_layers)
+            return
         if self.eigenvalue_correction:
             corrected = {l.name: torch.zeros(l.out_dim, l.in_dim, dtype=dtype, device=device) for l in self.layers}
             budget = int(self.options.get("correction_chunk_elements", 2**24))
@@ -321,6 +386,8 @@ class KroneckerSolver(InverseHessianSolver):
                              "bias": l.bias_slice is not None} for l in self.layers],
             covered_parameters=sum(l.out_dim * l.in_dim for l in self.layers),
             uncovered_parameters=[n for n, _ in self.uncovered],
+            uncovered_layers=self.uncovered_layers,
+            factor_jitter=jitters,
             uncovered_count=sum(s.stop - s.start for _, s in self.uncovered),
             uncovered_fallback=self.fallback if self.uncovered else None,
             eigenvalue_min=min(float(f["eigenvalues"].min()) for f in self.factors.values()) + self.objective.decay,
@@ -351,10 +418,15 @@ class KroneckerSolver(InverseHessianSolver):
         return out
 
     def _solve(self, vectors, damping):
+        if self.failure is not None:  # reported per test point, the scores NaN (module docstring)
+            return SolveResult(torch.full_like(vectors, math.nan), [DECOMPOSITION_FAILED] * len(vectors),
+                               [{"error": self.failure} for _ in vectors])
         sol = self._apply_inverse(vectors, damping)
         return SolveResult(sol, ["ok"] * len(vectors), [{"iterations": 0} for _ in vectors])
 
     def solution_norms(self, vectors, damping) -> torch.Tensor:
+        if self.failure is not None:
+            return torch.full((len(vectors),), math.nan, dtype=vectors.dtype, device=vectors.device)
         return torch.cat([self._apply_inverse(vectors[s: s + 256], damping).norm(dim=1)
                           for s in range(0, len(vectors), 256)])
 

@@ -192,16 +192,27 @@ def directional_derivatives(net: FlatModel, theta: torch.Tensor, x: torch.Tensor
       (the T tangents share one primal pass; used for up to two directions or when p is large);
     - per-sample gradients of m rows (vmap(grad), one m × p block of at most
       `gradient_chunk_bytes`) times the T directions (a cost that does not grow with T).
+    A model with a layer that has no forward-mode derivative in PyTorch (nn.EmbeddingBag) takes
+    the second way whatever T: the same numbers to rounding (tested).
     """
     n, p, t_count = len(y), theta.numel(), len(directions)
     gradient_rows = int(gradient_chunk_bytes // max(1, p * theta.element_size()))
-    if t_count >= 3 and gradient_rows >= 32:
-        rows = min(gradient_rows, chunk_size or n)
+
+    def by_gradients():
+        rows = max(1, min(gradient_rows, chunk_size or n))
         out = [directions @ per_sample_gradients(net, theta, x[r], y[r], chunk_size=None).T for r in _chunks(n, rows)]
         return torch.cat(out, dim=1)
+
+    if t_count >= 3 and gradient_rows >= 32:
+        return by_gradients()
 
     def along(s, rows):
         return jvp(lambda t: net.per_sample_losses(t, x[rows], y[rows]), (theta,), (s,))[1]
 
-    out = [vmap(along, in_dims=(0, None))(directions, rows) for rows in _chunks(n, chunk_size)]
+    try:
+        out = [vmap(along, in_dims=(0, None))(directions, rows) for rows in _chunks(n, chunk_size)]
+    except NotImplementedError as err:
+        if "forward AD" not in str(err):
+            raise
+        return by_gradients()  # reverse mode: per-sample gradients
     return torch.cat(out, dim=1)

@@ -29,6 +29,13 @@ BatchNorm in train mode normalises with the statistics of the minibatch rows cop
 so a removed point leaves no trace in the batch statistics either, and every copy keeps its own
 running statistics (buffers stacked [k, ...], updated in place under vmap).
 
+Random operations in `forward` (dropout) draw from the global generator seeded, for the duration
+of each step, with a hash of (order seed, step) (`step_seed`; the global state is restored when
+training ends), and the copies share the draws (vmap's `randomness="same"`). Every copy of a chunk,
+the drift control (trained alone) and a rerun thus see the same masks at each step, as they see
+the same minibatches (common random numbers): a copy that leaves nothing out equals the drift
+control. Models without random operations compute exactly what they computed without the seeding.
+
 With `pbrf` (a `ProximalBregman`) each copy minimises the proximal Bregman response objective
 instead (engine/pbrf.py): the same loop, batches and checkpoints, the model in eval mode.
 """
@@ -112,6 +119,42 @@ def run_fingerprint(x: torch.Tensor, y: torch.Tensor, decay: float, theta_init: 
     for tensor in (theta_init, weights, y, sample):
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
+
+
+def step_seed(order_seed: int, step: int) -> int:
+    """The seed of the random operations (dropout masks) at `step` of a run with minibatch order
+    `order_seed`: the first 63 bits of SHA-256("random-ops <order_seed> <step>")."""
+    digest = hashlib.sha256(f"random-ops {int(order_seed)} {int(step)}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def _cuda_devices(device) -> list[int]:
+    device = torch.device(device)
+    if device.type != "cuda":
+        return []
+    return [device.index if device.index is not None else torch.cuda.current_device()]
+
+
+def seed_random_ops(seed: int, device) -> None:
+    """Seed the CPU generator (and that of `device` if it is a GPU) with `seed`."""
+    torch.default_generator.manual_seed(seed)
+    for index in _cuda_devices(device):
+        with torch.cuda.device(index):
+            torch.cuda.manual_seed(seed)
+
+
+def restored_generators(device, enabled: bool = True):
+    """A context that restores the CPU generator's (and `device`'s) state on exit, so nothing
+    outside sees the seeding inside."""
+    return torch.random.fork_rng(devices=_cuda_devices(device), enabled=enabled, device_type="cuda")
+
+
+@contextlib.contextmanager
+def seeded_random_ops(seed: int, device):
+    """Run the body with the generators seeded with `seed`, their states restored on exit."""
+    with restored_generators(device):
+        seed_random_ops(seed, device)
+        yield
 
 
 class _PlainStep:
@@ -327,7 +370,7 @@ def train_copies(
     elif pbrf is not None:
         def batched(thetas, buffers, wb, xb, yb, rows=None):
             return vmap(lambda th, bu, w, rx, ry, rw: copy_objective(th, bu, w, xb, yb, rows, (rx, ry, rw)),
-                        in_dims=0)(thetas, buffers, wb, pbrf.removal_x, pbrf.removal_y, pbrf.removal_weights)
+                        in_dims=0, randomness="same")(thetas, buffers, wb, pbrf.removal_x, pbrf.removal_y, pbrf.removal_weights)
     elif (STACKED_CHAIN and net.chain is not None and net.task.rows_independent and not net.hooked()
           and thetas.device.type == "cpu"):
         # a plain MLP chain: the copies' objectives as batched products, the numbers of the vmap
@@ -340,15 +383,17 @@ def train_copies(
             count = wb.sum(1).clamp_min(1.0) if settings.loss_mean_over == "kept" else wb.shape[-1]
             return (losses * wb).sum(1) / count + 0.5 * decay * thetas.pow(2).sum(1)
     else:
-        vmapped = vmap(copy_objective, in_dims=(0, 0, 0, None, None))
+        vmapped = vmap(copy_objective, in_dims=(0, 0, 0, None, None), randomness="same")  # shared dropout masks
 
         def batched(thetas, buffers, wb, xb, yb, rows=None):
             return vmapped(thetas, buffers, wb, xb, yb)
     chain_gradient = (ChainGradient(net, thetas, decay, settings.loss_mean_over == "kept")
                       if _chain_gradient_applies(net, thetas, x, k, pbrf) else None)
+    # a plain chain has no random operation: it skips the per-step seeding (its numbers would not change)
+    random_ops = net.chain is None
     began = time.perf_counter()
     losses = torch.full((k,), math.nan)
-    with _masked_batch_norm(model, row_weights):
+    with _masked_batch_norm(model, row_weights), restored_generators(thetas.device, enabled=random_ops):
         for step in range(start_step, settings.steps):
             rows = batch_rows(step, n, settings.batch_size, settings.order_seed, x.device)
             xb, yb, wb = (x, y, weights) if rows is None else (x[rows], y[rows], weights[:, rows])
@@ -361,6 +406,8 @@ def train_copies(
                     with torch.no_grad():
                         losses = batched(thetas, buffers, wb, xb, yb, rows)
             else:
+                if random_ops:  # the step's dropout masks: from (order seed, step) only
+                    seed_random_ops(step_seed(settings.order_seed, step), thetas.device)
                 losses = batched(thetas, buffers, wb, xb, yb, rows)
                 losses.sum().backward()
             optimizer.step()

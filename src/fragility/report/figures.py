@@ -81,6 +81,8 @@ def _with_shape(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def iris_figures(correlations_path, rows_path, diagnostics_path, training_path, outdir, options: dict) -> None:
+    """Figures 1 and 2 of the paper. A figure with nothing to draw (a study without the depth sweep's
+    width, say `architectures: [mlp-d0-w0]`, or no rows at all) says so instead of failing."""
     corr = _with_shape(pd.read_parquet(correlations_path))
     corr["flag"] = corr["flag"].fillna("")
     rows = pd.read_parquet(rows_path)
@@ -88,48 +90,67 @@ def iris_figures(correlations_path, rows_path, diagnostics_path, training_path, 
     sweep_width = int(options.get("depth_sweep_width", 5))
     sweep_depth = int(options.get("width_sweep_depth", 1))
     primary = options.get("estimator", "exact")
-    base = corr[(corr.target == "loss_change") & (corr.subset == "all") & (corr.test_point == corr.test_point.iloc[0])]
+    point = corr.test_point.iloc[0] if len(corr) else None  # one test point, named in the titles
+    base = corr[(corr.target == "loss_change") & (corr.subset == "all") & (corr.test_point == point)]
 
     for name, axis, keep in [("spearman_vs_depth", "depth", base.width == sweep_width),
                              ("spearman_vs_width", "width", base.depth == sweep_depth)]:
+        part = base[keep & (base.estimator == primary)]
+        where = f"width {sweep_width}" if axis == "depth" else f"depth {sweep_depth}"
+        if part.empty:
+            _note_figure(outdir, name, f"nothing to draw: no {primary} correlations of MLPs of {where}")
+            continue
         fig, ax = plt.subplots(figsize=(5, 3.5))
-        plot_sweep(ax, base[keep & (base.estimator == primary)], axis, "spearman", "decay", decay_name)
-        ax.set_xlabel(f"number of hidden layers (width {sweep_width})" if axis == "depth" else f"width (depth {sweep_depth})")
+        plot_sweep(ax, part, axis, "spearman", "decay", decay_name)
+        ax.set_xlabel(f"number of hidden layers ({where})" if axis == "depth" else f"width ({where})")
         ax.set_ylabel(f"Spearman(Δ̂, Δ test loss), {primary}")
         ax.legend(fontsize=8)
         save(fig, outdir, name)
 
-    arch = options.get("scatter_architecture", rows.arch.iloc[0])
+    arch = options.get("scatter_architecture", rows.arch.iloc[0] if len(rows) else None)
     decays = sorted(rows.decay.unique(), reverse=True)
-    seed, point = rows.seed.min(), base.test_point.iloc[0]  # one seed and test point, named in the titles
-    fig, axes = plt.subplots(1, len(decays), figsize=(4.2 * len(decays), 3.8), squeeze=False)
-    for ax, decay in zip(axes[0], decays):
-        part = rows[(rows.arch == arch) & (rows.decay == decay) & (rows.estimator == primary)
-                    & (rows.seed == seed) & (rows.test_point == point)]
-        ax.scatter(part.predicted_param_change_norm, part.actual_param_change_norm, s=12)
-        if len(part):
-            hi = float(np.nanmax([part.predicted_param_change_norm.max(), part.actual_param_change_norm.max()]))
-            ax.plot([0, hi], [0, hi], color="grey", lw=0.8, ls="--", label="identity")
-        sel = corr[(corr.arch == arch) & (corr.decay == decay) & (corr.estimator == primary) & (corr.seed == seed)
-                   & (corr.test_point == point) & (corr.target == "param_change_norm") & (corr.subset == "all")]
-        text = correlation_text(sel.iloc[0]) if len(sel) else "not run"
-        ax.set_title(f"{arch}, {decay_name(decay)}, seed {seed}, test point {point}\n{text}", fontsize=8)
-        ax.set_xlabel("predicted ‖Δθ‖ (influence)")
-        ax.set_ylabel("actual ‖θ₋z − θ*‖ (re-trained)")
-        ax.grid(alpha=0.3)
-    save(fig, outdir, "param_change_scatter")
+    if not decays:
+        _note_figure(outdir, "param_change_scatter", "nothing to draw: no re-trained points")
+    else:
+        seed = rows.seed.min()  # one seed and test point, named in the titles
+        fig, axes = plt.subplots(1, len(decays), figsize=(4.2 * len(decays), 3.8), squeeze=False)
+        for ax, decay in zip(axes[0], decays):
+            part = rows[(rows.arch == arch) & (rows.decay == decay) & (rows.estimator == primary)
+                        & (rows.seed == seed) & (rows.test_point == point)]
+            ax.scatter(part.predicted_param_change_norm, part.actual_param_change_norm, s=12)
+            if len(part):
+                hi = float(np.nanmax([part.predicted_param_change_norm.max(), part.actual_param_change_norm.max()]))
+                ax.plot([0, hi], [0, hi], color="grey", lw=0.8, ls="--", label="identity")
+            sel = corr[(corr.arch == arch) & (corr.decay == decay) & (corr.estimator == primary) & (corr.seed == seed)
+                       & (corr.test_point == point) & (corr.target == "param_change_norm") & (corr.subset == "all")]
+            text = correlation_text(sel.iloc[0]) if len(sel) else "not run"
+            ax.set_title(f"{arch}, {decay_name(decay)}, seed {seed}, test point {point}\n{text}", fontsize=8)
+            ax.set_xlabel("predicted ‖Δθ‖ (influence)")
+            ax.set_ylabel("actual ‖θ₋z − θ*‖ (re-trained)")
+            ax.grid(alpha=0.3)
+        save(fig, outdir, "param_change_scatter")
 
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    depth_rows = base[base.width == sweep_width].assign(series=lambda f: f.estimator + ", " + f.decay.map(decay_name))
-    plot_sweep(ax, depth_rows, "depth", "spearman", "series")
-    ax.set_xlabel(f"number of hidden layers (width {sweep_width})")
-    ax.set_ylabel("Spearman(Δ̂, Δ test loss)")
-    ax.legend(fontsize=7)
-    save(fig, outdir, "estimator_spearman_vs_depth")
+    depth_rows = base[base.width == sweep_width]
+    if depth_rows.empty:
+        _note_figure(outdir, "estimator_spearman_vs_depth", f"nothing to draw: no correlations of MLPs of width {sweep_width}")
+    else:
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        depth_rows = depth_rows.assign(series=depth_rows.estimator.astype(str) + ", "
+                                       + depth_rows.decay.map(decay_name).astype(str))
+        plot_sweep(ax, depth_rows, "depth", "spearman", "series")
+        ax.set_xlabel(f"number of hidden layers (width {sweep_width})")
+        ax.set_ylabel("Spearman(Δ̂, Δ test loss)")
+        ax.legend(fontsize=7)
+        save(fig, outdir, "estimator_spearman_vs_depth")
 
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    exact = diag[(diag.estimator == primary) & (diag.width == sweep_width)] if "estimator" in diag else diag.iloc[0:0]
+    exact = (diag[(diag.estimator == primary) & (diag.width == sweep_width)]
+             if "estimator" in diag and "top_eigenvalue" in diag else diag.iloc[0:0])
+    if exact.empty:
+        _note_figure(outdir, "top_eigenvalue_vs_depth",
+                     f"nothing to draw: no top eigenvalue from {primary} for MLPs of width {sweep_width}")
+        return
     exact = exact.assign(flag=exact["flag"].fillna("") if "flag" in exact else "")
+    fig, ax = plt.subplots(figsize=(5, 3.5))
     plot_sweep(ax, exact, "depth", "top_eigenvalue", "decay", decay_name, flag_at_bottom=True)
     if exact.top_eigenvalue[exact.flag == ""].gt(0).any():
         ax.set_yscale("log")
@@ -362,6 +383,10 @@ def study_figures(correlations_path, rows_path, estimators_path, outdir, options
     options = options or {}
     corr = pd.read_parquet(correlations_path)
     corr["flag"] = corr["flag"].fillna("")
+    if corr.empty:  # every estimator failed or nothing was re-trained: each figure says so
+        for name in names:
+            _note_figure(outdir, name, "nothing to draw: the study has no correlations")
+        return
     estimator = options.get("estimator") or ("exact" if (corr.estimator == "exact").any() else corr.estimator.iloc[0])
     if "predicted_vs_actual" in names:
         predicted_vs_actual(corr, pd.read_parquet(rows_path), outdir, estimator)

@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .figures import correlation_text, decay_name, save  # noqa: E402
+from .figures import _note_figure, correlation_text, decay_name, save  # noqa: E402
 
 METRIC_NAMES = {"pearson": "Pearson", "spearman": "Spearman"}
 SUBSET_NAMES = {"top": "top by |Δ̂|", "all": "all re-trained"}
@@ -68,6 +68,10 @@ def _yerr(stats: pd.DataFrame) -> np.ndarray:
 SPREAD = "mean ± sd over test points and seeds; a single value: its bootstrap interval"
 
 
+MNIST_SMALL_FIGURES = ("scatter_top_and_percentile", "correlation_by_subset", "correlation_vs_decay",
+                       "correlation_across_test_points")
+
+
 def mnist_small_figures(correlations_path, rows_path, outdir, decay: float, estimator: str,
                         method: str | None = None, target: str = "loss_change") -> None:
     """Figure 3 (scatter, top vs 30th-percentile points, with/without decay), correlation by subset,
@@ -78,6 +82,10 @@ def mnist_small_figures(correlations_path, rows_path, outdir, decay: float, esti
     rows = pd.read_parquet(rows_path)
     rows = rows[rows.estimator == estimator]
     actual_col = "actual_" + target
+    if corr.empty:  # the estimator failed everywhere, or nothing was re-trained: each figure says so
+        for name in MNIST_SMALL_FIGURES:
+            _note_figure(outdir, name, f"nothing to draw: no {target} correlations of {estimator}")
+        return
     subsets = sorted((s for s in corr.subset.unique() if s != "all"), key=lambda s: (s != "top", s)) or ["all"]
     first_point = corr.sort_values("test_loss", ascending=False).test_point.iloc[0]
     first_seed = corr.seed.min()  # the scatter shows one seed; the summaries pool seeds and test points
@@ -172,6 +180,8 @@ def table1_figure(versus_path, outdir, name: str = "table1_vs_paper") -> None:
     """One panel per Table 1 column: our value (error bar: its bootstrap interval) next to the paper's
     for every (dataset, model)."""
     versus = pd.read_csv(versus_path, keep_default_na=False, na_values=[""])
+    if versus.empty:
+        return _note_figure(outdir, name, "nothing to draw: Table 1 has no cell")
     versus["flag"] = versus["flag"].fillna("")
     columns = list(dict.fromkeys(versus.column))
     labels = list(dict.fromkeys(versus.dataset + " · " + versus.model))

@@ -92,7 +92,10 @@ def table1_long(correlations: pd.DataFrame, estimator_of: dict, decay: float, ta
 def table1_wide(long: pd.DataFrame, model_names: dict, row_order: list[tuple[str, str]] | None = None,
                 method_of: dict | None = None) -> pd.DataFrame:
     """The paper's layout: dataset, model, estimator (its method when `method_of` names one), six
-    P/S columns as text (`format_interval`: `0.87 [0.71, 0.95]`, or the flag's name)."""
+    P/S columns as text (`format_interval`: `0.87 [0.71, 0.95]`, or the flag's name). No cell: the
+    header alone."""
+    if long.empty:
+        return pd.DataFrame(columns=["dataset", "model", "estimator", *column_names()])
     long = long.assign(text=[format_interval(v, lo, hi, f) for v, lo, hi, f in zip(long.value, long.lo, long.hi, long.flag)])
     wide = long.pivot(index=["dataset", "arch"], columns="column", values="text")
     keys = row_order or list(dict.fromkeys(zip(long.dataset, long.arch)))
@@ -165,7 +168,9 @@ def versus_paper(long: pd.DataFrame, paper: pd.DataFrame, family_of: dict) -> pd
                      "paper_in_interval": bool(r.lo <= theirs <= r.hi) if math.isfinite(theirs) and math.isfinite(r.lo) else None,
                      "flag": r.flag, "paper": theirs, "difference": r.value - theirs, "n": r.n, "seeds": r.seeds,
                      "estimator": r.estimator})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=["dataset", "paper_dataset", "model", "arch", "column", "metric", "ours", "ours_value",
+                                       "ours_lo", "ours_hi", "paper_in_interval", "flag", "paper", "difference", "n",
+                                       "seeds", "estimator"])
 
 
 def write_table1(correlations_path, paper_path, family_of: dict, estimator_of: dict, decays: list[float],
@@ -193,7 +198,8 @@ def table1_targets(correlations: pd.DataFrame, estimator_of: dict, decays: list[
     test points), each `value [lo, hi]` or the flag's name."""
     frame = correlations[(correlations.target == "loss_change") & (correlations.subset == "all")].copy()
     frame["truth"] = frame["truth"].fillna("loo") if "truth" in frame else "loo"
-    frame = frame[[estimator_of.get(a) == e for a, e in zip(frame.arch, frame.estimator)]]
+    frame = frame[pd.Series([estimator_of.get(a) == e for a, e in zip(frame.arch, frame.estimator)], index=frame.index,
+                            dtype=bool)]  # a list would pick columns when empty
     lds = frame[(frame.truth == "lds") & (frame.test_point == "mean")]
     frame = frame[frame.truth != "lds"]
     order = {key: i for i, key in enumerate(row_order or [])}

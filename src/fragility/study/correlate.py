@@ -29,6 +29,16 @@ def _repeat_noise(repeat: pd.DataFrame | None, truth: pd.DataFrame, tp: dict) ->
     return {target: noise.repeat_spread(truth[col], again[col]) for target, (col, _) in noise.NOISE_SOURCES.items()}
 
 
+NAMED_FAILURES = ("unsupported", "factor_decomposition_failed")  # statuses a flag names (README)
+
+
+def named_failure(est: pd.DataFrame) -> str:
+    """The estimator's status where it says what could not be computed (`unsupported: derivative
+    of <op>`, `factor_decomposition_failed`), for the flag `estimator_failed:<status>`; else ""."""
+    statuses = [s for s in dict.fromkeys(est["status"]) if isinstance(s, str) and s.startswith(NAMED_FAILURES)]
+    return statuses[0] if statuses else ""
+
+
 def correlate_cell(cell: dict, influence_paths: dict, test_points_path, selection_path, loo_paths, drift_path,
                    metrics_path, rows_out, correlations_out, repeat_path=None, options: dict | None = None):
     """Join Δ̂ with the re-trained Δ for one cell; one correlation row per (test point, estimator,
@@ -72,6 +82,8 @@ def correlate_cell(cell: dict, influence_paths: dict, test_points_path, selectio
                     stats_ = correlate(part[pred_col], part[true_col], resamples=options["resamples"],
                                        permutations=options["permutations"], confidence=options["confidence"],
                                        seed=stream_seed(options["seed"], *cell.values(), tp["name"], subset))
+                    if stats_["flag"] == "estimator_failed" and named_failure(est):
+                        stats_["flag"] = f"estimator_failed:{named_failure(est)}"
                     if tp["name"] in not_selected:  # nothing was re-trained for this test point
                         stats_["flag"] = f"selection_failed:{not_selected[tp['name']]}"
                     flag = ";".join(filter(None, model_flags + [stats_["flag"]]))

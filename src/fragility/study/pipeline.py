@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 
 from ..engine import health
-from ..data.split import Split
+from ..data.split import Split, model_inputs
 from ..data.registry import load_split
 from ..io import load_torch, read_json, save_torch, write_json, write_parquet
 from ..models.registry import init_from_spec, model_spec
@@ -42,8 +42,9 @@ def prepare_data(dataset_id: str, dataset_cfg: dict, data_dir: str, out_path: st
 
 
 def _tensors(split: Split, dtype, device):
-    return (split.x_train.to(device=device, dtype=dtype), split.y_train.to(device),
-            split.x_test.to(device=device, dtype=dtype), split.y_test.to(device))
+    """(x, y, x_test, y_test) on `device`; float inputs in `dtype`, integer ones (token ids) as they are."""
+    return (model_inputs(split.x_train, dtype, device), split.y_train.to(device),
+            model_inputs(split.x_test, dtype, device), split.y_test.to(device))
 
 
 # --------------------------------------------------------------------------- models
@@ -170,6 +171,8 @@ def compute_influence(model_path, data_path, test_points_path, method_name, meth
     points = read_json(test_points_path)["test_points"]
     key = f"influence.methods.{method_name}"
     estimator = make_estimator(method_name, method_cfg, key)
+    if hasattr(estimator, "solver"):
+        estimator.solver.log = log  # progress lines of long solver phases
     context = Context(net, theta, x, y, xt, yt, decay=record["decay"], damping=damping, device=device,
                       chunk_size=chunk_size, scoring_chunk_size=scoring_chunk_size)
     for path in extra_models:
