@@ -9,7 +9,7 @@ from torch import nn
 
 from fragility.engine import kfac
 from fragility.engine.flat import FlatModel
-from fragility.engine.influence import influence_table
+from fragility.estimators.inverse_hessian import influence_table
 from fragility.engine.objective import Objective
 from fragility.engine.solvers import make_solver
 
