@@ -18,6 +18,12 @@ from ..engine.methods import OPTIONS_READ, REQUIRES
 from .base import REQUIREMENTS
 
 BUILT_IN = tuple(OPTIONS_READ)
+# built-in estimators that are not inverse-Hessian methods: name → (module of this package, class)
+BEYOND_INVERSE_HESSIAN = {
+    "grad_cosine": ("similarity", "GradientCosine"),
+    "representer": ("representer", "RepresenterPoints"),
+    "tracin": ("tracin", "TracIn"),
+}
 
 
 def method_of(name: str, settings: dict | None) -> str:
@@ -123,6 +129,11 @@ def estimator_class(method: str, key: str = "method"):
     """The Estimator class of `method` (imports it)."""
     from .base import Estimator
 
+    if method in BEYOND_INVERSE_HESSIAN:
+        import importlib
+
+        module, name = BEYOND_INVERSE_HESSIAN[method]
+        return getattr(importlib.import_module(f"{__package__}.{module}"), name)
     if not is_plugin(method):
         options_read(method, key)  # a known method
         from .inverse_hessian import InverseHessianEstimator
@@ -141,7 +152,7 @@ def make_estimator(name: str, settings: dict, key: str | None = None):
     method = method_of(name, settings)
     options = {k: v for k, v in settings.items() if k != "method"}
     cls = estimator_class(method, f"{key}.method")
-    if not is_plugin(method):
+    if not is_plugin(method) and method not in BEYOND_INVERSE_HESSIAN:
         return cls(method, **options)
     try:
         estimator = cls(**options)

@@ -1,0 +1,106 @@
+"""Estimators beyond the inverse Hessian (estimators/similarity.py, representer.py, tracin.py):
+each against a direct computation or the theory it rests on, and each sign on a convex model
+whose leave-one-out effects are computed by re-training."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from fragility.engine.flat import FlatModel
+from fragility.engine.objective import Objective, per_sample_gradients
+from fragility.engine.training import TrainSettings, train_copies
+from fragility.estimators import registry
+from fragility.estimators.base import Context, TrainedModel, check_requirements
+from fragility.io import read_json
+from fragility.models.registry import init_model
+from fragility.study import pipeline
+
+
+@pytest.fixture(scope="module")
+def cell(tmp_path_factory):
+    """A width-3 MLP trained on Iris (float64), with its two highest-loss test points."""
+    root = tmp_path_factory.mktemp("cell")
+    paths = {name: str(root / name) for name in ("data.pt", "model.pt", "metrics.json", "tp.json")}
+    pipeline.prepare_data("iris", {"test_fraction": 0.2, "split_seed": 0}, "data", paths["data.pt"])
+    pipeline.train(paths["data.pt"], "mlp-d1-w3", 0.01, 0, {"optimizer": "gd", "lr": 0.1, "steps": 150}, "float64",
+                   "cpu", paths["model.pt"], paths["metrics.json"], log=lambda m: None)
+    pipeline.pick_test_points(paths["model.pt"], paths["data.pt"], ["top2", "p50"], paths["tp.json"], "cpu")
+    return root, paths
+
+
+def _context(paths, **kw):
+    net, theta, record = pipeline.load_trained(paths["model.pt"])
+    split = pipeline.Split.load(paths["data.pt"])
+    x, y, xt, yt = pipeline._tensors(split, theta.dtype, torch.device("cpu"))
+    return Context(net, theta, x, y, xt, yt, decay=record["decay"], damping=0.01, **kw), read_json(paths["tp.json"])["test_points"]
+
+
+def _through_pipeline(root, paths, name, settings):
+    table_path, json_path = str(root / f"{name}.parquet"), str(root / f"{name}.json")
+    pipeline.compute_influence(paths["model.pt"], paths["data.pt"], paths["tp.json"], name, settings, 0.01, table_path,
+                               json_path, device_name="cpu", log=lambda m: None)
+    return pd.read_parquet(table_path), read_json(json_path)
+
+
+def _matrix(table, points):
+    return np.stack([table[table.test_point == tp["name"]].sort_values("train_index").predicted_loss_change.to_numpy()
+                     for tp in points])
+
+
+# --------------------------------------------------------------------------- grad_cosine
+def test_grad_cosine_equals_the_cosine_of_the_full_gradient_matrix(cell):
+    """Blocks of 7 training rows (chunk_bytes) against the n × p matrix formed at once."""
+    root, paths = cell
+    c, points = _context(paths)
+    p = c.theta.numel()
+    table, diagnostics = _through_pipeline(root, paths, "grad_cosine", {"chunk_bytes": 7 * p * 8})
+    assert diagnostics["gradient_rows_per_block"] == 7
+    g = per_sample_gradients(c.net, c.theta, c.x_train, c.y_train)
+    idx = torch.tensor([tp["index"] for tp in points])
+    gt = per_sample_gradients(c.net, c.theta, c.x_test[idx], c.y_test[idx], measure=True)
+    expected = (torch.nn.functional.normalize(gt, dim=1) @ torch.nn.functional.normalize(g, dim=1).T).numpy()
+    np.testing.assert_allclose(_matrix(table, points), expected, rtol=1e-10, atol=1e-13)
+    np.testing.assert_allclose(table[table.test_point == points[0]["name"]].train_grad_norm, g.norm(dim=1), rtol=1e-12)
+    assert (table.status == "ok").all() and np.abs(table.predicted_loss_change).max() <= 1 + 1e-12
+
+
+# --------------------------------------------------------------------------- representer
+def test_representer_decomposition_reproduces_the_fine_tuned_layer(cell):
+    """Φ(x_t) = Σ_i α_i (f̃_iᵀ f̃_t) on the test points, to 1e-4, with and without the bias feature;
+    Δ̂ = −(∂m_t/∂Φ_t)ᵀ α_i k_it recomputed from the decomposition's parts."""
+    root, paths = cell
+    c, points = _context(paths)
+    for bias in (True, False):
+        estimator = registry.make_estimator("representer", {"l2": 0.01, "bias": bias}).fit(c)
+        phi, represented, kernel = estimator.decomposition(c.x_test)
+        error = float((represented - phi).norm() / phi.norm())
+        assert error <= 1e-4, (bias, error, estimator.diagnostics)
+        assert estimator.diagnostics["fine_tune_gradient_norm"] < 1e-8
+    table, diagnostics = _through_pipeline(root, paths, "representer", {"l2": 0.01})
+    assert diagnostics["decomposition_relative_error"] <= 1e-4
+    estimator = registry.make_estimator("representer", {"l2": 0.01}).fit(c)
+    idx = torch.tensor([tp["index"] for tp in points])
+    phi, _, kernel = estimator.decomposition(c.x_test[idx])
+    prob = torch.softmax(phi, dim=1)
+    d_loss = prob - torch.nn.functional.one_hot(c.y_test[idx], 3)  # ∂ℓ/∂Φ of cross-entropy
+    expected = -(d_loss @ estimator.alpha.T) * kernel
+    np.testing.assert_allclose(_matrix(table, points), expected.numpy(), rtol=1e-9, atol=1e-14)
+    # the class's representer value differs from Δ̂ by p_tᵀα_i k_it
+    value = np.stack([table[table.test_point == tp["name"]].sort_values("train_index").representer_value for tp in points])
+    np.testing.assert_allclose(value - _matrix(table, points), ((prob @ estimator.alpha.T) * kernel).numpy(),
+                               rtol=1e-9, atol=1e-14)
+
+
+def test_representer_refuses_a_model_without_a_last_linear_layer(iris64):
+    x, y, xt, yt = iris64
+    net = FlatModel(nn.Sequential(nn.Linear(4, 3), nn.LayerNorm(3)).double())
+    c = Context(net, net.flatten(), x, y, xt, yt, decay=0.0, damping=0.0)
+    estimator = registry.make_estimator("representer", {})
+    with pytest.raises(ValueError, match="representer.*nn.Linear"):
+        check_requirements(estimator, c, "influence.methods.representer")
+    with pytest.raises(ValueError, match="'representer' requires a model whose last parameterised layer is an nn.Linear"):
+        estimator.fit(c)
