@@ -104,3 +104,85 @@ def test_representer_refuses_a_model_without_a_last_linear_layer(iris64):
         check_requirements(estimator, c, "influence.methods.representer")
     with pytest.raises(ValueError, match="'representer' requires a model whose last parameterised layer is an nn.Linear"):
         estimator.fit(c)
+
+
+# --------------------------------------------------------------------------- tracin
+def test_tracin_with_theta_star_as_its_one_checkpoint_is_n_times_identity(cell):
+    c, points = _context(cell[1])
+    c.models = [TrainedModel(c.net, c.theta, "θ*", learning_rate=1.0)]
+    tracin = registry.make_estimator("tracin", {"chunk_bytes": 5 * c.theta.numel() * 8}).fit(c).scores(points)
+    identity = registry.make_estimator("identity", {}).fit(c).scores(points)
+    torch.testing.assert_close(tracin.predicted_loss_change, len(c.y_train) * identity.predicted_loss_change,
+                               rtol=1e-10, atol=0)
+
+
+def test_training_keeps_evenly_spaced_checkpoints_and_tracin_sums_over_them(cell, tmp_path):
+    """`train.keep_checkpoints: 3` over 150 steps keeps θ after steps 50, 100, 150 (the last θ*)
+    with their learning rates, without changing θ*; tracin through compute_influence is the
+    η-weighted sum of gradient products at those checkpoints."""
+    root, paths = cell
+    assert pipeline.checkpoint_steps(150, 3) == (50, 100, 150) and pipeline.checkpoint_steps(150, 0) == ()
+    model = str(tmp_path / "model.pt")
+    pipeline.train(paths["data.pt"], "mlp-d1-w3", 0.01, 0, {"optimizer": "gd", "lr": 0.1, "steps": 150,
+                   "keep_checkpoints": 3}, "float64", "cpu", model, str(tmp_path / "m.json"), log=lambda m: None)
+    record, plain = torch.load(model, weights_only=False), torch.load(paths["model.pt"], weights_only=False)
+    assert torch.equal(record["theta"], plain["theta"]) and "checkpoints" not in plain
+    assert [c["step"] for c in record["checkpoints"]] == [50, 100, 150]
+    assert [c["lr"] for c in record["checkpoints"]] == [0.1] * 3
+    assert torch.equal(record["checkpoints"][-1]["theta"], record["theta"])
+    table_path, json_path = str(tmp_path / "t.parquet"), str(tmp_path / "t.json")
+    pipeline.compute_influence(model, paths["data.pt"], paths["tp.json"], "tracin", {}, 0.01, table_path, json_path,
+                               device_name="cpu", log=lambda m: None)
+    c, points = _context(paths)
+    idx = torch.tensor([tp["index"] for tp in points])
+    expected = sum(0.1 * per_sample_gradients(c.net, k["theta"], c.x_test[idx], c.y_test[idx], measure=True)
+                   @ per_sample_gradients(c.net, k["theta"], c.x_train, c.y_train).T for k in record["checkpoints"])
+    np.testing.assert_allclose(_matrix(pd.read_parquet(table_path), points), expected.numpy(), rtol=1e-10, atol=1e-14)
+    assert read_json(json_path)["checkpoints"] == ["step 50", "step 100", "step 150"]
+
+
+def test_tracin_without_kept_checkpoints_is_refused_when_the_dag_is_built():
+    with pytest.raises(Exception, match="tracin.*train.keep_checkpoints"):
+        registry.check_estimator("tracin", {}, "studies.s.influence.methods.tracin", {"train": {"steps": 10}})
+    registry.check_estimator("tracin", {}, "k", {"train": {"keep_checkpoints": 2}})
+
+
+# --------------------------------------------------------------------------- signs on a convex model
+DECAY = 0.05
+
+
+@pytest.fixture(scope="module")
+def convex(iris64):
+    """L2-regularised logistic regression on Iris trained to convergence (checkpoints kept), and
+    the exact leave-one-out effect of every training point on the highest-loss test point."""
+    x, y, xt, yt = iris64
+    net = FlatModel(init_model("mlp-d0-w0", (4,), 3, seed=0, dtype=torch.float64))
+    objective = Objective(net, x, y, DECAY)
+    theta0 = torch.zeros(net.num_parameters, dtype=torch.float64)
+    lr = 1.0 / (float(torch.linalg.eigvalsh(objective.hessian(theta0)).max()) * 1.5)
+    settings = TrainSettings(steps=1500, lr=lr, check_every=1000)
+    result = train_copies(net, x, y, DECAY, theta0[None], torch.ones(1, len(y), dtype=torch.float64), settings,
+                          log=lambda m: None, keep_steps=(5, 20, 100, 1500))
+    theta = result.thetas[0]
+    net.load_into_model(theta)
+    losses = torch.nn.functional.cross_entropy(net.logits(theta, xt), yt, reduction="none")
+    point = {"name": "max", "index": int(losses.argmax())}
+    n = len(y)
+    weights = torch.ones(n, n, dtype=torch.float64) - torch.eye(n, dtype=torch.float64)
+    thetas = train_copies(net, x, y, DECAY, theta.repeat(n, 1), weights, settings, log=lambda m: None).thetas
+    i = point["index"]
+    actual = torch.stack([torch.nn.functional.cross_entropy(net.logits(th, xt[i:i + 1]), yt[i:i + 1]) for th in thetas])
+    models = [TrainedModel(net, k["thetas"][0], f"step {k['step']}", k["lr"]) for k in result.kept]
+    context = Context(net, theta, x, y, xt, yt, decay=DECAY, damping=0.0, models=models)
+    return context, point, (actual - losses.max()).numpy()
+
+
+@pytest.mark.parametrize("name", ["grad_cosine", "representer", "tracin"])
+def test_sign_agrees_with_leave_one_out_on_a_convex_model(convex, name):
+    context, point, actual = convex
+    predicted = registry.make_estimator(name, {}).fit(context).scores([point]).predicted_loss_change[0].numpy()
+    pearson = np.corrcoef(predicted, actual)[0, 1]
+    top = np.argsort(-np.abs(actual))[:10]  # the ten largest effects: signs agree
+    print(name, pearson, np.mean(np.sign(predicted[top]) == np.sign(actual[top])))
+    assert pearson > 0.5, pearson
+    assert (np.sign(predicted[top]) == np.sign(actual[top])).mean() >= 0.9

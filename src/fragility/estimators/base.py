@@ -39,6 +39,7 @@ class TrainedModel:
     net: Any  # engine.flat.FlatModel
     theta: Any  # torch.Tensor [p]
     label: str = ""  # e.g. "step 300", "seed 1"
+    learning_rate: float = math.nan  # a checkpoint's: the learning rate of the step that followed it
 
 
 @dataclass

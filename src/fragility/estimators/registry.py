@@ -108,9 +108,9 @@ def check_estimator(name: str, settings: dict, key: str, study_block: dict | Non
         raise plugins.PluginError(f"{key}.{unknown[0]}: not an option of the estimator '{method}', which reads "
                                   f"{', '.join(read) if read else 'no options'}")
     for need in requirements(method, key):
-        if need == "checkpoints":
-            raise plugins.PluginError(f"{key}: the estimator '{method}' requires checkpoints of the training run, "
-                                      f"and the workflow keeps none")
+        if need == "checkpoints" and study_block is not None and not (study_block.get("train") or {}).get("keep_checkpoints"):
+            raise plugins.PluginError(f"{key}: the estimator '{method}' requires checkpoints of the training run; "
+                                      f"set the study's train.keep_checkpoints (how many, evenly spaced)")
         if need == "several_models" and study_block is not None and len(study_block.get("seeds", [])) < 2:
             raise plugins.PluginError(f"{key}: the estimator '{method}' requires several trained models (every seed "
                                       f"of a dataset × architecture × decay), and the study has one seed")
