@@ -154,7 +154,8 @@ DECAY = 0.05
 @pytest.fixture(scope="module")
 def convex(iris64):
     """L2-regularised logistic regression on Iris trained to convergence (checkpoints kept), and
-    the exact leave-one-out effect of every training point on the highest-loss test point."""
+    the leave-one-out effect (re-trained to convergence) of every third training point on the
+    highest-loss test point."""
     x, y, xt, yt = iris64
     net = FlatModel(init_model("mlp-d0-w0", (4,), 3, seed=0, dtype=torch.float64))
     objective = Objective(net, x, y, DECAY)
@@ -167,22 +168,127 @@ def convex(iris64):
     net.load_into_model(theta)
     losses = torch.nn.functional.cross_entropy(net.logits(theta, xt), yt, reduction="none")
     point = {"name": "max", "index": int(losses.argmax())}
-    n = len(y)
-    weights = torch.ones(n, n, dtype=torch.float64) - torch.eye(n, dtype=torch.float64)
-    thetas = train_copies(net, x, y, DECAY, theta.repeat(n, 1), weights, settings, log=lambda m: None).thetas
+    removed = torch.arange(0, len(y), 3)  # 40 of the 120 training points
+    weights = torch.ones(len(removed), len(y), dtype=torch.float64)
+    weights[torch.arange(len(removed)), removed] = 0.0
+    thetas = train_copies(net, x, y, DECAY, theta.repeat(len(removed), 1), weights, settings, log=lambda m: None).thetas
     i = point["index"]
     actual = torch.stack([torch.nn.functional.cross_entropy(net.logits(th, xt[i:i + 1]), yt[i:i + 1]) for th in thetas])
     models = [TrainedModel(net, k["thetas"][0], f"step {k['step']}", k["lr"]) for k in result.kept]
     context = Context(net, theta, x, y, xt, yt, decay=DECAY, damping=0.0, models=models)
-    return context, point, (actual - losses.max()).numpy()
+    return context, point, removed.numpy(), (actual - losses.max()).numpy()
 
 
-@pytest.mark.parametrize("name", ["grad_cosine", "representer", "tracin"])
+@pytest.mark.parametrize("name", ["grad_cosine", "representer", "tracin", "trak"])
 def test_sign_agrees_with_leave_one_out_on_a_convex_model(convex, name):
-    context, point, actual = convex
-    predicted = registry.make_estimator(name, {}).fit(context).scores([point]).predicted_loss_change[0].numpy()
+    context, point, removed, actual = convex
+    predicted = registry.make_estimator(name, {}).fit(context).scores([point]).predicted_loss_change[0].numpy()[removed]
     pearson = np.corrcoef(predicted, actual)[0, 1]
     top = np.argsort(-np.abs(actual))[:10]  # the ten largest effects: signs agree
-    print(name, pearson, np.mean(np.sign(predicted[top]) == np.sign(actual[top])))
     assert pearson > 0.5, pearson
     assert (np.sign(predicted[top]) == np.sign(actual[top])).mean() >= 0.9
+
+
+# --------------------------------------------------------------------------- trak
+def _margin_gradients(net, theta, x, y):
+    """∇_θ (h_y − logsumexp_{j≠y} h_j) row by row with autograd, written out independently."""
+    rows = []
+    for xi, yi in zip(x, y):
+        t = theta.clone().requires_grad_(True)
+        h = net.logits(t, xi[None])[0]
+        others = torch.cat([h[:yi], h[yi + 1:]])
+        (g,) = torch.autograd.grad(h[yi] - torch.logsumexp(others, 0), t)
+        rows.append(g)
+    return torch.stack(rows)
+
+
+def _tanh_net(outputs, task):
+    from fragility.engine.task import make_task
+
+    torch.manual_seed(7)  # a well-conditioned Φ (condition number ~500 for the regression output)
+    return FlatModel(nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, outputs)).double(), make_task(task))
+
+
+@pytest.mark.parametrize("task", ["mse", "cross_entropy"])
+def test_trak_without_projection_is_the_kernel_regression_and_a_square_projection_cancels(iris64, task):
+    """n > p, λ = 0, M = 1, a tanh MLP at a random θ: τ = φ_tᵀ(ΦᵀΦ)⁻¹ΦᵀQ with φ and Q written out
+    here (single-output regression: f = h, Q = y − f), or with the pseudo-inverse for cross-entropy
+    (f the margin, Q = 1 − p_y): a shift of all logits, and so of the last bias and of each hidden
+    unit's outgoing weights, leaves the margin unchanged, so rank Φ = p − 1 − width exactly. A
+    Gaussian projection with k = p, generated in blocks of 5 rows, gives the same to 1e-8 (τ sees
+    only the projector onto Φ's column space); Δ̂ = q_t τ with q_t = −∂ℓ_t/∂f_t."""
+    x, y, xt, yt = iris64
+    if task == "mse":
+        y, yt = torch.sin(x.sum(1)), torch.cos(xt.sum(1))
+    net = _tanh_net(1 if task == "mse" else 3, task)
+    theta = net.flatten()
+    c = Context(net, theta, x, y, xt, yt, decay=0.0, damping=0.0)
+    points = [{"name": f"t{j}", "index": j} for j in (0, 5, 9)]
+    idx = torch.tensor([0, 5, 9])
+    n, p = len(y), theta.numel()
+    if task == "mse":
+        phi = torch.stack([torch.autograd.functional.jacobian(lambda t: net.logits(t, xi[None])[0, 0], theta) for xi in x])
+        phi_t = torch.stack([torch.autograd.functional.jacobian(lambda t: net.logits(t, xi[None])[0, 0], theta)
+                             for xi in xt[idx]])
+        q = (y - net.logits(theta, x)[:, 0]).detach()
+        q_t = (yt[idx] - net.logits(theta, xt[idx])[:, 0]).detach()
+        expected = phi_t @ torch.linalg.solve(phi.T @ phi, phi.T) * q[None, :]
+    else:
+        phi = _margin_gradients(net, theta, x, y)
+        phi_t = _margin_gradients(net, theta, xt[idx], yt[idx])
+        q = 1 - torch.softmax(net.logits(theta, x), 1).gather(1, y[:, None])[:, 0].detach()
+        q_t = 1 - torch.softmax(net.logits(theta, xt[idx]), 1).gather(1, yt[idx][:, None])[:, 0].detach()
+        assert int(torch.linalg.matrix_rank(phi)) == p - 1 - 3
+        expected = phi_t @ torch.linalg.pinv(phi) * q[None, :]
+    assert n > p
+    plain = registry.make_estimator("trak", {"projection_dim": None, "chunk_bytes": 9 * p * 8}).fit(c)
+    tau, weight = plain.tau(points)
+    torch.testing.assert_close(tau, expected, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(weight, q_t, rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(plain.scores(points).predicted_loss_change, q_t[:, None] * expected, rtol=1e-9, atol=1e-12)
+    square = registry.make_estimator("trak", {"projection_dim": p, "chunk_bytes": 5 * p * 8}).fit(c)
+    assert square.diagnostics["projection_dim"] == p and square.project.block == 5
+    torch.testing.assert_close(square.tau(points)[0], expected, rtol=1e-8, atol=1e-10)
+    # a narrower projection changes the numbers (the comparison above can fail)
+    narrow = registry.make_estimator("trak", {"projection_dim": p // 2}).fit(c).tau(points)[0]
+    assert not torch.allclose(narrow, expected, rtol=1e-3, atol=1e-6)
+
+
+def test_trak_on_least_squares_is_the_exact_leave_one_out_change_of_the_test_output():
+    """A linear model fitted by least squares (task mse, no decay): τ_i / (1 − h_ii) equals
+    f_t(with z_i) − f_t(without z_i), each leave-one-out fit solved in closed form."""
+    from fragility.engine.task import make_task
+
+    gen = torch.Generator().manual_seed(0)
+    n, d = 30, 4
+    x = torch.randn(n, d, generator=gen, dtype=torch.float64)
+    y = x @ torch.randn(d, generator=gen, dtype=torch.float64) + 0.5 + 0.3 * torch.randn(n, generator=gen, dtype=torch.float64)
+    xt = torch.randn(3, d, generator=gen, dtype=torch.float64)
+    yt = torch.zeros(3, dtype=torch.float64)
+    design = torch.cat([x, torch.ones(n, 1, dtype=torch.float64)], 1)
+    design_t = torch.cat([xt, torch.ones(3, 1, dtype=torch.float64)], 1)
+    coef = torch.linalg.lstsq(design, y[:, None]).solution[:, 0]
+    net = FlatModel(nn.Sequential(nn.Linear(d, 1)).double(), make_task("mse"))
+    theta = torch.cat([coef[:d], coef[d:]])
+    c = Context(net, theta, x, y, xt, yt, decay=0.0, damping=0.0)
+    points = [{"name": f"t{j}", "index": j} for j in range(3)]
+    tau, _ = registry.make_estimator("trak", {"projection_dim": None}).fit(c).tau(points)
+    leverage = torch.einsum("ij,jk,ik->i", design, torch.linalg.inv(design.T @ design), design)
+    loo = torch.stack([design_t @ (coef - torch.linalg.lstsq(design[torch.arange(n) != i], y[torch.arange(n) != i, None])
+                                   .solution[:, 0]) for i in range(n)], 1)  # f_t(with) − f_t(without), [3, n]
+    torch.testing.assert_close(tau / (1 - leverage)[None, :], loo, rtol=1e-9, atol=1e-12)
+
+
+def test_trak_refuses_a_task_without_an_output_function(cell):
+    from fragility.engine.task import CrossEntropyTask
+
+    class NoOutputFunction(CrossEntropyTask):
+        name = "plain"
+        output_function = None
+
+    c, _ = _context(cell[1])
+    c.net.task = NoOutputFunction()
+    with pytest.raises(ValueError, match="'trak' needs the task 'plain' to write output_function"):
+        registry.make_estimator("trak", {}).fit(c)
+    with pytest.raises(ValueError, match="seeds.*not offered yet"):
+        registry.make_estimator("trak", {"models": "seeds"})

@@ -23,6 +23,7 @@ OPTIONS_READ: dict[str, tuple[str, ...]] = {
     "grad_cosine": ("chunk_bytes",),
     "representer": ("l2", "bias", "max_iterations", "tol"),
     "tracin": ("chunk_bytes",),
+    "trak": ("projection_dim", "projection", "seed", "l2", "models", "chunk_bytes"),
 }
 
 
@@ -34,4 +35,5 @@ REQUIRES: dict[str, tuple[str, ...]] = {
     "grad_cosine": (),
     "representer": ("last_linear_layer",),
     "tracin": ("checkpoints",),
+    "trak": (),  # checkpoints with `models: checkpoints` (checked at DAG build, study/grid.py)
 }

@@ -23,6 +23,7 @@ BEYOND_INVERSE_HESSIAN = {
     "grad_cosine": ("similarity", "GradientCosine"),
     "representer": ("representer", "RepresenterPoints"),
     "tracin": ("tracin", "TracIn"),
+    "trak": ("trak", "TRAK"),
 }
 
 

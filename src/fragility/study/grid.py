@@ -376,9 +376,12 @@ def _check_method_blocks(study: str, block: dict) -> None:
             if estimator_registry.is_plugin(method):  # file, class, the options written here, requires
                 written = {k: v for k, v in settings.items() if k != "method"}
                 estimator_registry.check_estimator(name, {"method": method, **written}, f"{key}.{name}", block)
-            elif "checkpoints" in estimator_registry.requirements(method):  # a built-in that needs them (tracin)
-                merged_block = block if arch is None else deep_merge(block, block["overrides"][arch])
-                estimator_registry.check_estimator(name, {"method": method}, f"{key}.{name}", merged_block)
+            elif ("checkpoints" in estimator_registry.requirements(method)  # built-ins that need them: tracin,
+                  or (method == "trak" and merged.get("models") == "checkpoints")):  # trak's checkpoint ensemble
+                train = (block if arch is None else deep_merge(block, block["overrides"][arch])).get("train") or {}
+                if not train.get("keep_checkpoints"):
+                    raise ValueError(f"{key}.{name}: the estimator '{method}' requires checkpoints of the training run; "
+                                     f"set the study's train.keep_checkpoints (how many, evenly spaced)")
 
 
 def read_config_files(paths) -> list[tuple[str, dict]]:
