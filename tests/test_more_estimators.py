@@ -292,3 +292,27 @@ def test_trak_refuses_a_task_without_an_output_function(cell):
         registry.make_estimator("trak", {}).fit(c)
     with pytest.raises(ValueError, match="seeds.*not offered yet"):
         registry.make_estimator("trak", {"models": "seeds"})
+
+
+# --------------------------------------------------------------------------- the DAG checks
+def _study(methods, train=None):
+    block = {"datasets": {"iris": {}}, "architectures": ["mlp-d1-w3"], "decays": [0.0], "seeds": [0],
+             "train": {"optimizer": "gd", "lr": 0.1, "steps": 10, **(train or {})}, "test_points": ["max"],
+             "influence": {"damping": 0.01, "methods": {"exact": {}, **methods}},
+             "select": {"by": "exact", "rules": [{"top_k": 3}]}, "loo": {"steps": 5, "chunk_size": 4}}
+    return {"studies": {"audit": block}}
+
+
+def test_the_new_estimators_pass_the_dag_checks_and_checkpoint_ones_need_kept_checkpoints():
+    from fragility.study import grid
+
+    every = {"grad_cosine": {}, "representer": {"l2": 0.01, "bias": False}, "tracin": {},
+             "trak": {"projection_dim": 16, "models": "checkpoints"}}
+    grid.check_config(_study(every, {"keep_checkpoints": 2}))
+    assert grid.estimators(_study(every, {"keep_checkpoints": 2}), "audit", "mlp-d1-w3")["trak"] == \
+        {"projection_dim": 16, "models": "checkpoints"}
+    grid.check_config(_study({"trak": {}}))  # θ* alone needs no checkpoints
+    for name, settings in (("tracin", {}), ("trak", {"models": "checkpoints"})):
+        with pytest.raises(ValueError, match=f"studies.audit.influence.methods.{name}: the estimator '{name}' requires "
+                                             "checkpoints.*train.keep_checkpoints"):
+            grid.check_config(_study({name: settings}))
