@@ -249,6 +249,15 @@ def test_trak_without_projection_is_the_kernel_regression_and_a_square_projectio
     square = registry.make_estimator("trak", {"projection_dim": p, "chunk_bytes": 5 * p * 8}).fit(c)
     assert square.diagnostics["projection_dim"] == p and square.project.block == 5
     torch.testing.assert_close(square.tau(points)[0], expected, rtol=1e-8, atol=1e-10)
+    # P's blocks kept after first use or regenerated on every application: the same numbers
+    from fragility.estimators.trak import Projection
+
+    rows = torch.randn(4, p, dtype=torch.float64)
+    kept = Projection(p, 7, "rademacher", 3, 5, torch.float64, "cpu")
+    fresh = Projection(p, 7, "rademacher", 3, 5, torch.float64, "cpu", keep_bytes=0)
+    assert kept.kept is not None and fresh.kept is None
+    assert torch.equal(kept(rows), fresh(rows)) and torch.equal(kept(rows), fresh(rows))
+    torch.testing.assert_close(kept.rows(0, 5).abs(), torch.full((5, 7), 7 ** -0.5, dtype=torch.float64))
     # a narrower projection changes the numbers (the comparison above can fail)
     narrow = registry.make_estimator("trak", {"projection_dim": p // 2}).fit(c).tau(points)[0]
     assert not torch.allclose(narrow, expected, rtol=1e-3, atol=1e-6)

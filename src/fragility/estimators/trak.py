@@ -66,14 +66,25 @@ def loss_output_gradients(net, theta, x, y) -> torch.Tensor:
 
 class Projection:
     """x ↦ xP for rows x ∈ R^p, P [p, k] generated a block of `block` rows at a time (seeded by
-    `seed` and the block's start), never formed whole; `None` dimension: the identity."""
+    `seed` and the block's start), never formed whole; `None` dimension: the identity. Where all
+    of P takes at most `keep_bytes` its blocks are kept after their first use (small nets);
+    otherwise each application regenerates them (p·k random numbers per block of training rows)."""
 
-    def __init__(self, p: int, k: int | None, kind: str, seed: int, block: int, dtype, device):
+    def __init__(self, p: int, k: int | None, kind: str, seed: int, block: int, dtype, device,
+                 keep_bytes: float = 2**28):
         self.p, self.k, self.kind, self.seed, self.block = p, k, kind, int(seed), max(1, int(block))
         self.dtype, self.device = dtype, device
+        self.kept = {} if k is not None and p * k * 8 <= keep_bytes else None
 
     def rows(self, start: int, stop: int) -> torch.Tensor:
         """Rows start..stop of P."""
+        if self.kept is not None:
+            if start not in self.kept:
+                self.kept[start] = self._generate(start, stop)
+            return self.kept[start]
+        return self._generate(start, stop)
+
+    def _generate(self, start: int, stop: int) -> torch.Tensor:
         gen = torch.Generator(device="cpu").manual_seed(self.seed * 1_000_003 + start)
         if self.kind == "gaussian":
             part = torch.randn(stop - start, self.k, generator=gen, dtype=torch.float64)
