@@ -325,3 +325,47 @@ def test_the_new_estimators_pass_the_dag_checks_and_checkpoint_ones_need_kept_ch
         with pytest.raises(ValueError, match=f"studies.audit.influence.methods.{name}: the estimator '{name}' requires "
                                              "checkpoints.*train.keep_checkpoints"):
             grid.check_config(_study({name: settings}))
+
+
+# --------------------------------------------------------------------------- select.by: union
+def test_union_selection_takes_the_estimators_rankings_in_turn(tmp_path):
+    """A round-robin over the rankings by |Δ̂| until K = the rules' total distinct points; an
+    estimator that failed a test point is left out of its round-robin."""
+    from fragility.study import selection
+
+    assert selection.round_robin({"a": np.array([9, 8, 7, 1, 0.]), "b": np.array([-5, 0, 1, 9, 8.])}, 4) == \
+        {0: "a", 3: "b", 1: "a", 4: "b"}
+    assert selection.round_robin({"a": np.array([3, 2, 1.]), "b": np.array([3, 2, 1.])}, 2) == {0: "a", 1: "b"}
+    assert selection.rules_total([{"top_fraction": 0.1}, {"top_k": 2}, {"around_percentile": 50, "k": 3}], 40) == 9
+    assert selection.rules_total([{"top_k": 30}, {"top_k": 30}], 40) == 40
+
+    def table(values, status):
+        return pd.DataFrame([{"test_point": tp, "test_index": j, "train_index": i, "predicted_loss_change": v[i],
+                              "status": status[j]} for j, (tp, v) in enumerate(values.items()) for i in range(len(v))])
+
+    paths = {}
+    for name, values, status in (("a", {"max": [9, 8, 7, 1, 0], "p50": [0, 0, 0, 0, 1]}, ["ok", "ok"]),
+                                 ("b", {"max": [-5, 0, 1, 9, 8], "p50": [5, 4, 3, 2, 1]}, ["ok", "diverged"])):
+        paths[name] = str(tmp_path / f"{name}.parquet")
+        table({k: np.array(v, dtype=float) for k, v in values.items()}, status).to_parquet(paths[name])
+    out = tmp_path / "selected.json"
+    selection.select_union(paths, [{"top_k": 2}, {"top_k": 1}], out, log=lambda m: None)
+    record = read_json(out)
+    assert record["per_test_point"]["max"] == {"0": "union", "1": "union", "3": "union"}
+    assert record["contributed_by"]["max"] == {"0": "a", "1": "a", "3": "b"}
+    assert record["per_test_point"]["p50"] == {"4": "union", "0": "union", "1": "union"}  # a alone: ties by index
+    assert record["left_out"] == {"p50": {"b": "diverged"}} and record["indices"] == [0, 1, 3, 4]
+
+
+def test_union_is_a_selection_the_dag_takes_without_tail_groups():
+    from fragility.study import grid
+
+    config = _study({"grad_cosine": {}})
+    config["studies"]["audit"]["select"]["by"] = "union"
+    grid.check_config(config)
+    config["studies"]["audit"]["targets"] = ["loo", "groups"]
+    with pytest.raises(ValueError, match="select.by: 'union' draws no tail groups"):
+        grid.check_config(config)
+    config["studies"]["audit"]["select"]["by"] = "nothing"
+    with pytest.raises(ValueError, match="'nothing' is not one of influence.methods .* or 'union'"):
+        grid.check_config(config)

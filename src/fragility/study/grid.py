@@ -276,9 +276,13 @@ def check_config(config: dict) -> None:
             merged = arch_config(config, study, arch)
             by = merged["select"]["by"]
             named = sorted(k for k, v in merged["influence"]["methods"].items() if v is not None)
-            if by not in named:
+            if by == "union":  # every estimator's ranking in turn (selection.select_union)
+                if "groups" in (merged.get("targets") or []):
+                    raise ValueError(f"studies.{study}.select.by: 'union' draws no tail groups (targets: groups draws "
+                                     f"them from one estimator's Δ̂); name an estimator of {named} (architecture {arch})")
+            elif by not in named:
                 raise ValueError(f"studies.{study}.select.by: '{by}' is not one of influence.methods {named} "
-                                 f"(architecture {arch})")
+                                 f"or 'union' (architecture {arch})")
             steps, epochs = merged["loo"].get("steps"), merged["loo"].get("epochs")
             if (steps is None) == (epochs is None):
                 raise ValueError(f"studies.{study}.loo (architecture {arch}): set exactly one of loo.steps and "
