@@ -28,18 +28,6 @@ rule influence:
         "../scripts/influence.py"
 
 
-def selecting_estimators(w):
-    """The estimators whose tables `select` reads: `select.by`, or every estimator for
-    `select.by: union` (selection.select_union)."""
-    by = arch_cfg(w)["select"]["by"]
-    return list(grid.estimators(config, w.study, w.arch)) if by == "union" else [by]
-
-
-def plan_estimator(w):
-    """The estimator whose Δ̂ the targets plan reads (only `groups` uses it, which `union` refuses)."""
-    return selecting_estimators(w)[0]
-
-
 checkpoint select:
     input:
         lambda w: [
@@ -55,14 +43,15 @@ checkpoint select:
         runtime=5,
     params:
         rules=lambda w: arch_cfg(w)["select"]["rules"],
-        union=lambda w: arch_cfg(w)["select"]["by"] == "union",
+        by=lambda w: arch_cfg(w)["select"]["by"],
         estimators=selecting_estimators,
     run:
         logged(
             log,
             "selection written",
-            selection.select_union if params.union else selection.select,
-            dict(zip(params.estimators, input)) if params.union else input[0],
+            selection.select_by,
+            dict(zip(params.estimators, input)),
+            params.by,
             params.rules,
             output[0],
             label=job_label(rule, wildcards),

@@ -200,3 +200,11 @@ def select_union(influence_paths: dict[str, str], rules, out_path, log=print):
         union.update({i: True for i in picked})
     write_json({"indices": sorted(int(i) for i in union), "per_test_point": per_point, "not_selected": not_selected,
                 "rules": rules, "by": "union", "estimators": list(tables), "left_out": left_out, "contributed_by": contributed}, out_path)
+
+
+def select_by(influence_paths: dict[str, str], by: str, rules, out_path, log=print):
+    """The cell's selection by `select.by`: one estimator's (`select`, its table in
+    `influence_paths`) or `union` (`select_union` over all of them)."""
+    if by == "union":
+        return select_union(influence_paths, rules, out_path, log=log)
+    return select(influence_paths[by], rules, out_path, log=log)
