@@ -239,3 +239,15 @@ def test_kept_steps_survive_a_resume_and_do_not_change_the_run(tmp_path, monkeyp
     assert [k["step"] for k in resumed.kept] == [3, 6, 12]
     for a, b in zip(resumed.kept, kept.kept):
         assert torch.equal(a["thetas"], b["thetas"]) and a["lr"] == b["lr"]
+    # a checkpoint written by a run that kept nothing is not resumed by one that keeps earlier steps
+    plain_checkpoint = tmp_path / "plain.ckpt"
+    net = FlatModel(mlp())
+    with interrupted_at(monkeypatch, 7):
+        train_copies(net, x, y, 0.01, net.flatten().repeat(2, 1), weights, settings, checkpoint_path=plain_checkpoint,
+                     **QUIET)
+    messages = []
+    net = FlatModel(mlp())
+    restarted = train_copies(net, x, y, 0.01, net.flatten().repeat(2, 1), weights, settings,
+                             checkpoint_path=plain_checkpoint, keep_steps=(3, 6, 12), log=messages.append)
+    assert any("without the parameters this run keeps" in m for m in messages)
+    assert [k["step"] for k in restarted.kept] == [3, 6, 12] and torch.equal(restarted.thetas, plain.thetas)

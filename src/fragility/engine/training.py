@@ -298,6 +298,10 @@ def train_copies(
             log(f"checkpoint {checkpoint_path} was written by another run (different settings, data, starting point "
                 "or removed points); starting from step 0 and replacing it")
             state = None
+        elif keep_steps and "kept" not in state and min(keep_steps) <= int(state["step"]):
+            log(f"checkpoint {checkpoint_path} was written without the parameters this run keeps (train.keep_checkpoints); "
+                "starting from step 0 and replacing it")
+            state = None
     if state is not None:
         if state["thetas"].shape != thetas.shape:
             raise RuntimeError(f"checkpoint {checkpoint_path} holds parameters of shape {tuple(state['thetas'].shape)}, expected {tuple(thetas.shape)}; delete it")
