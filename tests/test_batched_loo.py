@@ -2,6 +2,7 @@
 BatchNorm copies keep their own statistics and never see their removed point, and a run resumed
 from its checkpoint ends where an uninterrupted run ends (float64)."""
 
+import math
 import pytest
 import torch
 from torch import nn
@@ -216,3 +217,42 @@ def test_a_job_trained_pass_by_pass_equals_one_pass(tmp_path, per_pass, monkeypa
         assert not list(tmp_path.glob(f"loo_{mode}.ckpt*"))
     pd.testing.assert_frame_equal(tables[None], tables[per_pass])
     assert tables[None].test_loss.nunique() > 2  # the copies differ from one another
+
+
+def test_kept_steps_survive_a_resume_and_do_not_change_the_run(tmp_path, monkeypatch):
+    """`keep_steps` (TracIn's checkpoints): θ and the learning rate after steps 3, 6 and 12 of a
+    cosine schedule, the same after a resume from step 4, and the final θ unchanged by keeping them."""
+    x, y = data("mlp")
+    weights = removal_weights(len(y), [-1, 4])
+    settings = TrainSettings(steps=12, lr=0.01, optimizer="adam", batch_size=7, schedule="cosine", order_seed=1,
+                             checkpoint_every=4)
+    net = FlatModel(mlp())
+    plain = train_copies(net, x, y, 0.01, net.flatten().repeat(2, 1), weights, settings, **QUIET)
+    net = FlatModel(mlp())
+    kept = train_copies(net, x, y, 0.01, net.flatten().repeat(2, 1), weights, settings, keep_steps=(3, 6, 12), **QUIET)
+    assert torch.equal(kept.thetas, plain.thetas) and plain.kept == []
+    assert [k["step"] for k in kept.kept] == [3, 6, 12] and torch.equal(kept.kept[-1]["thetas"], kept.thetas)
+    assert [k["lr"] for k in kept.kept] == pytest.approx([0.01 * 0.5 * (1 + math.cos(math.pi * s / 12)) for s in (3, 6, 12)])
+    checkpoint = tmp_path / "keep.ckpt"
+    net = FlatModel(mlp())
+    with interrupted_at(monkeypatch, 7):
+        train_copies(net, x, y, 0.01, net.flatten().repeat(2, 1), weights, settings, checkpoint_path=checkpoint,
+                     keep_steps=(3, 6, 12), **QUIET)
+    net = FlatModel(mlp())
+    resumed = train_copies(net, x, y, 0.01, net.flatten().repeat(2, 1), weights, settings, checkpoint_path=checkpoint,
+                           keep_steps=(3, 6, 12), **QUIET)
+    assert [k["step"] for k in resumed.kept] == [3, 6, 12]
+    for a, b in zip(resumed.kept, kept.kept):
+        assert torch.equal(a["thetas"], b["thetas"]) and a["lr"] == b["lr"]
+    # a checkpoint written by a run that kept nothing is not resumed by one that keeps earlier steps
+    plain_checkpoint = tmp_path / "plain.ckpt"
+    net = FlatModel(mlp())
+    with interrupted_at(monkeypatch, 7):
+        train_copies(net, x, y, 0.01, net.flatten().repeat(2, 1), weights, settings, checkpoint_path=plain_checkpoint,
+                     **QUIET)
+    messages = []
+    net = FlatModel(mlp())
+    restarted = train_copies(net, x, y, 0.01, net.flatten().repeat(2, 1), weights, settings,
+                             checkpoint_path=plain_checkpoint, keep_steps=(3, 6, 12), log=messages.append)
+    assert any("without the parameters this run keeps" in m for m in messages)
+    assert [k["step"] for k in restarted.kept] == [3, 6, 12] and torch.equal(restarted.thetas, plain.thetas)

@@ -431,3 +431,15 @@ def verdict_page_job(wildcards, input, output, params):
         params.options,
         [tuple(link) for link in params.links],
     )
+
+
+def selecting_estimators(w):
+    """The estimators whose tables `select` reads: `select.by`, or every estimator for
+    `select.by: union` (selection.select_union)."""
+    by = arch_cfg(w)["select"]["by"]
+    return list(grid.estimators(config, w.study, w.arch)) if by == "union" else [by]
+
+
+def plan_estimator(w):
+    """The estimator whose Δ̂ the targets plan reads (only `groups` uses it, which `union` refuses)."""
+    return selecting_estimators(w)[0]

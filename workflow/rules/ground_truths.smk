@@ -8,7 +8,7 @@ checkpoint targets_plan:
     input:
         data=in_grid(os.path.join(RESULTS, "{study}/{dataset}/data.pt")),
         influence=lambda w: os.path.join(
-            CELL.format(**w), f"influence/{arch_cfg(w)['select']['by']}.parquet"
+            CELL.format(**w), f"influence/{plan_estimator(w)}.parquet"
         ),
     output:
         os.path.join(CELL, "targets/plan.json"),

@@ -35,9 +35,10 @@ rule influence:
 
 checkpoint select:
     input:
-        lambda w: os.path.join(
-            in_grid(CELL)(w), f"influence/{arch_cfg(w)['select']['by']}.parquet"
-        ),
+        lambda w: [
+            os.path.join(in_grid(CELL)(w), f"influence/{name}.parquet")
+            for name in selecting_estimators(w)
+        ],
     output:
         os.path.join(CELL, "selected.json"),
     log:
@@ -47,12 +48,15 @@ checkpoint select:
         runtime=5,
     params:
         rules=lambda w: arch_cfg(w)["select"]["rules"],
+        by=lambda w: arch_cfg(w)["select"]["by"],
+        estimators=selecting_estimators,
     run:
         logged(
             log,
             "selection written",
-            selection.select,
-            input[0],
+            selection.select_by,
+            dict(zip(params.estimators, input)),
+            params.by,
             params.rules,
             output[0],
             label=job_label(rule, wildcards),

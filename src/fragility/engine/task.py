@@ -59,6 +59,12 @@ class Task:
         """∇²_h ℓ(h) u for outputs [m, C] and u [..., m, C] (the outputs are taken as constants)."""
         raise NotImplementedError
 
+    # output_function(h, y) → f per row [m], a scalar function of the outputs through which the
+    # loss acts, ℓ = L(f), and output_function_gradient(h, y) → ∂ℓ/∂f per row [m] (TRAK's
+    # "model output function" and its Q = −∂ℓ/∂f); None: not written, TRAK refuses the task
+    output_function = None
+    output_function_gradient = None
+
     def bregman(self, outputs: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
         """D(h, h_ref) per row, shape [m]."""
         raise NotImplementedError
@@ -106,6 +112,16 @@ class CrossEntropyTask(Task):
         unused_total = torch.zeros((), dtype=outputs.dtype, device=outputs.device)  # read only under reduction 'mean'
         grad = torch.ops.aten.nll_loss_backward(row_grads, log_prob, targets, None, 0, -100, unused_total)
         return torch.ops.aten._log_softmax_backward_data(grad, log_prob, 1, outputs.dtype)
+
+    def output_function(self, outputs, targets):
+        """The correct-class margin f = h_y − logsumexp_{j≠y} h_j, so that ℓ = log(1 + e^{−f})."""
+        correct = outputs.gather(1, targets[:, None]).squeeze(1)
+        others = outputs.scatter(1, targets[:, None], float("-inf"))
+        return correct - torch.logsumexp(others, dim=1)
+
+    def output_function_gradient(self, outputs, targets):
+        """∂ℓ/∂f = −σ(−f) = −(1 − p_y)."""
+        return -torch.sigmoid(-self.output_function(outputs, targets))
 
     def output_hessian_product(self, outputs, u):
         prob = torch.softmax(outputs.detach(), dim=-1)
@@ -159,6 +175,17 @@ class MeanSquaredErrorTask(Task):
         residual = outputs - self._as_outputs(outputs, targets)
         per_output = row_grads.unsqueeze(-1).expand(len(outputs), residual[0].numel()).reshape(residual.shape)
         return (per_output * 0.5) * (2.0 * residual.pow(1.0))
+
+    def output_function(self, outputs, targets):
+        """The output itself, f = h, for a single output (ℓ = ½(f − y)²); ValueError for several."""
+        if outputs.dim() != 2 or outputs.shape[1] != 1:
+            raise ValueError(f"task 'mse': the output function (TRAK) is defined for a single output, and the model "
+                             f"has {outputs.shape[1:].numel()}")
+        return outputs[:, 0]
+
+    def output_function_gradient(self, outputs, targets):
+        """∂ℓ/∂f = f − y."""
+        return self.output_function(outputs, targets) - self._as_outputs(outputs, targets).reshape(-1)
 
     def output_hessian_product(self, outputs, u):
         return u

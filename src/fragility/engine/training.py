@@ -292,6 +292,9 @@ class TrainResult:
     final_losses: list[float]
     seconds: float
     history: list[dict]
+    # with `keep_steps`: {"step", "lr" (the learning rate of the step that follows it), "thetas" [k, p],
+    # "buffers"} at each kept step
+    kept: list[dict] = field(default_factory=list)
 
 
 def train_copies(
@@ -305,6 +308,7 @@ def train_copies(
     checkpoint_path: str | Path | None = None,
     log=print,
     pbrf: ProximalBregman | None = None,
+    keep_steps: tuple[int, ...] = (),
 ) -> TrainResult:
     """Train k copies (rows of `theta_init` [k, p], weights [k, n]) for `settings.steps` steps.
 
@@ -324,7 +328,7 @@ def train_copies(
     buffers = {name: b.detach().clone().unsqueeze(0).repeat(k, *[1] * b.dim()) for name, b in net.buffers.items()}
     optimizer = _make_optimizer([thetas], settings)
     schedule = _make_schedule(optimizer, settings)
-    start_step, history = 0, []
+    start_step, history, kept = 0, [], []
 
     fingerprint = run_fingerprint(x, y, decay, theta_init, weights, settings) if checkpoint_path else None
     if fingerprint and pbrf is not None:
@@ -337,6 +341,10 @@ def train_copies(
             log(f"checkpoint {checkpoint_path} was written by another run (different settings, data, starting point "
                 "or removed points); starting from step 0 and replacing it")
             state = None
+        elif keep_steps and "kept" not in state and min(keep_steps) <= int(state["step"]):
+            log(f"checkpoint {checkpoint_path} was written without the parameters this run keeps (train.keep_checkpoints); "
+                "starting from step 0 and replacing it")
+            state = None
     if state is not None:
         if state["thetas"].shape != thetas.shape:
             raise RuntimeError(f"checkpoint {checkpoint_path} holds parameters of shape {tuple(state['thetas'].shape)}, expected {tuple(thetas.shape)}; delete it")
@@ -346,6 +354,7 @@ def train_copies(
         schedule.load_state_dict(state["schedule"])
         buffers = {n_: b.to(thetas.device) for n_, b in state["buffers"].items()}
         start_step, history = int(state["step"]), state.get("history", [])
+        kept = state.get("kept", [])
         log(f"resuming from checkpoint {checkpoint_path} at step {start_step}")
 
     row_weights = _RowWeights()
@@ -412,6 +421,11 @@ def train_copies(
                 losses.sum().backward()
             optimizer.step()
             schedule.step()
+            if done in keep_steps:
+                lr = optimizer.lr if isinstance(optimizer, _PlainStep) else optimizer.param_groups[0]["lr"]
+                kept.append({"step": done, "lr": float(lr),
+                             "thetas": thetas.detach().cpu().clone(),
+                             "buffers": {n_: b.detach().cpu().clone() for n_, b in buffers.items()}})
             if logged:
                 values = losses.detach().cpu()
                 if not torch.isfinite(values).all():
@@ -429,14 +443,14 @@ def train_copies(
                 save_torch({"step": done, "fingerprint": fingerprint, "thetas": thetas.detach().cpu(),
                             "optimizer": optimizer.state_dict(),
                             "schedule": schedule.state_dict(), "buffers": {n_: b.cpu() for n_, b in buffers.items()},
-                            "history": history}, checkpoint_path)
+                            "history": history, **({"kept": kept} if keep_steps else {})}, checkpoint_path)
     if not torch.isfinite(thetas).all():  # the loss checked above was taken before the last step
         bad = torch.nonzero(~torch.isfinite(thetas).all(dim=1)).flatten().tolist()
         raise NonFiniteLossError(f"parameters became non-finite in the last step for copy {bad[0]}; "
                                  f"lower train.lr (now {settings.lr}) or check the data")
     model.eval()
     return TrainResult(thetas.detach(), {n_: b.detach() for n_, b in buffers.items()},
-                       [float(v) for v in losses.detach().cpu()], time.perf_counter() - began, history)
+                       [float(v) for v in losses.detach().cpu()], time.perf_counter() - began, history, kept)
 
 
 def train_in_passes(net: FlatModel, x, y, decay: float, theta_init, weights, settings: TrainSettings,

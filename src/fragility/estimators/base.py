@@ -39,6 +39,7 @@ class TrainedModel:
     net: Any  # engine.flat.FlatModel
     theta: Any  # torch.Tensor [p]
     label: str = ""  # e.g. "step 300", "seed 1"
+    learning_rate: float = math.nan  # a checkpoint's: the learning rate of the step that followed it
 
 
 @dataclass
@@ -75,13 +76,14 @@ class Context:
 class EstimatorScores:
     """Δ̂ for T test points × n training points, a status and diagnostics per test point, and
     optional per-training-point columns: ‖Δθ̂_i‖ (`predicted_param_change_norm`) and ‖∇ℓ(z_i)‖
-    (`train_grad_norm`), NaN where not computed."""
+    (`train_grad_norm`), NaN where not computed, and an estimator's own [T, n] `columns`."""
 
     predicted_loss_change: Any  # torch.Tensor [T, n]
     status: list[str]
     diagnostics: list[dict] = field(default_factory=list)
     predicted_param_change_norm: Any = None  # [n] or None
     train_grad_norm: Any = None  # [n] or None
+    columns: dict = field(default_factory=dict)  # further [T, n] columns of the table, by name
 
     def checked(self) -> "EstimatorScores":
         """Status and scores agree: a test point that is not "ok" gets NaN scores; one whose
@@ -128,6 +130,7 @@ class EstimatorScores:
             "predicted_param_change_norm": norms,
             "train_grad_norm": grad_norms,
             "status": self.status[t],
+            **{name: values[t].detach().cpu().double().numpy() for name, values in self.columns.items()},
         }) for t, tp in enumerate(test_points)]
         return pd.concat(frames, ignore_index=True)
 

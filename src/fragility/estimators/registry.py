@@ -20,6 +20,13 @@ from ..engine.methods import OPTIONS_READ, REQUIRES
 from .base import REQUIREMENTS
 
 BUILT_IN = tuple(OPTIONS_READ)
+# built-in estimators that are not inverse-Hessian methods: name → (module of this package, class)
+BEYOND_INVERSE_HESSIAN = {
+    "grad_cosine": ("similarity", "GradientCosine"),
+    "representer": ("representer", "RepresenterPoints"),
+    "tracin": ("tracin", "TracIn"),
+    "trak": ("trak", "TRAK"),
+}
 
 
 def method_of(name: str, settings: dict | None) -> str:
@@ -120,9 +127,9 @@ def check_estimator(name: str, settings: dict, key: str, study_block: dict | Non
         raise plugins.PluginError(f"{key}.{unknown[0]}: not an option of the estimator '{method}', which reads "
                                   f"{', '.join(read) if read else 'no options'}")
     for need in requirements(method, key):
-        if need == "checkpoints":
-            raise plugins.PluginError(f"{key}: the estimator '{method}' requires checkpoints of the training run, "
-                                      f"and the workflow keeps none")
+        if need == "checkpoints" and study_block is not None and not (study_block.get("train") or {}).get("keep_checkpoints"):
+            raise plugins.PluginError(f"{key}: the estimator '{method}' requires checkpoints of the training run; "
+                                      f"set the study's train.keep_checkpoints (how many, evenly spaced)")
         if need == "several_models" and study_block is not None and len(study_block.get("seeds", [])) < 2:
             raise plugins.PluginError(f"{key}: the estimator '{method}' requires several trained models (every seed "
                                       f"of a dataset × architecture × decay), and the study has one seed")
@@ -141,6 +148,11 @@ def estimator_class(method: str, key: str = "method"):
     """The Estimator class of `method` (imports it)."""
     from .base import Estimator
 
+    if method in BEYOND_INVERSE_HESSIAN:
+        import importlib
+
+        module, name = BEYOND_INVERSE_HESSIAN[method]
+        return getattr(importlib.import_module(f"{__package__}.{module}"), name)
     if not is_plugin(method):
         options_read(method, key)  # a known method
         from .inverse_hessian import InverseHessianEstimator
@@ -159,7 +171,7 @@ def make_estimator(name: str, settings: dict, key: str | None = None):
     method = method_of(name, settings)
     options = {k: v for k, v in settings.items() if k != "method"}
     cls = estimator_class(method, f"{key}.method")
-    if not is_plugin(method):
+    if not is_plugin(method) and method not in BEYOND_INVERSE_HESSIAN:
         return cls(method, **options)
     try:
         estimator = cls(**options)

@@ -111,6 +111,19 @@ def studies_of_kind(config: dict, kind: str) -> list[str]:
     return [s for s, block in config["studies"].items() if block.get("kind") == kind]
 
 
+def reported_estimator(config: dict, study: str, arch: str) -> str:
+    """The estimator an architecture's tables report: `select.by`, or under `select.by: union`
+    (which favours none) `figures.estimator`, else the first estimator of influence.methods."""
+    from ..study.grid import arch_config
+
+    merged = arch_config(config, study, arch)
+    by = merged["select"]["by"]
+    if by != "union":
+        return by
+    named = [k for k, v in merged["influence"]["methods"].items() if v is not None]
+    return merged.get("figures", {}).get("estimator", named[0])
+
+
 def table1_options(config: dict, study: str) -> dict:
     """What `write_table1` needs to know of a study's config: each dataset's paper family, each
     architecture's reported estimator (`select.by`) and its method, decays, row order."""
@@ -118,7 +131,7 @@ def table1_options(config: dict, study: str) -> dict:
     from ..data.files import DATASET_FAMILY
 
     block = study_block(config, study)
-    chosen = {arch: arch_config(config, study, arch)["select"]["by"] for arch in block["architectures"]}
+    chosen = {arch: reported_estimator(config, study, arch) for arch in block["architectures"]}
     return {
         "family_of": {key: DATASET_FAMILY.get(cfg.get("loader", key), key) for key, cfg in block["datasets"].items()},
         "estimator_of": chosen,
@@ -137,7 +150,7 @@ def mnist_small_options(config: dict, study: str) -> dict:
     block = study_block(config, study)
     figures = block.get("figures", {})
     first = block["architectures"][0]
-    estimator = figures.get("estimator", arch_config(config, study, first)["select"]["by"])
+    estimator = figures.get("estimator", reported_estimator(config, study, first))
     return {"decay": table_decay(block["decays"], figures.get("decay")), "estimator": estimator,
             "method": estimators(config, study, first)[estimator].get("method", estimator)}
 

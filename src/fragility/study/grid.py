@@ -297,9 +297,13 @@ def check_config(config: dict) -> None:
             merged = arch_config(config, study, arch)
             by = merged["select"]["by"]
             named = sorted(k for k, v in merged["influence"]["methods"].items() if v is not None)
-            if by not in named:
+            if by == "union":  # every estimator's ranking in turn (selection.select_union)
+                if "groups" in (merged.get("targets") or []):
+                    raise ValueError(f"studies.{study}.select.by: 'union' draws no tail groups (targets: groups draws "
+                                     f"them from one estimator's Δ̂); name an estimator of {named} (architecture {arch})")
+            elif by not in named:
                 raise ValueError(f"studies.{study}.select.by: '{by}' is not one of influence.methods {named} "
-                                 f"(architecture {arch})")
+                                 f"or 'union' (architecture {arch})")
             steps, epochs = merged["loo"].get("steps"), merged["loo"].get("epochs")
             if (steps is None) == (epochs is None):
                 raise ValueError(f"studies.{study}.loo (architecture {arch}): set exactly one of loo.steps and "
@@ -403,6 +407,12 @@ def _check_method_blocks(study: str, block: dict) -> None:
                 if block.get("fuse_fit") and "several_models" in estimator_registry.requirements(method, key):
                     raise ValueError(f"{key}.{name}: the estimator '{method}' requires several trained models, which a "
                                      f"study with fuse_fit: true cannot give (each job trains one); set fuse_fit: false")
+            elif ("checkpoints" in estimator_registry.requirements(method)  # built-ins that need them: tracin,
+                  or (method == "trak" and merged.get("models") == "checkpoints")):  # trak's checkpoint ensemble
+                train = (block if arch is None else deep_merge(block, block["overrides"][arch])).get("train") or {}
+                if not train.get("keep_checkpoints"):
+                    raise ValueError(f"{key}.{name}: the estimator '{method}' requires checkpoints of the training run; "
+                                     f"set the study's train.keep_checkpoints (how many, evenly spaced)")
 
 
 def read_config_files(paths) -> list[tuple[str, dict]]:

@@ -101,9 +101,10 @@ def train(data_path, arch, decay, seed, train_cfg, dtype_name, device_name, mode
     check_outputs(model, x[:2], split.n_classes, factory[2])
     net = FlatModel(model, task)
     settings = TrainSettings.from_config(train_cfg, order_seed=seed)
+    keep = checkpoint_steps(settings.steps, int(train_cfg.get("keep_checkpoints") or 0))
     log(f"training {arch} ({net.num_parameters} parameters) with decay {decay} for {settings.steps} steps on {device}")
     result = train_copies(net, x, y, decay, net.flatten()[None], torch.ones(1, len(y), dtype=dtype, device=device),
-                          settings, checkpoint_path=checkpoint_path, log=log)
+                          settings, checkpoint_path=checkpoint_path, log=log, keep_steps=keep)
     theta = result.thetas[0]
     buffers = {k: v[0] for k, v in result.buffers.items()}
     with torch.no_grad():
@@ -125,11 +126,39 @@ def train(data_path, arch, decay, seed, train_cfg, dtype_name, device_name, mode
     }
     save_torch({"arch": arch, "factory": list(factory), "task": task_name, "input_shape": list(split.input_shape), "n_classes": split.n_classes, "dtype": dtype_name,
                 "theta": theta.cpu(), "buffers": {k: v.cpu() for k, v in buffers.items()}, "decay": decay, "seed": seed,
-                "train_config": train_cfg, "metrics": {k: v for k, v in metrics.items() if k != "history"}}, model_out)
+                "train_config": train_cfg, "metrics": {k: v for k, v in metrics.items() if k != "history"},
+                **({"checkpoints": [{"step": c["step"], "lr": c["lr"], "theta": c["thetas"][0],
+                                     "buffers": {k: v[0] for k, v in c["buffers"].items()}} for c in result.kept]}
+                   if keep else {})}, model_out)
     write_json(metrics, metrics_out)
     if checkpoint_path and Path(checkpoint_path).exists():
         Path(checkpoint_path).unlink()
     return metrics
+
+
+def checkpoint_steps(steps: int, count: int) -> tuple[int, ...]:
+    """The steps after which `train.keep_checkpoints: C` keeps θ: C evenly spaced, the last
+    being the final step (θ*): round(j·T/C), j = 1..C."""
+    if count < 0 or count > steps:
+        raise ValueError(f"train.keep_checkpoints: {count} checkpoints of a run of {steps} steps")
+    return tuple(sorted({round(j * steps / count) for j in range(1, count + 1)})) if count else ()
+
+
+def checkpoint_models(model_path, record, device) -> list:
+    """The checkpoints a training run kept (`train.keep_checkpoints`) as TrainedModels, each with
+    its own model (its BatchNorm statistics) and the learning rate of the step that followed it."""
+    from ..estimators.base import TrainedModel
+
+    models = []
+    for c in record.get("checkpoints", []):
+        net, _, _ = load_trained(model_path, device)
+        theta = c["theta"].to(device=device, dtype=net.flatten().dtype)
+        with torch.no_grad():
+            for name, value in c["buffers"].items():
+                net.buffers[name].copy_(value.to(device))
+        net.load_into_model(theta)
+        models.append(TrainedModel(net, theta, f"step {c['step']}", learning_rate=float(c["lr"])))
+    return models
 
 
 def retraining_steps(loo_cfg: dict, retrain_cfg: dict, n: int) -> int:
@@ -174,7 +203,8 @@ def compute_influence(model_path, data_path, test_points_path, method_name, meth
     if hasattr(estimator, "solver"):
         estimator.solver.log = log  # progress lines of long solver phases
     context = Context(net, theta, x, y, xt, yt, decay=record["decay"], damping=damping, device=device,
-                      chunk_size=chunk_size, scoring_chunk_size=scoring_chunk_size)
+                      chunk_size=chunk_size, scoring_chunk_size=scoring_chunk_size, cell=str(Path(model_path).parent),
+                      models=checkpoint_models(model_path, record, device) if "checkpoints" in estimator.requires else [])
     for path in extra_models:
         other_net, other_theta, other = load_trained(path, device)
         context.models.append(TrainedModel(other_net, other_theta, label=f"seed {other['seed']}"))

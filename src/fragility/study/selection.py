@@ -8,6 +8,11 @@ whatever the losses; the paper's ImageNet cells use two random test points).
 
 Selection rules (per test point, on |Δ̂|): `{top_fraction: f}`, `{top_k: k}` and
 `{around_percentile: q, k: m}` (the m points whose |Δ̂| rank is nearest the q-th percentile).
+
+`select.by: union` (`select_union`) favours no estimator: per test point, a round-robin over the
+estimators' rankings by |Δ̂| (in the order of `influence.methods`), each in turn adding its
+highest-ranked point not yet taken, until K distinct points, K = the rules' total (the sum of
+their sizes, at most n).
 """
 
 from __future__ import annotations
@@ -130,3 +135,76 @@ def select(influence_path, rules, out_path, log=print):
         union.update({i: True for i in picked})
     write_json({"indices": sorted(int(i) for i in union), "per_test_point": per_point, "not_selected": not_selected,
                 "rules": rules}, out_path)
+
+
+def rules_total(rules: list[dict], n: int) -> int:
+    """K of `select.by: union`: the sum of the rules' sizes (top_fraction: round(f·n), at least 1;
+    top_k: k; around_percentile: k), at most n."""
+    total = 0
+    for rule in rules:
+        if "top_fraction" in rule:
+            total += max(1, int(round(float(rule["top_fraction"]) * n)))
+        elif "top_k" in rule:
+            total += _rule_size(rule, "top_k", n)
+        elif "around_percentile" in rule:
+            total += _rule_size(rule, "k", n)
+        else:
+            raise ValueError(f"select.rules: unknown rule {rule}")
+    return min(total, n)
+
+
+def round_robin(abs_scores: dict[str, np.ndarray], k: int) -> dict[int, str]:
+    """{train index: estimator} of the k distinct points that a round-robin over the estimators'
+    rankings by |Δ̂| (descending, ties by index; estimators in the dict's order) picks."""
+    orders = {name: np.argsort(-np.asarray(v, dtype=float), kind="stable") for name, v in abs_scores.items()}
+    if any(np.isnan(np.asarray(v, dtype=float)).any() for v in abs_scores.values()):
+        raise ValueError("cannot select training points: the influence estimates contain NaN")
+    n = min((len(o) for o in orders.values()), default=0)
+    k = min(k, n)
+    picked: dict[int, str] = {}
+    position = dict.fromkeys(orders, 0)
+    while len(picked) < k:
+        for name, order in orders.items():
+            while position[name] < n and int(order[position[name]]) in picked:
+                position[name] += 1
+            if position[name] < n and len(picked) < k:
+                picked[int(order[position[name]])] = name
+    return picked
+
+
+def select_union(influence_paths: dict[str, str], rules, out_path, log=print):
+    """`select.by: union`: per test point the round-robin over every estimator's |Δ̂| ranking
+    (`round_robin`) until `rules_total` distinct points; the cell's points are the union over test
+    points, each labelled "union" (`contributed_by` says which estimator's turn took it). An
+    estimator whose status for a test point is not "ok" is left out of that test point's
+    round-robin (listed under `left_out`); a test point no estimator scored gets no points."""
+    tables = {name: pd.read_parquet(path) for name, path in influence_paths.items()}
+    per_point, union, not_selected, left_out, contributed = {}, {}, {}, {}, {}
+    names = list(next(iter(tables.values())).drop_duplicates("test_point")["test_point"])
+    for point in names:
+        scores = {}
+        for name, table in tables.items():
+            rows = table[table.test_point == point].sort_values("train_index")
+            if rows["status"].iloc[0] == "ok":
+                scores[name] = rows["predicted_loss_change"].abs().to_numpy()
+            else:
+                left_out.setdefault(point, {})[name] = str(rows["status"].iloc[0])
+        if not scores:
+            per_point[point], not_selected[point] = {}, "no_estimator_ok"
+            log(f"test point '{point}': no estimator scored it; no training points selected for it")
+            continue
+        n = len(next(iter(scores.values())))
+        picked = round_robin(scores, rules_total(rules, n))
+        per_point[point] = {str(i): "union" for i in sorted(picked)}  # one label: the correlations' one subset
+        contributed[point] = {str(i): name for i, name in sorted(picked.items())}
+        union.update({i: True for i in picked})
+    write_json({"indices": sorted(int(i) for i in union), "per_test_point": per_point, "not_selected": not_selected,
+                "rules": rules, "by": "union", "estimators": list(tables), "left_out": left_out, "contributed_by": contributed}, out_path)
+
+
+def select_by(influence_paths: dict[str, str], by: str, rules, out_path, log=print):
+    """The cell's selection by `select.by`: one estimator's (`select`, its table in
+    `influence_paths`) or `union` (`select_union` over all of them)."""
+    if by == "union":
+        return select_union(influence_paths, rules, out_path, log=log)
+    return select(influence_paths[by], rules, out_path, log=log)

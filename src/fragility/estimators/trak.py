@@ -1,0 +1,192 @@
+"""TRAK (Park, Georgiev, Ilyas, Leclerc & Madry, ICML 2023).
+
+For each model m of the ensemble, with f the Task's output function (`Task.output_function`: the
+correct-class margin h_y − logsumexp_{j≠y} h_j for cross-entropy, the output for single-output
+squared error) and P a seeded random projection p → k:
+
+    φ_i = Pᵀ ∇_θ f(z_i; θ_m),   Φ = [φ_1 … φ_n]ᵀ  (n × k),   Q_ii = −∂ℓ_i/∂f_i
+    (1 − p_{y_i} for cross-entropy, y_i − f_i for squared error), and the TRAK score
+
+    τ_i(z_t) = [ (1/M) Σ_m φ_tᵀ (ΦᵀΦ + λI)⁻¹ φ_i ] · [ (1/M) Σ_m Q_ii ],
+
+the paper's ensemble: the product of the ensemble averages of the kernel term and of Q (its
+Eq. for TRAK with M models, without its optional soft-thresholding). τ_i predicts the increase
+of the test output f_t that z_i brings (for least squares, τ_i/(1 − h_ii) is the exact
+leave-one-out change of f_t). Removing z_i changes the test loss by (∂ℓ_t/∂f_t)(−τ_i) to first
+order, so
+
+    Δ̂_i = q_t τ_i,   q_t = −∂ℓ_t/∂f_t averaged over the models  (Δ̂ > 0: removal raises the test
+    loss, the project's sign; q_t > 0 for both built-in losses).
+
+The projection is generated block by block over the parameters (a block of rows of P at a time,
+seeded by `seed` and the block's position, identical for training and test points), applied to
+blocks of training rows' gradients, so neither the n × p gradient matrix nor the p × k projection
+is formed. The kernel is solved in float64.
+
+Options: `projection_dim` k (default 2048; `null` or > p: no projection, φ = ∇f), `projection`
+(`gaussian`, entries N(0, 1/k), or `rademacher`, ±1/√k), `seed`, `l2` (λ, default 0; the kernel is
+inverted by its pseudo-inverse, eigenvalues below 1e-12 × the largest taken as zero: the inverse
+where it is regular; for cross-entropy's margin, unchanged by a shift of all logits, ΦᵀΦ without
+projection is singular by construction, and its rank is in the diagnostics), `models`
+(`theta_star`: M = 1, the trained model; `checkpoints`: the checkpoints of the run,
+`train.keep_checkpoints`, the paper's cheaper ensemble over training trajectory; `seeds`, the
+models of the cell's other seeds, is not offered yet), `chunk_bytes` (the most bytes of one block
+of per-sample gradients or of P).
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch.func import grad, vmap
+
+from ..engine.objective import _chunks
+from .base import Context, Estimator, EstimatorScores
+
+MODELS = ("theta_star", "checkpoints")
+PROJECTIONS = ("gaussian", "rademacher")
+
+
+def output_gradients(net, theta, x, y) -> torch.Tensor:
+    """∇_θ f(z_i; θ) of the Task's output function for every row, [m, p]."""
+    task = net.task
+
+    def single(xi, yi):
+        return grad(lambda t: task.output_function(net.logits(t, xi[None]), yi[None]).squeeze(0))(theta)
+
+    return vmap(single)(x, y)
+
+
+def loss_output_gradients(net, theta, x, y) -> torch.Tensor:
+    """∂ℓ/∂f for every row, [m]."""
+    with torch.no_grad():
+        return net.task.output_function_gradient(net.logits(theta, x), y)
+
+
+class Projection:
+    """x ↦ xP for rows x ∈ R^p, P [p, k] generated a block of `block` rows at a time (seeded by
+    `seed` and the block's start), never formed whole; `None` dimension: the identity. Where all
+    of P takes at most `keep_bytes` its blocks are kept after their first use (small nets);
+    otherwise each application regenerates them (p·k random numbers per block of training rows)."""
+
+    def __init__(self, p: int, k: int | None, kind: str, seed: int, block: int, dtype, device,
+                 keep_bytes: float = 2**28):
+        self.p, self.k, self.kind, self.seed, self.block = p, k, kind, int(seed), max(1, int(block))
+        self.dtype, self.device = dtype, device
+        self.kept = {} if k is not None and p * k * 8 <= keep_bytes else None
+
+    def rows(self, start: int, stop: int) -> torch.Tensor:
+        """Rows start..stop of P."""
+        if self.kept is not None:
+            if start not in self.kept:
+                self.kept[start] = self._generate(start, stop)
+            return self.kept[start]
+        return self._generate(start, stop)
+
+    def _generate(self, start: int, stop: int) -> torch.Tensor:
+        gen = torch.Generator(device="cpu").manual_seed(self.seed * 1_000_003 + start)
+        if self.kind == "gaussian":
+            part = torch.randn(stop - start, self.k, generator=gen, dtype=torch.float64)
+        else:
+            part = torch.randint(0, 2, (stop - start, self.k), generator=gen).to(torch.float64) * 2 - 1
+        return (part / self.k ** 0.5).to(device=self.device, dtype=self.dtype)
+
+    def __call__(self, rows: torch.Tensor) -> torch.Tensor:
+        if self.k is None:
+            return rows
+        out = torch.zeros(len(rows), self.k, dtype=self.dtype, device=self.device)
+        for s in range(0, self.p, self.block):
+            e = min(s + self.block, self.p)
+            out += rows[:, s:e] @ self.rows(s, e)
+        return out
+
+
+class TRAK(Estimator):
+    """`trak`: Δ̂_i = q_t τ_i with τ the ensemble TRAK score (module docstring: formula, sign,
+    ensemble and options)."""
+
+    name = "trak"
+    requires = ()
+
+    def __init__(self, projection_dim: int | None = 2048, projection: str = "gaussian", seed: int = 0, l2: float = 0.0,
+                 models: str = "theta_star", chunk_bytes: float = 2**27):
+        super().__init__()
+        if models == "seeds":
+            raise ValueError("trak: models: seeds (an ensemble over the cell's other seeds) is not offered yet; use "
+                             "theta_star or checkpoints")
+        if models not in MODELS:
+            raise ValueError(f"trak: models must be one of {', '.join(MODELS)}, got '{models}'")
+        if projection not in PROJECTIONS:
+            raise ValueError(f"trak: projection must be one of {', '.join(PROJECTIONS)}, got '{projection}'")
+        if not l2 >= 0:
+            raise ValueError(f"trak: l2 must be ≥ 0, got {l2}")
+        self.projection_dim = None if projection_dim in (None, 0) else int(projection_dim)
+        self.projection, self.seed, self.l2, self.models = projection, int(seed), float(l2), models
+        self.chunk_bytes = float(chunk_bytes)
+        self.rtol = 1e-12  # eigenvalues below rtol × the largest count as zero (the pseudo-inverse)
+        if models == "checkpoints":
+            self.requires = ("checkpoints",)
+
+    def fit(self, context: Context) -> "TRAK":
+        super().fit(context)
+        started = time.perf_counter()
+        task = context.task
+        if task.output_function is None or task.output_function_gradient is None:
+            raise ValueError(f"{context.cell or 'this cell'}: the estimator 'trak' needs the task '{task.name}' to write "
+                             "output_function and output_function_gradient (engine/task.py), and it does not")
+        if self.models == "checkpoints":
+            if not context.models:
+                raise ValueError(f"{context.cell or 'this cell'}: the estimator 'trak' with models: checkpoints requires "
+                                 "checkpoints of the training run (train.keep_checkpoints)")
+            members = [(m.net, m.theta, m.label) for m in context.models]
+        else:
+            members = [(context.net, context.theta, "θ*")]
+        p = context.theta.numel()
+        k = self.projection_dim if self.projection_dim is not None and self.projection_dim <= p else None
+        element = 8  # the kernel's side is float64
+        self.project = Projection(p, k, self.projection, self.seed,
+                                  self.chunk_bytes // max(1, (k or 1) * element), torch.float64, context.theta.device)
+        rows = max(1, int(self.chunk_bytes // max(1, p * 8)))  # blocks of gradients are projected in float64
+        x, y, n = context.x_train, context.y_train, context.n_train
+        self.members, q_sum, singular = [], torch.zeros(n, dtype=torch.float64, device=context.theta.device), []
+        for net, theta, label in members:
+            features = torch.cat([self.project(output_gradients(net, theta, x[r], y[r]).to(torch.float64))
+                                  for r in _chunks(n, rows)])  # Φ, [n, k]
+            q_sum -= torch.cat([loss_output_gradients(net, theta, x[r], y[r]).to(torch.float64) for r in _chunks(n, rows)])
+            kernel = features.T @ features + self.l2 * torch.eye(features.shape[1], dtype=torch.float64,
+                                                                  device=features.device)
+            # the pseudo-inverse: the inverse where ΦᵀΦ + λI is regular; for cross-entropy's margin, which a
+            # shift of all logits leaves unchanged, ΦᵀΦ without projection is singular by construction
+            solved = torch.linalg.pinv(kernel, hermitian=True, rtol=self.rtol) @ features.T  # (ΦᵀΦ + λI)⁺Φᵀ, [k, n]
+            rank = int(torch.linalg.matrix_rank(kernel, hermitian=True, rtol=self.rtol))
+            if rank < kernel.shape[0]:
+                singular.append({"model": label, "rank": rank, "dimension": kernel.shape[0]})
+            self.members.append((net, theta, solved))
+        self.q_train = q_sum / len(members)
+        self.diagnostics = {"method": self.name, "projection_dim": k, "projection": self.projection if k else "none",
+                            "models": [label for _, _, label in members], "l2": self.l2,
+                            "singular_kernels": singular, "fit_seconds": time.perf_counter() - started}
+        return self
+
+    def tau(self, test_points: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(τ [T, n], the TRAK scores; q_t [T], −∂ℓ_t/∂f_t averaged over the models)."""
+        c = self.context
+        idx = torch.tensor([tp["index"] for tp in test_points], device=c.x_test.device)
+        xt, yt = c.x_test[idx], c.y_test[idx]
+        kernel_term, q_test = 0.0, 0.0
+        for net, theta, solved in self.members:
+            phi_t = self.project(output_gradients(net, theta, xt, yt).to(torch.float64))
+            kernel_term = kernel_term + phi_t @ solved
+            q_test = q_test - loss_output_gradients(net, theta, xt, yt).to(torch.float64)
+        m = len(self.members)
+        return (kernel_term / m) * self.q_train[None, :], q_test / m
+
+    def scores(self, test_points: list[dict]) -> EstimatorScores:
+        started = time.perf_counter()
+        tau, q_test = self.tau(test_points)
+        predicted = q_test[:, None] * tau
+        seconds = time.perf_counter() - started
+        outcomes = [{"test_point": tp["name"], "status": "ok", "test_output_weight": float(q_test[t]),
+                     "seconds_all_points": seconds} for t, tp in enumerate(test_points)]
+        return EstimatorScores(predicted.to(self.context.theta.dtype), ["ok"] * len(test_points), outcomes)
