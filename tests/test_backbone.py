@@ -12,7 +12,8 @@ from fragility.data.split import stratified_split
 from fragility.io import CorruptFileError, atomic_path, load_torch, save_torch
 from fragility.models.registry import build_model, count_parameters, init_model
 from fragility.engine.flat import FlatModel
-from fragility.study.selection import choose_test_points, chunk, select_training_points
+from fragility.study.grid import chunk
+from fragility.study.selection import choose_test_points, select_training_points
 from fragility.engine.training import NonFiniteLossError, TrainSettings, train_copies
 
 

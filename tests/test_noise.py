@@ -8,6 +8,9 @@ import pytest
 
 from fragility.study import correlate, noise, pipeline, selection
 from fragility.io import read_json, write_json
+from fragility.truths.registry import get
+
+loo = get("loo")
 
 
 def loo_table(removed, test_index, losses, distances, to_drift):
@@ -86,10 +89,10 @@ def tiny_cell(tmp_path_factory):
     selection.select(paths["exact.parquet"], [{"top_k": 8}], paths["selected.json"])
     removed = read_json(paths["selected.json"])["indices"]
     common = dict(device_name="cpu", order_seed=3, log=lambda m: None)
-    pipeline.run_loo(paths["model.pt"], paths["data.pt"], paths["tp.json"], [-1], loo_cfg, train_cfg, paths["drift.parquet"],
-                     theta_out=paths["drift_theta.pt"], **common)
-    pipeline.run_loo(paths["model.pt"], paths["data.pt"], paths["tp.json"], removed, loo_cfg, train_cfg, paths["chunk.parquet"],
-                     drift_theta_path=paths["drift_theta.pt"], **common)
+    cell = {"model": paths["model.pt"], "data": paths["data.pt"], "test_points": paths["tp.json"],
+            "drift_theta": paths["drift_theta.pt"]}
+    loo.drift(cell, loo_cfg, train_cfg, paths["drift.parquet"], paths["drift_theta.pt"], **common)
+    loo.retrain_chunk(cell, [(i, [i]) for i in removed], loo_cfg, loo_cfg, train_cfg, paths["chunk.parquet"], **common)
     return root, paths, train_cfg, loo_cfg
 
 
@@ -156,10 +159,10 @@ def test_repeat_with_another_minibatch_order_measures_noise(tiny_cell):
     kwargs = dict(device_name="cpu", log=lambda m: None)
     same = str(root / "repeat_same.parquet")
     other = str(root / "repeat_other.parquet")
-    pipeline.repeat_loo(paths["model.pt"], paths["data.pt"], paths["tp.json"], paths["selected.json"], 3, loo_cfg, train_cfg,
-                     same, order_seed=3, **kwargs)
-    _, indices = pipeline.repeat_loo(paths["model.pt"], paths["data.pt"], paths["tp.json"], paths["selected.json"], 3, loo_cfg,
-                                  train_cfg, other, order_seed=4, **kwargs)
+    cell = {"model": paths["model.pt"], "data": paths["data.pt"], "test_points": paths["tp.json"],
+            "selected": paths["selected.json"]}
+    loo.repeat(cell, 3, loo_cfg, train_cfg, same, order_seed=3, **kwargs)
+    _, indices = loo.repeat(cell, 3, loo_cfg, train_cfg, other, order_seed=4, **kwargs)
     assert indices == read_json(paths["selected.json"])["indices"][:3]
     assert sorted(pd.read_parquet(other).removed_index) == [-1] + indices
     _, corr_same = _correlate(paths, root, same)

@@ -217,18 +217,6 @@ def device():
     return config.get("device", "auto")
 
 
-def loo_chunks(wildcards):
-    """The re-training chunks of a cell, known once its `select` checkpoint has run."""
-    selected = checkpoints.select.get(**wildcards).output[0]
-    n_chunks = grid.loo_chunk_count(
-        config, wildcards.study, wildcards.arch, len(grid.read_selected(selected))
-    )
-    return [
-        os.path.join(CELL.format(**wildcards), f"loo/chunk{k:04d}.parquet")
-        for k in range(n_chunks)
-    ]
-
-
 def repeat_settings(wildcards):
     return grid.repeat_settings(config, wildcards.study, wildcards.arch)
 

@@ -1,7 +1,7 @@
-# Ground truths beyond leave-one-out (src/fragility/study/targets.py), enabled per study with
-# `targets: [loo, pbrf, groups, lds]`: PBRF re-trainings of the selected points, group removals and
-# LDS subsets, chunked and batched like `loo_chunk` (same resources, checkpoints), then scored per
-# cell (`targets.parquet`, column `truth`) and per study (`targets.csv`, one figure).
+# Ground truths (src/fragility/truths/), enabled per study with `targets: [loo, pbrf, groups, lds]`:
+# leave-one-out, PBRF re-trainings of the selected points, group removals and LDS subsets, each
+# chunked and batched by one rule definition; the truths beyond LOO are scored per cell
+# (`targets.parquet`, column `truth`) and per study (`targets.csv`, one figure).
 
 
 checkpoint targets_plan:
@@ -20,81 +20,52 @@ checkpoint targets_plan:
         mem_mb=1000,
         runtime=5,
     params:
-        targets=targets_enabled,
-        groups=target_settings("groups", unused=("chunk_size",)),
-        lds=target_settings(
-            "lds", unused=("chunk_size", "start", "steps", "copies_per_pass")
-        ),
+        settings=planned_settings,
         seed_keys=lambda w: [w.study, w.dataset, w.arch, w.decay, int(w.seed)],
     script:
         "../scripts/targets_plan.py"
 
 
-rule pbrf_chunk:
-    input:
-        model=in_grid(os.path.join(CELL, "model.pt")),
-        data=os.path.join(RESULTS, "{study}/{dataset}/data.pt"),
-        test_points=os.path.join(CELL, "test_points.json"),
-        selected=os.path.join(CELL, "selected.json"),
-    output:
-        os.path.join(CELL, "targets/pbrf/chunk{chunk}.parquet"),
-    log:
-        os.path.join(LOGS, "pbrf_chunk{chunk}.log"),
-    benchmark:
-        os.path.join(BENCH, "pbrf_chunk{chunk}.tsv")
-    group:
-        cluster_group("loo", "loo")
-    conda:
-        CONDA_ENV
-    threads: cluster_threads("loo")
-    resources:
-        **cluster_resources("loo"),
-    params:
-        pbrf=target_settings("pbrf"),
-        loo=settings_of("loo"),
-        train=settings_of("train"),
-        damping=damping_of,
-        order_seed=lambda w: int(w.seed) + 7919,
-        device=device(),
-        checkpoint=lambda w: os.path.join(
-            CELL.format(**w), f"targets/pbrf/chunk{w.chunk}.checkpoint.pt"
-        ),
-    script:
-        "../scripts/pbrf.py"
+# One re-training rule per truth, `<truth>_chunk` (loo_chunk, pbrf_chunk, groups_chunk,
+# lds_chunk): one chunk of the truth's sets, batched (truths/retrain.py), with the resources,
+# grouping and minibatch order (grid.loo_order_seed) of every re-training.
+for _name in truth_registry.names():
+    _truth = truth_registry.get(_name)
 
-
-rule removal_chunk:
-    input:
-        model=in_grid(os.path.join(CELL, "model.pt")),
-        data=os.path.join(RESULTS, "{study}/{dataset}/data.pt"),
-        test_points=os.path.join(CELL, "test_points.json"),
-        plan=os.path.join(CELL, "targets/plan.json"),
-    output:
-        os.path.join(CELL, "targets/{kind}/chunk{chunk}.parquet"),
-    log:
-        os.path.join(LOGS, "{kind}_chunk{chunk}.log"),
-    benchmark:
-        os.path.join(BENCH, "{kind}_chunk{chunk}.tsv")
-    wildcard_constraints:
-        kind="groups|lds",
-    group:
-        cluster_group("loo", "loo")
-    conda:
-        CONDA_ENV
-    threads: cluster_threads("loo")
-    resources:
-        **cluster_resources("loo"),
-    params:
-        settings=lambda w: target_defs.settings(arch_cfg(w), w.kind),
-        loo=settings_of("loo", unused=("chunk_size",)),
-        train=settings_of("train"),
-        order_seed=lambda w: int(w.seed) + 7919,
-        device=device(),
-        checkpoint=lambda w: os.path.join(
-            CELL.format(**w), f"targets/{w.kind}/chunk{w.chunk}.checkpoint.pt"
-        ),
-    script:
-        "../scripts/removal_sets.py"
+    rule:
+        name:
+            f"{_name}_chunk"
+        input:
+            model=in_grid(os.path.join(CELL, "model.pt")),
+            data=os.path.join(RESULTS, "{study}/{dataset}/data.pt"),
+            test_points=os.path.join(CELL, "test_points.json"),
+            **{key: os.path.join(CELL, path) for key, path in _truth.inputs.items()},
+        output:
+            os.path.join(CELL, _truth.folder(), "chunk{chunk}.parquet"),
+        log:
+            os.path.join(LOGS, f"{_name}_chunk{{chunk}}.log"),
+        benchmark:
+            os.path.join(BENCH, f"{_name}_chunk{{chunk}}.tsv")
+        group:
+            cluster_group("loo", "loo")
+        conda:
+            CONDA_ENV
+        threads: cluster_threads("loo")
+        resources:
+            **cluster_resources("loo"),
+        params:
+            truth=_name,
+            settings=truth_settings(_name),
+            loo=settings_of("loo"),
+            train=settings_of("train"),
+            extra=truth_extra(_name),
+            order_seed=lambda w: grid.loo_order_seed(w.seed),
+            device=device(),
+            checkpoint=lambda w, output: output[0].replace(
+                ".parquet", ".checkpoint.pt"
+            ),
+        script:
+            "../scripts/retrain_chunk.py"
 
 
 rule correlate_targets:
@@ -109,6 +80,7 @@ rule correlate_targets:
         runtime=10,
     params:
         estimators=lambda w: list(grid.estimators(config, w.study, w.arch)),
+        truths=targets_enabled,
         cell=lambda w: {**cell_of(w), "decay": decay_of(w), "seed": int(w.seed)},
         correlation=lambda w: arch_cfg(w).get("correlation", {}),
     run:

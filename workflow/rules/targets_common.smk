@@ -1,57 +1,79 @@
-# Functions of the ground-truth rules (targets.smk): which targets a cell scores, its chunks, the
-# inputs of its correlation job, a study's outputs, and the adapters of the `run:` rules.
+# Functions of the ground-truth rules (ground_truths.smk; the truths are src/fragility/truths/):
+# which truths a cell scores, each truth's chunks, the inputs of a cell's correlation job, a
+# study's outputs, and the adapters of the `run:` rules.
 from fragility.io import read_json  # noqa: E402
-from fragility.study import targets as target_defs  # noqa: E402
+from fragility.truths import jobs as truth_jobs  # noqa: E402
+from fragility.truths import registry as truth_registry  # noqa: E402
+
+# the cell files a truth's sets are read from, and the checkpoint rule that writes each
+CHECKPOINTED = {"selected.json": "select", "targets/plan.json": "targets_plan"}
 
 
 def targets_enabled(wildcards_or_study):
     """The cell's `targets` list, or for a study name the union over its architectures (a
     per-architecture `overrides.<arch>.targets` may add some)."""
     if isinstance(wildcards_or_study, str):
-        return target_defs.study_targets_enabled(config, wildcards_or_study)
-    return target_defs.enabled_targets(arch_cfg(wildcards_or_study))
+        return truth_registry.study_enabled(config, wildcards_or_study)
+    return truth_registry.enabled(arch_cfg(wildcards_or_study))
 
 
-def target_settings(name, unused=()):
-    """Params: a target block (pbrf, groups, lds) of the cell over its defaults."""
+def truth_settings(name):
+    """Params: truth `name`'s block of the cell over its defaults, less the run-only keys."""
+    truth = truth_registry.get(name)
     return lambda w: {
         k: v
-        for k, v in target_defs.settings(arch_cfg(w), name).items()
-        if k not in unused
+        for k, v in truth.settings(arch_cfg(w)).items()
+        if k not in grid.RUN_ONLY_KEYS.get(name, ())
     }
 
 
-def pbrf_chunks(wildcards):
-    """PBRF re-trains the points LOO re-trains (selected.json), in chunks of `pbrf.chunk_size`
-    (default loo.chunk_size)."""
-    indices = grid.read_selected(checkpoints.select.get(**wildcards).output[0])
+def truth_extra(name):
+    """Params: what truth `name`'s re-training reads from outside its block (PBRF: the damping)."""
+    truth = truth_registry.get(name)
+    return lambda w: truth.extra_params(arch_cfg(w), decay_of(w))
+
+
+def planned_settings(wildcards):
+    """Params of the plan: the settings each enabled planned truth draws its sets with."""
     cfg = arch_cfg(wildcards)
-    size = target_defs.settings(cfg, "pbrf").get("chunk_size", cfg["loo"]["chunk_size"])
-    return [
-        os.path.join(CELL.format(**wildcards), f"targets/pbrf/chunk{k:04d}.parquet")
-        for k in range(target_defs.chunk_count(len(indices), size))
-    ]
+    out = {}
+    for name in targets_enabled(wildcards):
+        truth = truth_registry.get(name)
+        if truth.planned:
+            settings = truth.settings(cfg)
+            out[name] = {k: settings[k] for k in truth.draw_keys}
+    return out
 
 
-def removal_chunks(kind):
-    """The chunk tables of the group or LDS re-trainings, known once the plan is written."""
+def truth_chunks(name):
+    """The chunk tables of truth `name` in a cell, known once the checkpoint that writes its sets
+    (select, or targets_plan) has run."""
+    truth = truth_registry.get(name)
 
     def get(wildcards):
-        plan = checkpoints.targets_plan.get(**wildcards).output[0]
-        sets = target_defs.plan_sets(read_json(plan), kind)  # a clear error if corrupt
-        size = target_defs.settings(arch_cfg(wildcards), kind)["chunk_size"]
+        parsed = {
+            key: read_json(
+                getattr(checkpoints, CHECKPOINTED[path]).get(**wildcards).output[0]
+            )
+            for key, path in truth.inputs.items()
+            if path in CHECKPOINTED
+        }
+        cfg = arch_cfg(wildcards)
+        sets = truth.sets(parsed, truth.settings(cfg))
         return [
             os.path.join(
-                CELL.format(**wildcards), f"targets/{kind}/chunk{k:04d}.parquet"
+                CELL.format(**wildcards), truth.folder(), f"chunk{k:04d}.parquet"
             )
-            for k in range(target_defs.chunk_count(len(sets), size))
+            for k in range(grid.chunk_count(len(sets), truth.chunk_size(cfg)))
         ]
 
     return get
 
 
+loo_chunks = truth_chunks("loo")
+
+
 def correlate_targets_input(wildcards):
-    enabled = targets_enabled(wildcards)
     cell = CELL.format(**wildcards)
     out = {
         "influence": [
@@ -62,14 +84,14 @@ def correlate_targets_input(wildcards):
         "metrics": os.path.join(cell, "train_metrics.json"),
         "selected": os.path.join(cell, "selected.json"),
     }
-    if "pbrf" in enabled:
-        out["pbrf"] = pbrf_chunks(wildcards)
-        out["loo_rows"] = os.path.join(cell, "rows.parquet")  # LOO always runs
-    if "groups" in enabled or "lds" in enabled:
-        out["plan"] = os.path.join(cell, "targets/plan.json")
-    for kind in ("groups", "lds"):
-        if kind in enabled:
-            out[kind] = removal_chunks(kind)(wildcards)
+    for name in targets_enabled(wildcards):
+        truth = truth_registry.get(name)
+        if truth.score is None:  # LOO: rule correlate
+            continue
+        out[f"chunks_{name}"] = truth_chunks(name)(wildcards)
+        out.update({k: os.path.join(cell, p) for k, p in truth.scored_inputs.items()})
+        if truth.planned:
+            out["plan"] = os.path.join(cell, "targets/plan.json")
     return out
 
 
@@ -92,25 +114,27 @@ def cell_target_tables(study):
     return [
         os.path.join(grid.cell_dir(c, RESULTS), "targets.parquet")
         for c in grid.cells(config, study)
-        if set(target_defs.enabled_targets(grid.arch_config(config, study, c["arch"])))
+        if set(truth_registry.enabled(grid.arch_config(config, study, c["arch"])))
         - {"loo"}
     ]
 
 
 def correlate_targets_job(input, output, params):
     """Adapter of the correlate_targets step (runs inside the Snakemake process)."""
-    target_defs.correlate_targets(
+    truth_jobs.correlate_truths(
         params.cell,
         dict(zip(params.estimators, input.influence)),
         input.test_points,
         input.metrics,
         output[0],
+        {name: list(input.get(f"chunks_{name}", [])) for name in params.truths},
         selection_path=input.selected,
-        pbrf_paths=list(input.get("pbrf", [])),
         plan_path=input.get("plan"),
-        group_paths=list(input.get("groups", [])),
-        lds_paths=list(input.get("lds", [])),
-        loo_rows_path=input.get("loo_rows"),
+        inputs={
+            key: input.get(key)
+            for name in params.truths
+            for key in truth_registry.get(name).scored_inputs
+        },
         options=params.correlation,
     )
 
@@ -119,7 +143,7 @@ def targets_summary_job(input, output):
     """Adapter of the targets_summary step (the long and wide tables, and the figure)."""
     from fragility.report.figures import correlation_by_target
 
-    frame = target_defs.study_targets(
+    frame = truth_jobs.study_truths(
         list(input.cells), input.loo, output.correlations, output.table
     )
     correlation_by_target(frame, os.path.dirname(output.figure))

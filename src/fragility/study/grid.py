@@ -195,10 +195,21 @@ def repeat_order_seed(config: dict, study: str, arch: str, seed) -> int:
     return loo_order_seed(seed) + int(repeat_settings(config, study, arch)["order_seed_offset"])
 
 
+def chunk_count(total: int, chunk_size: int) -> int:
+    """How many chunks of `chunk_size` items `total` items make: ceil(total / chunk_size)."""
+    if int(chunk_size) < 1:
+        raise ValueError(f"chunk_size must be ≥ 1, got {chunk_size}")
+    return (int(total) + int(chunk_size) - 1) // int(chunk_size)
+
+
+def chunk(items: list, size: int) -> list[list]:
+    """`items` in consecutive chunks of `size` (the last one shorter): chunk k is items[k·size : (k+1)·size]."""
+    return [items[k * int(size) : (k + 1) * int(size)] for k in range(chunk_count(len(items), size))]
+
+
 def loo_chunk_count(config: dict, study: str, arch: str, n_selected: int) -> int:
     """How many `loo.chunk_size` chunks the cell's selected points make."""
-    size = int(arch_config(config, study, arch)["loo"]["chunk_size"])
-    return (n_selected + size - 1) // size
+    return chunk_count(n_selected, arch_config(config, study, arch)["loo"]["chunk_size"])
 
 
 def influence_chunks(config: dict, study: str, arch: str) -> dict:
