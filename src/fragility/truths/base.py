@@ -46,6 +46,9 @@ class Truth:
     def settings(self, block: dict) -> dict:
         """The truth's block of a cell's merged config over its defaults (checked by `check`)."""
         merged = {**self.defaults, **block.get(self.name, {})}
+        if merged.get("steps") is not None and merged.get("epochs") is not None:
+            raise ValueError(f"{self.name}: set at most one of {self.name}.steps and {self.name}.epochs (neither: "
+                             "loo's length; null unsets one)")
         self.check(merged)
         return merged
 
