@@ -36,10 +36,10 @@ for _name in truth_registry.names():
         name:
             f"{_name}_chunk"
         input:
+            **{key: os.path.join(CELL, path) for key, path in _truth.inputs.items()},
             model=in_grid(os.path.join(CELL, "model.pt")),
             data=os.path.join(RESULTS, "{study}/{dataset}/data.pt"),
             test_points=os.path.join(CELL, "test_points.json"),
-            **{key: os.path.join(CELL, path) for key, path in _truth.inputs.items()},
         output:
             os.path.join(CELL, _truth.folder(), "chunk{chunk}.parquet"),
         log:
@@ -61,9 +61,7 @@ for _name in truth_registry.names():
             extra=truth_extra(_name),
             order_seed=lambda w: grid.loo_order_seed(w.seed),
             device=device(),
-            checkpoint=lambda w, output: output[0].replace(
-                ".parquet", ".checkpoint.pt"
-            ),
+            checkpoint=lambda w, output: output[0].replace(".parquet", ".checkpoint.pt"),
         script:
             "../scripts/retrain_chunk.py"
 

@@ -15,6 +15,7 @@ import pandas as pd  # noqa: E402
 from ..stats import format_interval  # noqa: E402
 from .aggregate import NO_EXACT  # noqa: E402
 from ..models.registry import MLP_NAME  # noqa: E402
+from ..truths.registry import TRUTHS  # noqa: E402
 
 
 def save(fig, outdir, name) -> None:
@@ -375,35 +376,33 @@ def study_figures(correlations_path, rows_path, estimators_path, outdir, options
         estimator_comparison(est, outdir)
 
 
-TRUTH_ORDER = ("loo", "pbrf", "groups", "lds")
-
-
 def correlation_by_target(corr: pd.DataFrame, outdir, name: str = "correlation_by_target") -> None:
     """Each estimator's Pearson and Spearman (bootstrap intervals) against each ground truth, one
     column of panels per truth (LOO, PBRF, group removal, LDS: the mean over test points), per
     cell and test point (subset `all`, loss change); flagged values named, not drawn."""
     part = corr[(corr.subset == "all") & (corr.target == "loss_change")].copy()
     part["truth"] = part["truth"].fillna("loo") if "truth" in part else "loo"
-    part = part[(part.truth != "lds") | (part.test_point == "mean")]
+    whole = [t for t, truth in TRUTHS.items() if truth.mean_over_points]  # LDS: one row over all test points
+    part = part[~part.truth.isin(whole) | (part.test_point == "mean")]
     if part.empty:
         return _note_figure(outdir, name, "no correlations against any ground truth")
     part["flag"] = part["flag"].fillna("")
-    truths = [t for t in TRUTH_ORDER if (part.truth == t).any()]
-    part["cell"] = [f"{a}\n{decay_name(d)}" + ("" if t == "lds" else f"\n{p}")
+    truths = [t for t in TRUTHS if (part.truth == t).any()]
+    part["cell"] = [f"{a}\n{decay_name(d)}" + ("" if t in whole else f"\n{p}")
                     for a, d, p, t in zip(part.arch, part.decay, part.test_point, part.truth)]
     estimators = list(dict.fromkeys(part.estimator))
     offsets = np.linspace(-0.3, 0.3, len(estimators)) if len(estimators) > 1 else [0.0]
     widest = max(part[part.truth == t].cell.nunique() for t in truths)
     fig, axes = plt.subplots(2, len(truths), figsize=(max(4, 0.8 * widest + 1.5) * len(truths), 7), squeeze=False,
                              sharey=True)
-    titles = {"loo": "leave-one-out", "pbrf": "PBRF", "groups": "group removal", "lds": "LDS (mean over test points)"}
+    titles = {t: truth.title for t, truth in TRUTHS.items()}
     for j, truth in enumerate(truths):
         here = part[part.truth == truth]
         cells = list(dict.fromkeys(here.cell))
         for i, method in enumerate(("pearson", "spearman")):
             ax = axes[i, j]
-            if truth == "lds" and method == "pearson":
-                ax.text(0.5, 0.5, "LDS is a Spearman score", ha="center", va="center", transform=ax.transAxes)
+            if truth in whole and method == "pearson":
+                ax.text(0.5, 0.5, f"{TRUTHS[truth].label} is a Spearman score", ha="center", va="center", transform=ax.transAxes)
                 ax.set_xticks([])
                 continue
             for e, (off, est) in enumerate(zip(offsets, estimators)):

@@ -26,6 +26,7 @@ import pandas as pd
 
 from ..io import write_csv
 from ..stats import METHODS, format_interval
+from ..truths.registry import TRUTHS
 
 TEST_POINTS = {"A": "max", "B": "median"}
 # (label, test point, with decay?) in the paper's column order
@@ -183,9 +184,6 @@ def write_table1(correlations_path, paper_path, family_of: dict, estimator_of: d
     return versus
 
 
-TRUTH_LABELS = {"loo": "LOO", "pbrf": "PBRF", "groups": "groups", "lds": "LDS"}
-
-
 def table1_targets(correlations: pd.DataFrame, estimator_of: dict, decays: list[float],
                    row_order: list[tuple[str, str]] | None = None) -> pd.DataFrame:
     """Table 1 by ground truth: per dataset, architecture, decay and test point, the Table 1
@@ -194,20 +192,22 @@ def table1_targets(correlations: pd.DataFrame, estimator_of: dict, decays: list[
     frame = correlations[(correlations.target == "loss_change") & (correlations.subset == "all")].copy()
     frame["truth"] = frame["truth"].fillna("loo") if "truth" in frame else "loo"
     frame = frame[[estimator_of.get(a) == e for a, e in zip(frame.arch, frame.estimator)]]
-    lds = frame[(frame.truth == "lds") & (frame.test_point == "mean")]
-    frame = frame[frame.truth != "lds"]
+    whole = [t for t, truth in TRUTHS.items() if truth.mean_over_points]  # LDS: one row over all test points
+    lds = frame[frame.truth.isin(whole) & (frame.test_point == "mean")]
+    frame = frame[~frame.truth.isin(whole)]
     order = {key: i for i, key in enumerate(row_order or [])}
     rows = []
     for (dataset, arch, decay, point), part in frame.groupby(["dataset", "arch", "decay", "test_point"], sort=False):
         row = {"dataset": dataset, "arch": arch, "decay": decay, "test_point": point}
         for record in part.to_dict("records"):
             for method in METHODS:
-                row[f"{TRUTH_LABELS[record['truth']]} {method}"] = format_interval(
+                row[f"{TRUTHS[record['truth']].label} {method}"] = format_interval(
                     record[method], record[f"{method}_lo"], record[f"{method}_hi"], record["flag"] or "")
-        match = lds[(lds.dataset == dataset) & (lds.arch == arch) & (lds.decay == decay)]
-        if len(match):
-            r = match.iloc[0]
-            row["LDS"] = format_interval(r.spearman, r.spearman_lo, r.spearman_hi, r.flag or "")
+        for truth in whole:
+            match = lds[(lds.truth == truth) & (lds.dataset == dataset) & (lds.arch == arch) & (lds.decay == decay)]
+            if len(match):
+                r = match.iloc[0]
+                row[TRUTHS[truth].label] = format_interval(r.spearman, r.spearman_lo, r.spearman_hi, r.flag or "")
         rows.append(row)
     out = pd.DataFrame(rows)
     if len(out):

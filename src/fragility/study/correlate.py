@@ -34,7 +34,7 @@ def correlate_cell(cell: dict, influence_paths: dict, test_points_path, selectio
     """Join Δ̂ with the re-trained Δ for one cell; one correlation row per (test point, estimator,
     target, subset), with bootstrap intervals, permutation p-values (`options`: resamples,
     permutations, confidence, seed) and the ground truth's noise (noise.py; `repeat_path` is the
-    `repeat_loo` table, or None when no repeat was run)."""
+    `LeaveOneOut.repeat` table (truths/loo.py), or None when no repeat was run)."""
     options = {**CORRELATION_DEFAULTS, **(options or {})}
     points = read_json(test_points_path)["test_points"]
     selection_record = read_json(selection_path)

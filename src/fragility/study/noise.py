@@ -52,7 +52,7 @@ def drift_changes(drift: pd.DataFrame, test_index: int, loss_at_optimum: float) 
 def ground_truth(loo: pd.DataFrame, drift: pd.DataFrame, test_index: int, loss_at_optimum: float) -> pd.DataFrame:
     """Per removed index, the documented ground truth at one test point.
 
-    `loo` and `drift` are `run_loo` tables (removed_index, test_index, test_loss, param_distance,
+    `loo` and `drift` are LOO chunk and drift tables (truths/loo.py) (removed_index, test_index, test_loss, param_distance,
     param_distance_vs_drift); `drift` holds the no-removal row (removed_index −1); `loss_at_optimum`
     is ℓ(z_t; θ*). Returns a frame indexed by removed_index.
     """
