@@ -207,11 +207,6 @@ def chunk(items: list, size: int) -> list[list]:
     return [items[k * int(size) : (k + 1) * int(size)] for k in range(chunk_count(len(items), size))]
 
 
-def loo_chunk_count(config: dict, study: str, arch: str, n_selected: int) -> int:
-    """How many `loo.chunk_size` chunks the cell's selected points make."""
-    return chunk_count(n_selected, arch_config(config, study, arch)["loo"]["chunk_size"])
-
-
 def influence_chunks(config: dict, study: str, arch: str) -> dict:
     """The rows per pass of an influence job: `chunk_size` (curvature products, default 1024) and
     `scoring_chunk_size` (scoring; None: the engine's default for the device)."""

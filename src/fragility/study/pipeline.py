@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import pandas as pd
 import torch
 
 from ..engine import health
