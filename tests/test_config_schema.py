@@ -130,18 +130,29 @@ def test_a_bad_ground_truth_setting_is_refused_naming_the_key(key, value):
 
 
 def test_an_unknown_ground_truth_is_refused_naming_the_key():
-    """The names of `targets` are the registry's (src/fragility/truths/registry.py), checked when
+    """The names of `truths` are the registry's (src/fragility/truths/registry.py), checked when
     the DAG is built."""
     from fragility.study import grid
     from fragility.truths import registry
 
     bad = copy.deepcopy(config())
-    bad["studies"]["iris"]["targets"] = ["loo", "datamodels"]
+    bad["studies"]["iris"]["truths"] = ["loo", "datamodels"]
     validate(bad, SCHEMA)
-    with pytest.raises(ValueError, match="targets: unknown ground truth 'datamodels'"):
+    with pytest.raises(ValueError, match="truths: unknown ground truth 'datamodels'"):
         registry.study_enabled(bad, "iris")
-    bad["studies"]["iris"]["targets"] = ["lds", "loo"]
+    bad["studies"]["iris"]["truths"] = ["lds", "loo"]
     assert registry.study_enabled(bad, "iris") == ["loo", "lds"]
+
+
+def test_the_old_targets_key_fails_naming_the_new_one():
+    from fragility.study import grid
+
+    for patch in ({"targets": ["loo", "lds"]}, {"overrides": {"mlp-d1-w5": {"targets": ["loo"]}}}):
+        old = copy.deepcopy(config())
+        old["studies"]["iris"].update(patch)
+        with pytest.raises(ValueError, match=r"studies\.iris\.(overrides\.mlp-d1-w5\.)?targets: renamed to `truths:`") as err:
+            grid.check_all(old, [], SCHEMA)
+        assert "\n" not in str(err.value)
 
 
 @pytest.mark.parametrize("key", ["pbrf", "groups", "lds"])

@@ -269,11 +269,11 @@ def test_plan_is_seeded_and_well_formed():
         if g["kind"] == "tails_negative":
             assert set(g["indices"]) <= bottom
     assert len(plan["lds"]["left_out"]) == 20 and all(len(s) == 60 for s in plan["lds"]["left_out"])
-    with pytest.raises(ValueError, match="targets: unknown ground truth 'lso'"):
-        registry.enabled({"targets": ["loo", "lso"]})
+    with pytest.raises(ValueError, match="truths: unknown ground truth 'lso'"):
+        registry.enabled({"truths": ["loo", "lso"]})
 
 
-def test_correlate_targets_keeps_the_sign_convention(tmp_path):
+def test_correlate_truths_keeps_the_sign_convention(tmp_path):
     """Synthetic cell whose re-trained losses are ℓ* + (the sum of the removed points' Δ̂): every
     target then scores +1 (a flipped sign, a kept-instead-of-left-out sum, or a misaligned join
     would not)."""
@@ -390,8 +390,8 @@ def test_killed_target_job_resumes_from_its_checkpoint_to_the_same_numbers(job, 
 
 @pytest.mark.slow
 def test_the_targets_workflow_runs_end_to_end_on_one_cell(tmp_path):
-    """configs/tiny_targets.yaml on one Iris cell through Snakemake: every ground truth gets a
-    correlation with an interval for each estimator, the LOO column of targets.csv is the LOO
+    """configs/tiny_truths.yaml on one Iris cell through Snakemake: every ground truth gets a
+    correlation with an interval for each estimator, the LOO column of truths.csv is the LOO
     correlation of summary.csv, PBRF tracks LOO on this small net, the figure is drawn, and a
     second run has nothing to do."""
     from workflow_files import copy_workflow
@@ -399,11 +399,11 @@ def test_the_targets_workflow_runs_end_to_end_on_one_cell(tmp_path):
     one_cell = "studies:\n  iris:\n    architectures: [mlp-d1-w5]\n    decays: [0.005]\n"
     work = copy_workflow(tmp_path / "w", overlays={"one_cell.yaml": one_cell})
     args = [str(Path(sys.executable).with_name("snakemake")), "--cores", "2", "iris", "--configfile",
-            "configs/tiny.yaml", "configs/tiny_targets.yaml", "configs/one_cell.yaml"]
+            "configs/tiny.yaml", "configs/tiny_truths.yaml", "configs/one_cell.yaml"]
     run = subprocess.run(args, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900)
     assert run.returncode == 0, run.stdout[-6000:]
 
-    table = pd.read_csv(work / "results/iris/targets.csv")
+    table = pd.read_csv(work / "results/iris/truths.csv")
     summary = pd.read_csv(work / "results/iris/summary.csv")
     number = re.compile(r"^(-?\d\.\d+) \[(-?\d\.\d+), (-?\d\.\d+)\]$")
     columns = [f"{t} {m} (max)" for t in ("loo", "pbrf", "groups") for m in ("pearson", "spearman")] + ["LDS"]
@@ -419,7 +419,7 @@ def test_the_targets_workflow_runs_end_to_end_on_one_cell(tmp_path):
                                                                             abs=0.005)
     retraining = table[table.estimator == "loo_retraining"].iloc[0]
     assert float(retraining["pbrf spearman (max)"].split()[0]) > 0.9  # PBRF ≈ LOO for a small net near θ*
-    assert (work / "results/iris/figures/targets/correlation_by_target.png").stat().st_size > 0
+    assert (work / "results/iris/figures/truths/correlation_by_truth.png").stat().st_size > 0
     again = subprocess.run([*args, "-n"], cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                            timeout=300)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout, again.stdout[-3000:]

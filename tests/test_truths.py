@@ -93,7 +93,7 @@ class HalfWeight(Truth):
 def test_a_new_truth_is_one_class_and_one_registry_line(cell, monkeypatch, tmp_path):
     root, paths = cell
     monkeypatch.setitem(registry.TRUTHS, "half", HalfWeight())  # the registry line
-    assert registry.enabled({"targets": ["half", "loo"]}) == ["loo", "half"]
+    assert registry.enabled({"truths": ["half", "loo"]}) == ["loo", "half"]
     loo_cfg = {"steps": 8, "chunk_size": 8}
     half, _ = _run("half", paths, tmp_path / "half.parquet", {}, loo_cfg)
     loo, _ = _run("loo", {**paths, "drift_theta": ""}, tmp_path / "loo.parquet", loo_cfg, loo_cfg)

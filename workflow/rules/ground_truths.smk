@@ -1,19 +1,19 @@
-# Ground truths (src/fragility/truths/), enabled per study with `targets: [loo, pbrf, groups, lds]`:
+# Ground truths (src/fragility/truths/), enabled per study with `truths: [loo, pbrf, groups, lds]`:
 # leave-one-out, PBRF re-trainings of the selected points, group removals and LDS subsets, each
 # chunked and batched by one rule definition; the truths beyond LOO are scored per cell
-# (`targets.parquet`, column `truth`) and per study (`targets.csv`, one figure).
+# (`truths.parquet`, column `truth`) and per study (`truths.csv`, one figure).
 
 
-checkpoint targets_plan:
+checkpoint truths_plan:
     input:
         data=in_grid(os.path.join(RESULTS, "{study}/{dataset}/data.pt")),
         influence=lambda w: os.path.join(
             CELL.format(**w), f"influence/{arch_cfg(w)['select']['by']}.parquet"
         ),
     output:
-        os.path.join(CELL, "targets/plan.json"),
+        os.path.join(CELL, "truths/plan.json"),
     log:
-        os.path.join(LOGS, "targets_plan.log"),
+        os.path.join(LOGS, "truths_plan.log"),
     conda:
         CONDA_ENV
     resources:
@@ -23,7 +23,7 @@ checkpoint targets_plan:
         settings=planned_settings,
         seed_keys=lambda w: [w.study, w.dataset, w.arch, w.decay, int(w.seed)],
     script:
-        "../scripts/targets_plan.py"
+        "../scripts/truths_plan.py"
 
 
 # One re-training rule per truth, `<truth>_chunk` (loo_chunk, pbrf_chunk, groups_chunk,
@@ -66,26 +66,26 @@ for _name in truth_registry.names():
             "../scripts/retrain_chunk.py"
 
 
-rule correlate_targets:
+rule correlate_truths:
     input:
-        unpack(correlate_targets_input),
+        unpack(correlate_truths_input),
     output:
-        os.path.join(CELL, "targets.parquet"),
+        os.path.join(CELL, "truths.parquet"),
     log:
-        os.path.join(LOGS, "correlate_targets.log"),
+        os.path.join(LOGS, "correlate_truths.log"),
     resources:
         mem_mb=2000,
         runtime=10,
     params:
         estimators=lambda w: list(grid.estimators(config, w.study, w.arch)),
-        truths=targets_enabled,
+        truths=truths_enabled,
         cell=lambda w: {**cell_of(w), "decay": decay_of(w), "seed": int(w.seed)},
         correlation=lambda w: arch_cfg(w).get("correlation", {}),
     run:
         logged(
             log,
             "target correlations written",
-            correlate_targets_job,
+            correlate_truths_job,
             input,
             output,
             params,
@@ -93,40 +93,40 @@ rule correlate_targets:
         )
 
 
-rule targets_summary:
+rule truths_summary:
     input:
-        cells=lambda w: cell_target_tables(w.study),
+        cells=lambda w: cell_truth_tables(w.study),
         loo=os.path.join(RESULTS, "{study}/correlations.parquet"),
     output:
-        correlations=os.path.join(RESULTS, "{study}/targets_correlations.parquet"),
+        correlations=os.path.join(RESULTS, "{study}/truths_correlations.parquet"),
         table=report(
-            os.path.join(RESULTS, "{study}/targets.csv"),
-            caption="../report/targets.rst",
+            os.path.join(RESULTS, "{study}/truths.csv"),
+            caption="../report/truths.rst",
             category="Study {study}",
             subcategory="Ground truths",
         ),
         figure=report(
-            os.path.join(RESULTS, "{study}/figures/targets/correlation_by_target.png"),
-            caption="../report/correlation_by_target.rst",
+            os.path.join(RESULTS, "{study}/figures/truths/correlation_by_truth.png"),
+            caption="../report/correlation_by_truth.rst",
             category="Study {study}",
             subcategory="Ground truths",
         ),
     log:
-        os.path.join(RESULTS, "logs/{study}/targets_summary.log"),
+        os.path.join(RESULTS, "logs/{study}/truths_summary.log"),
     resources:
         mem_mb=2000,
         runtime=10,
     run:
-        logged(log, "ground-truth tables written", targets_summary_job, input, output)
+        logged(log, "ground-truth tables written", truths_summary_job, input, output)
 
 
-rule table1_targets:
+rule table1_truths:
     input:
-        os.path.join(RESULTS, "{study}/targets_correlations.parquet"),
+        os.path.join(RESULTS, "{study}/truths_correlations.parquet"),
     output:
-        os.path.join(RESULTS, "{study}/table1_targets.csv"),
+        os.path.join(RESULTS, "{study}/table1_truths.csv"),
     log:
-        os.path.join(RESULTS, "logs/{study}/table1_targets.log"),
+        os.path.join(RESULTS, "logs/{study}/table1_truths.log"),
     wildcard_constraints:
         study=kind_constraint("table1"),
     resources:
@@ -138,7 +138,7 @@ rule table1_targets:
         logged(
             log,
             "Table 1 by ground truth written",
-            tables.write_table1_targets,
+            tables.write_table1_truths,
             input[0],
             output[0],
             **params.options,
@@ -146,7 +146,7 @@ rule table1_targets:
 
 
 localrules:
-    targets_plan,
-    correlate_targets,
-    targets_summary,
-    table1_targets,
+    truths_plan,
+    correlate_truths,
+    truths_summary,
+    table1_truths,

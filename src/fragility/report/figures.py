@@ -376,7 +376,7 @@ def study_figures(correlations_path, rows_path, estimators_path, outdir, options
         estimator_comparison(est, outdir)
 
 
-def correlation_by_target(corr: pd.DataFrame, outdir, name: str = "correlation_by_target") -> None:
+def correlation_by_truth(corr: pd.DataFrame, outdir, name: str = "correlation_by_truth") -> None:
     """Each estimator's Pearson and Spearman (bootstrap intervals) against each ground truth, one
     column of panels per truth (LOO, PBRF, group removal, LDS: the mean over test points), per
     cell and test point (subset `all`, loss change); flagged values named, not drawn."""

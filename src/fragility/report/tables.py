@@ -184,7 +184,7 @@ def write_table1(correlations_path, paper_path, family_of: dict, estimator_of: d
     return versus
 
 
-def table1_targets(correlations: pd.DataFrame, estimator_of: dict, decays: list[float],
+def table1_truths(correlations: pd.DataFrame, estimator_of: dict, decays: list[float],
                    row_order: list[tuple[str, str]] | None = None) -> pd.DataFrame:
     """Table 1 by ground truth: per dataset, architecture, decay and test point, the Table 1
     estimator's Pearson and Spearman against LOO, PBRF and group removal, and its LDS (the mean over
@@ -217,9 +217,9 @@ def table1_targets(correlations: pd.DataFrame, estimator_of: dict, decays: list[
     return out
 
 
-def write_table1_targets(targets_path, out_path, estimator_of: dict, decays: list[float],
+def write_table1_truths(truths_path, out_path, estimator_of: dict, decays: list[float],
                          row_order: list[tuple[str, str]] | None = None, **_) -> pd.DataFrame:
-    """`table1_targets.csv` from a study's `targets_correlations.parquet`."""
-    table = table1_targets(pd.read_parquet(targets_path), estimator_of, decays, row_order)
+    """`table1_truths.csv` from a study's `truths_correlations.parquet`."""
+    table = table1_truths(pd.read_parquet(truths_path), estimator_of, decays, row_order)
     write_csv(table, out_path)
     return table

@@ -218,6 +218,23 @@ def enabled_studies(config: dict) -> list[str]:
     return [name for name, block in config["studies"].items() if block.get("enabled", True)]
 
 
+RENAMED_KEYS = {"targets": "truths"}  # old study key → its name now
+
+
+def check_renamed_keys(config: dict) -> None:
+    """ValueError, one line naming the new key, for a study or override key that was renamed
+    (`targets:` is `truths:`, the ground truths every estimator is scored against)."""
+    for study, block in (config.get("studies") or {}).items():
+        if not isinstance(block, dict):
+            continue
+        parts = [(f"studies.{study}", block)] + [(f"studies.{study}.overrides.{arch}", patch)
+                                                  for arch, patch in (block.get("overrides") or {}).items()]
+        for where, part in parts:
+            for old, new in RENAMED_KEYS.items():
+                if isinstance(part, dict) and old in part:
+                    raise ValueError(f"{where}.{old}: renamed to `{new}:` (the ground truths); write {new}: {part[old]}")
+
+
 def check_all(config: dict, files: list[tuple[str, dict]], schema_path: str, fill_defaults=None) -> None:
     """Every check made when the DAG is built, in order (workflow/rules/common.smk): the shape of
     the selection rules, the JSON schema at `schema_path` (readable messages: config_errors), then
@@ -227,6 +244,7 @@ def check_all(config: dict, files: list[tuple[str, dict]], schema_path: str, fil
     from .config_errors import check_schema, with_file
 
     try:
+        check_renamed_keys(config)
         check_select_rules(config)
         check_schema(config, schema_path, files)
         if fill_defaults is not None:

@@ -2,7 +2,7 @@
 together, predicted Σ_{i∈U} Δ̂(i) against ℓ(z_t; θ₋U) − ℓ(z_t; θ*): random groups and same-class
 groups (shared by every test point) and, per test point, groups drawn from the `tail_pool` points
 of most positive and of most negative Δ̂ (of the `select.by` estimator). Drawn from a seeded
-generator into `targets/plan.json` (indices included), so a rerun re-trains the same groups."""
+generator into `truths/plan.json` (indices included), so a rerun re-trains the same groups."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ class Groups(Truth):
     planned = True
     defaults = {"size": 5, "random": 10, "tails": 5, "same_class": 10, "tail_pool": 0.1, "seed": 0, "chunk_size": 30}
     draw_keys = ("size", "random", "tails", "same_class", "tail_pool", "seed")
-    inputs = {"plan": "targets/plan.json"}
+    inputs = {"plan": "truths/plan.json"}
 
     def draw(self, influence: pd.DataFrame, labels: np.ndarray, settings: dict, rng: np.random.Generator):
         scores = {name: rows.sort_values("train_index").predicted_loss_change.to_numpy(float)

@@ -26,7 +26,7 @@ def make_plan(influence: pd.DataFrame, labels: np.ndarray, settings: dict, seed_
 
 
 def plan_truths(data_path, influence_path, settings: dict, seed_keys, out_path) -> dict:
-    """Draw and write the sets of one cell's planned truths (`targets/plan.json`)."""
+    """Draw and write the sets of one cell's planned truths (`truths/plan.json`)."""
     from ..data.split import Split
 
     split = Split.load(data_path)
@@ -104,7 +104,7 @@ def truths_table(correlations: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
 
 def study_truths(cell_paths, loo_path, long_out, table_out) -> pd.DataFrame:
     """Stack a study's LOO correlations (truth `loo`) and every cell's other ground truths into one
-    long table (`targets_correlations.parquet`) and write the wide view (`targets.csv`)."""
+    long table (`truths_correlations.parquet`) and write the wide view (`truths.csv`)."""
     from ..io import write_csv
 
     loo = pd.read_parquet(loo_path)

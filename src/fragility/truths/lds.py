@@ -57,7 +57,7 @@ class Lds(Truth):
     # scratch (the original training settings from the cell's seeded initialisation)
     defaults = {"subsets": 100, "fraction": 0.5, "seed": 0, "chunk_size": 25, "start": "theta_star"}
     draw_keys = ("subsets", "fraction", "seed")
-    inputs = {"plan": "targets/plan.json"}
+    inputs = {"plan": "truths/plan.json"}
 
     def check(self, settings: dict) -> None:
         if not 0 < float(settings["fraction"]) < 1:

@@ -1,4 +1,4 @@
-"""The ground truths by name: the config's `targets` entries, the rules `<name>_chunk`, the `truth`
+"""The ground truths by name: the config's `truths` entries, the rules `<name>_chunk`, the `truth`
 column of the correlation tables. Adding one: its module, one line here, its block in the schema."""
 
 from __future__ import annotations
@@ -18,22 +18,22 @@ def names() -> list[str]:
 
 def get(name: str) -> Truth:
     if name not in TRUTHS:
-        raise ValueError(f"targets: unknown ground truth '{name}'; known: {names()}")
+        raise ValueError(f"truths: unknown ground truth '{name}'; known: {names()}")
     return TRUTHS[name]
 
 
 def enabled(block: dict) -> list[str]:
-    """A cell's `targets` (default [loo]), in registry order; ValueError naming the key for an
+    """A cell's `truths` (default [loo]), in registry order; ValueError naming the key for an
     unknown one."""
-    chosen = list(block.get("targets", ["loo"]))
+    chosen = list(block.get("truths", ["loo"]))
     for name in chosen:
         get(name)
     return [name for name in TRUTHS if name in chosen]
 
 
 def study_enabled(config: dict, study: str) -> list[str]:
-    """The union of `targets` over a study's architectures (a per-architecture
-    `overrides.<arch>.targets` may add some), in registry order."""
+    """The union of `truths` over a study's architectures (a per-architecture
+    `overrides.<arch>.truths` may add some), in registry order."""
     from ..study.grid import arch_config, study_block
 
     found = set()

@@ -6,12 +6,12 @@ from fragility.truths import jobs as truth_jobs  # noqa: E402
 from fragility.truths import registry as truth_registry  # noqa: E402
 
 # the cell files a truth's sets are read from, and the checkpoint rule that writes each
-CHECKPOINTED = {"selected.json": "select", "targets/plan.json": "targets_plan"}
+CHECKPOINTED = {"selected.json": "select", "truths/plan.json": "truths_plan"}
 
 
-def targets_enabled(wildcards_or_study):
-    """The cell's `targets` list, or for a study name the union over its architectures (a
-    per-architecture `overrides.<arch>.targets` may add some)."""
+def truths_enabled(wildcards_or_study):
+    """The cell's `truths` list, or for a study name the union over its architectures (a
+    per-architecture `overrides.<arch>.truths` may add some)."""
     if isinstance(wildcards_or_study, str):
         return truth_registry.study_enabled(config, wildcards_or_study)
     return truth_registry.enabled(arch_cfg(wildcards_or_study))
@@ -37,7 +37,7 @@ def planned_settings(wildcards):
     """Params of the plan: the settings each enabled planned truth draws its sets with."""
     cfg = arch_cfg(wildcards)
     out = {}
-    for name in targets_enabled(wildcards):
+    for name in truths_enabled(wildcards):
         truth = truth_registry.get(name)
         if truth.planned:
             settings = truth.settings(cfg)
@@ -47,7 +47,7 @@ def planned_settings(wildcards):
 
 def truth_chunks(name):
     """The chunk tables of truth `name` in a cell, known once the checkpoint that writes its sets
-    (select, or targets_plan) has run."""
+    (select, or truths_plan) has run."""
     truth = truth_registry.get(name)
 
     def get(wildcards):
@@ -73,7 +73,7 @@ def truth_chunks(name):
 loo_chunks = truth_chunks("loo")
 
 
-def correlate_targets_input(wildcards):
+def correlate_truths_input(wildcards):
     cell = CELL.format(**wildcards)
     out = {
         "influence": [
@@ -84,43 +84,43 @@ def correlate_targets_input(wildcards):
         "metrics": os.path.join(cell, "train_metrics.json"),
         "selected": os.path.join(cell, "selected.json"),
     }
-    for name in targets_enabled(wildcards):
+    for name in truths_enabled(wildcards):
         truth = truth_registry.get(name)
         if truth.score is None:  # LOO: rule correlate
             continue
         out[f"chunks_{name}"] = truth_chunks(name)(wildcards)
         out.update({k: os.path.join(cell, p) for k, p in truth.scored_inputs.items()})
         if truth.planned:
-            out["plan"] = os.path.join(cell, "targets/plan.json")
+            out["plan"] = os.path.join(cell, "truths/plan.json")
     return out
 
 
-def target_outputs(study):
-    """A study's outputs of the other ground truths ([] when `targets` is only loo)."""
-    if set(targets_enabled(study)) <= {"loo"}:
+def truth_outputs(study):
+    """A study's outputs of the other ground truths ([] when `truths` is only loo)."""
+    if set(truths_enabled(study)) <= {"loo"}:
         return []
     outputs = [
-        f"{RESULTS}/{study}/targets.csv",
-        f"{RESULTS}/{study}/targets_correlations.parquet",
-        f"{RESULTS}/{study}/figures/targets/correlation_by_target.png",
+        f"{RESULTS}/{study}/truths.csv",
+        f"{RESULTS}/{study}/truths_correlations.parquet",
+        f"{RESULTS}/{study}/figures/truths/correlation_by_truth.png",
     ]
     if study_kind(study) == "table1":
-        outputs.append(f"{RESULTS}/{study}/table1_targets.csv")
+        outputs.append(f"{RESULTS}/{study}/table1_truths.csv")
     return outputs
 
 
-def cell_target_tables(study):
-    """Every cell's `targets.parquet` of a study that scores more than LOO."""
+def cell_truth_tables(study):
+    """Every cell's `truths.parquet` of a study that scores more than LOO."""
     return [
-        os.path.join(grid.cell_dir(c, RESULTS), "targets.parquet")
+        os.path.join(grid.cell_dir(c, RESULTS), "truths.parquet")
         for c in grid.cells(config, study)
         if set(truth_registry.enabled(grid.arch_config(config, study, c["arch"])))
         - {"loo"}
     ]
 
 
-def correlate_targets_job(input, output, params):
-    """Adapter of the correlate_targets step (runs inside the Snakemake process)."""
+def correlate_truths_job(input, output, params):
+    """Adapter of the correlate_truths step (runs inside the Snakemake process)."""
     truth_jobs.correlate_truths(
         params.cell,
         dict(zip(params.estimators, input.influence)),
@@ -139,11 +139,11 @@ def correlate_targets_job(input, output, params):
     )
 
 
-def targets_summary_job(input, output):
-    """Adapter of the targets_summary step (the long and wide tables, and the figure)."""
-    from fragility.report.figures import correlation_by_target
+def truths_summary_job(input, output):
+    """Adapter of the truths_summary step (the long and wide tables, and the figure)."""
+    from fragility.report.figures import correlation_by_truth
 
     frame = truth_jobs.study_truths(
         list(input.cells), input.loo, output.correlations, output.table
     )
-    correlation_by_target(frame, os.path.dirname(output.figure))
+    correlation_by_truth(frame, os.path.dirname(output.figure))
