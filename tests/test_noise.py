@@ -56,7 +56,7 @@ def test_repeat_spread_estimates_the_noise_of_one_retraining():
     (1.0, 0.2, 0.1, "drift", ""),
     (1.0, 0.2, 1.5, "repeat", noise.NOISE_FLAG),
     (0.1, 0.1, math.nan, "drift", noise.NOISE_FLAG),   # noise == effect is flagged
-    (0.5, None, 0.05, "repeat", ""),                    # a _vs_drift target: drift subtracted
+    (0.5, None, 0.05, "repeat", ""),                    # a _vs_drift quantity: drift subtracted
 ])
 def test_signal_to_noise_and_flag(effect, drift, repeat, source, flag):
     out = noise.signal_to_noise(effect, drift, repeat)
@@ -112,7 +112,7 @@ def test_correlate_cell_uses_the_drift_control_and_reports_noise(tiny_cell):
     drift_loss = float(pd.read_parquet(paths["drift.parquet"]).test_loss.iloc[0])
     assert np.allclose(rows.actual_loss_change_vs_drift, chunk.loc[rows.train_index, "test_loss"].to_numpy() - drift_loss)
     assert np.allclose(rows.actual_loss_change, chunk.loc[rows.train_index, "test_loss"].to_numpy() - point["loss"])
-    loss = corr[(corr.target == "loss_change") & (corr.subset == "all")].iloc[0]
+    loss = corr[(corr.quantity == "loss_change") & (corr.subset == "all")].iloc[0]
     assert loss.flag == "" and loss.pearson_lo <= loss.pearson <= loss.pearson_hi and 0 < loss.pearson_p <= 1
     assert loss.drift_noise == pytest.approx(abs(drift_loss - point["loss"]))
     assert loss.effect == pytest.approx(rows.actual_loss_change.std())
@@ -136,7 +136,7 @@ def test_a_test_point_without_selection_is_flagged_by_name(tiny_cell, tmp_path):
     corr = pd.read_parquet(out[1])
     assert len(corr) > 0 and (corr.flag == "selection_failed:diverged").all()
     assert corr.pearson.isna().all() and corr.spearman.isna().all()
-    assert {"loss_change", "param_change_norm"} <= set(corr.target)  # flagged, not dropped
+    assert {"loss_change", "param_change_norm"} <= set(corr.quantity)  # flagged, not dropped
 
 
 def test_a_model_that_did_not_train_is_reported_by_its_flag_only(tiny_cell, tmp_path):
@@ -167,7 +167,7 @@ def test_repeat_with_another_minibatch_order_measures_noise(tiny_cell):
     assert sorted(pd.read_parquet(other).removed_index) == [-1] + indices
     _, corr_same = _correlate(paths, root, same)
     _, corr_other = _correlate(paths, root, other)
-    pick = lambda c: c[(c.target == "loss_change") & (c.subset == "all")].iloc[0]  # noqa: E731
+    pick = lambda c: c[(c.quantity == "loss_change") & (c.subset == "all")].iloc[0]  # noqa: E731
     assert pick(corr_same).repeat_n == 3 and pick(corr_same).repeat_noise == pytest.approx(0.0, abs=1e-12)
     assert pick(corr_other).repeat_noise > 1e-6  # another minibatch order moves the re-trained loss
     assert not list(root.glob(".repeat_*"))

@@ -414,7 +414,7 @@ def test_the_targets_workflow_runs_end_to_end_on_one_cell(tmp_path):
             assert match, f"{estimator} {column}: {row[column]!r} is not a correlation with its interval"
             value, low, high = map(float, match.groups())
             assert -1 <= low <= value <= high <= 1, (estimator, column, row[column])
-        loo = summary[(summary.estimator == estimator) & (summary.target == "loss_change") & (summary.subset == "all")]
+        loo = summary[(summary.estimator == estimator) & (summary.quantity == "loss_change") & (summary.subset == "all")]
         assert float(row["loo spearman (max)"].split()[0]) == pytest.approx(float(loo.spearman.iloc[0].split()[0]),
                                                                             abs=0.005)
     retraining = table[table.estimator == "loo_retraining"].iloc[0]

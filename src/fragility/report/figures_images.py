@@ -69,15 +69,15 @@ SPREAD = "mean ± sd over test points and seeds; a single value: its bootstrap i
 
 
 def mnist_small_figures(correlations_path, rows_path, outdir, decay: float, estimator: str,
-                        method: str | None = None, target: str = "loss_change") -> None:
+                        method: str | None = None, quantity: str = "loss_change") -> None:
     """Figure 3 (scatter, top vs 30th-percentile points, with/without decay), correlation by subset,
     correlation vs decay, correlation across test points."""
     corr = pd.read_parquet(correlations_path)
     corr["flag"] = corr["flag"].fillna("")
-    corr = corr[(corr.estimator == estimator) & (corr.target == target)]
+    corr = corr[(corr.estimator == estimator) & (corr.quantity == quantity)]
     rows = pd.read_parquet(rows_path)
     rows = rows[rows.estimator == estimator]
-    actual_col = "actual_" + target
+    actual_col = "actual_" + quantity
     subsets = sorted((s for s in corr.subset.unique() if s != "all"), key=lambda s: (s != "top", s)) or ["all"]
     first_point = corr.sort_values("test_loss", ascending=False).test_point.iloc[0]
     first_seed = corr.seed.min()  # the scatter shows one seed; the summaries pool seeds and test points

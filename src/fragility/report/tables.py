@@ -9,7 +9,7 @@ Spearman (S) of Δ̂ against Δ for
 
 Each value comes from the estimator that selected the re-trained points (`select.by` of the
 architecture), on all selected points (`subset == "all"`), for the paper's ground truth
-Δ = ℓ(θ₋z) − ℓ(θ*) (`target`; Δ against the no-removal drift control differs from it by one
+Δ = ℓ(θ₋z) − ℓ(θ*) (`quantity`; Δ against the no-removal drift control differs from it by one
 constant per test point, so its correlations are the same numbers). With several seeds the value
 is their mean; a cell is shown by its flag's name when any seed is flagged, or `not_run` when the
 grid has no such cell. Every cell is written by `metrics.format_interval` as `value [lo, hi]`:
@@ -58,12 +58,12 @@ def table_decay(decays: list[float], chosen: float | None = None) -> float:
     return nonzero[0]
 
 
-def table1_long(correlations: pd.DataFrame, estimator_of: dict, decay: float, target: str = "loss_change") -> pd.DataFrame:
+def table1_long(correlations: pd.DataFrame, estimator_of: dict, decay: float, quantity: str = "loss_change") -> pd.DataFrame:
     """One row per (dataset, arch, column, metric): value (mean over seeds), lo/hi (the seeds'
     bootstrap intervals' lowest and highest bound), flag, n, seeds.
 
     `estimator_of` maps an architecture to the estimator whose values are reported."""
-    frame = correlations[(correlations.target == target) & (correlations.subset == "all")].copy()
+    frame = correlations[(correlations.quantity == quantity) & (correlations.subset == "all")].copy()
     frame["flag"] = frame["flag"].fillna("")
     frame = frame[frame.estimator == frame.arch.map(estimator_of)]
     out = []
@@ -84,9 +84,9 @@ def table1_long(correlations: pd.DataFrame, estimator_of: dict, decay: float, ta
                         lo, hi = float(part[f"{metric}_lo"].min()), float(part[f"{metric}_hi"].max())
                 out.append({"dataset": dataset, "arch": arch, "column": f"{label} {short}", "metric": metric,
                             "test_point": test_point, "decay": want, "estimator": estimator_of.get(arch),
-                            "target": target, "value": value, "lo": lo, "hi": hi, "flag": flag,
+                            "quantity": quantity, "value": value, "lo": lo, "hi": hi, "flag": flag,
                             "n": int(part["n"].iloc[0]) if len(part) else 0, "seeds": int(part["seed"].nunique()) if len(part) else 0})
-    return pd.DataFrame(out, columns=["dataset", "arch", "column", "metric", "test_point", "decay", "estimator", "target",
+    return pd.DataFrame(out, columns=["dataset", "arch", "column", "metric", "test_point", "decay", "estimator", "quantity",
                                       "value", "lo", "hi", "flag", "n", "seeds"])
 
 
@@ -189,7 +189,7 @@ def table1_truths(correlations: pd.DataFrame, estimator_of: dict, decays: list[f
     """Table 1 by ground truth: per dataset, architecture, decay and test point, the Table 1
     estimator's Pearson and Spearman against LOO, PBRF and group removal, and its LDS (the mean over
     test points), each `value [lo, hi]` or the flag's name."""
-    frame = correlations[(correlations.target == "loss_change") & (correlations.subset == "all")].copy()
+    frame = correlations[(correlations.quantity == "loss_change") & (correlations.subset == "all")].copy()
     frame["truth"] = frame["truth"].fillna("loo") if "truth" in frame else "loo"
     frame = frame[[estimator_of.get(a) == e for a, e in zip(frame.arch, frame.estimator)]]
     whole = [t for t, truth in TRUTHS.items() if truth.mean_over_points]  # LDS: one row over all test points

@@ -137,7 +137,7 @@ class Scoring:
         if flags:
             stats_ = without_values(stats_)
         self.rows.append({**self.cell, "test_point": tp["name"], "test_index": tp["index"], "test_loss": tp["loss"],
-                          "estimator": estimator, "target": "loss_change", "subset": subset, "truth": truth, **stats_,
+                          "estimator": estimator, "quantity": "loss_change", "subset": subset, "truth": truth, **stats_,
                           "flag": flag, "train_accuracy": self.metrics.get("train_accuracy", math.nan),
                           "test_accuracy": self.metrics.get("test_accuracy", math.nan)})
 

@@ -82,7 +82,7 @@ def truths_table(correlations: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
     `value [lo, hi]` or the flag's name."""
     from ..stats import format_interval
 
-    part = correlations[(correlations.subset == "all") & (correlations.target == "loss_change")].copy()
+    part = correlations[(correlations.subset == "all") & (correlations.quantity == "loss_change")].copy()
     part["truth"] = part.get("truth", pd.Series("loo", index=part.index)).fillna("loo")
     whole = {name for name, truth in TRUTHS.items() if truth.mean_over_points}
     part = part[~part.truth.isin(whole) | (part.test_point == "mean")]
