@@ -8,7 +8,7 @@ configfile: "config.yaml"
 
 
 include: "workflow/rules/common.smk"
-include: "workflow/rules/targets_common.smk"
+include: "workflow/rules/truths_common.smk"
 include: "workflow/rules/targets.smk"
 include: "workflow/rules/download.smk"
 include: "workflow/rules/data.smk"

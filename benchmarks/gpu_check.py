@@ -420,6 +420,7 @@ def cells(args) -> None:
     a row per job appended to the CSV as soon as it is done."""
     from fragility.runtime import configure, resolve_device
     from fragility.study import pipeline
+    from fragility.truths.registry import get as get_truth
 
     configure()
     device = resolve_device("cpu" if args.dry else "cuda")
@@ -455,13 +456,14 @@ def cells(args) -> None:
                          lambda name=name, cfg=cfg: pipeline.compute_influence(
                              model, f("data.pt"), tp, name, cfg, 0.01, f(f"{name}.parquet"), f(f"{name}.json"),
                              device_name=device.type, chunk_size=chunk_size, log=quiet)))
-        jobs += [("loo_chunk", short, k, lambda: pipeline.run_loo(model, f("data.pt"), tp, list(range(k)), loo_cfg,
-                                                                  train_cfg, f("loo.parquet"), device_name=device.type,
-                                                                  log=quiet)),
-                 ("pbrf_chunk", short, k, lambda: pipeline.run_pbrf(model, f("data.pt"), tp, list(range(k)),
-                                                                    {"epsilon_scale": 1.0, "solver": "train"}, loo_cfg,
-                                                                    train_cfg, 0.01, f("pbrf.parquet"),
-                                                                    device_name=device.type, log=quiet))]
+        cell = {"model": model, "data": f("data.pt"), "test_points": tp}
+        pbrf_cfg = {**get_truth("pbrf").defaults, "solver": "train"}
+        jobs += [("loo_chunk", short, k, lambda: get_truth("loo").retrain_chunk(
+                     cell, [(i, [i]) for i in range(k)], loo_cfg, loo_cfg, train_cfg, f("loo.parquet"),
+                     device_name=device.type, log=quiet)),
+                 ("pbrf_chunk", short, k, lambda: get_truth("pbrf").retrain_chunk(
+                     cell, [(i, [i]) for i in range(k)], pbrf_cfg, loo_cfg, train_cfg, f("pbrf.parquet"),
+                     damping=0.01, device_name=device.type, log=quiet))]
         for job, job_steps, copies, fn in jobs:
             status, loop = "ok", float("nan")
             try:

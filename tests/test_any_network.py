@@ -10,6 +10,7 @@ import torch
 from fragility.data.split import Split, model_inputs
 from fragility.io import read_json
 from fragility.study import pipeline
+from fragility.truths.registry import get
 
 QUIET = dict(log=lambda *a: None)
 VOCAB, LENGTH = 12, 5
@@ -81,6 +82,17 @@ TRAIN = {"optimizer": "sgd", "lr": 0.5, "steps": 60, "batch_size": 10, "check_ev
 LOO = {"steps": 20}
 
 
+def run_loo(paths, data, removed, out, drift_theta=None, theta_out=None, **options):
+    """LOO re-training of `removed` (−1: nothing removed) through the LOO truth; with `theta_out`
+    (removing nothing only) the drift control, which also saves its parameters."""
+    cell = {"model": paths["model.pt"], "data": data, "test_points": paths["tp.json"], "drift_theta": drift_theta}
+    loo = get("loo")
+    if theta_out:
+        return loo.drift(cell, LOO, TRAIN, out, theta_out, device_name="cpu", **QUIET, **options)
+    return loo.retrain_chunk(cell, [(i, [i] if i >= 0 else []) for i in removed], LOO, LOO, TRAIN, out,
+                             device_name="cpu", **QUIET, **options)
+
+
 def trained(root, arch, data, dtype="float64"):
     paths = {name: str(root / f"{arch}-{dtype}-{name}") for name in ("model.pt", "metrics.json", "tp.json")}
     pipeline.train(str(root / data), arch, 0.01, 0, TRAIN, dtype, "cpu", paths["model.pt"], paths["metrics.json"],
@@ -102,7 +114,7 @@ def test_a_token_model_trains_and_runs_loo_and_influence(files, dtype):
     assert metrics["train_accuracy"] > 0.6
     data = str(files / "tokens.pt")
     out = str(files / f"loo-{dtype}.parquet")
-    pipeline.run_loo(paths["model.pt"], data, paths["tp.json"], [-1, 0, 4], LOO, TRAIN, out, device_name="cpu", **QUIET)
+    run_loo(paths, data, [-1, 0, 4], out)
     loo = pd.read_parquet(out)
     assert loo.test_loss.notna().all() and loo.test_loss.nunique() > 2
     for method in ("exact", "identity", "cg", "kfac", "ekfac"):
@@ -123,17 +135,14 @@ def test_the_drift_control_equals_a_copy_that_removes_nothing_with_dropout(files
     data = str(files / "features.pt")
     chunk, drift = str(files / "drop-chunk.parquet"), str(files / "drop-drift.parquet")
     theta = str(files / "drop-drift.pt")
-    pipeline.run_loo(paths["model.pt"], data, paths["tp.json"], [-1], LOO, TRAIN, drift, device_name="cpu",
-                     order_seed=3, theta_out=theta, **QUIET)
-    pipeline.run_loo(paths["model.pt"], data, paths["tp.json"], [2, -1, 5], LOO, TRAIN, chunk, device_name="cpu",
-                     order_seed=3, drift_theta_path=theta, **QUIET)
+    run_loo(paths, data, [-1], drift, order_seed=3, theta_out=theta)
+    run_loo(paths, data, [2, -1, 5], chunk, order_seed=3, drift_theta=theta)
     rows = pd.read_parquet(chunk)
     control = rows[rows.removed_index == -1]
     assert control.param_distance_vs_drift.max() < 1e-10
     assert (rows[rows.removed_index >= 0].param_distance_vs_drift > 1e-6).all()
     again = str(files / "drop-drift-again.parquet")
-    pipeline.run_loo(paths["model.pt"], data, paths["tp.json"], [-1], LOO, TRAIN, again, device_name="cpu",
-                     order_seed=3, **QUIET)
+    run_loo(paths, data, [-1], again, order_seed=3)
     pd.testing.assert_frame_equal(pd.read_parquet(drift), pd.read_parquet(again), check_exact=True)
 
 
@@ -162,7 +171,7 @@ def test_a_model_without_second_derivatives_runs_what_it_can_and_refuses_the_res
     paths = trained(files, "realbag", "tokens.pt")
     data = str(files / "tokens.pt")
     out = str(files / "realbag-loo.parquet")
-    pipeline.run_loo(paths["model.pt"], data, paths["tp.json"], [-1, 0], LOO, TRAIN, out, device_name="cpu", **QUIET)
+    run_loo(paths, data, [-1, 0], out)
     assert pd.read_parquet(out).test_loss.notna().all()
     lines = []
     for method, runs in [("identity", True), ("kfac", True), ("ekfac", True), ("exact", False), ("cg", False),
@@ -184,20 +193,21 @@ def test_a_model_without_second_derivatives_runs_what_it_can_and_refuses_the_res
 def test_other_ground_truths_on_token_and_dropout_models(files, arch, data):
     """Groups/LDS re-training and PBRF run on token ids and with dropout. A scratch re-training
     that removes nothing repeats θ*'s training, masks included: it lands on θ* exactly."""
-    from fragility.study import targets
-
     paths = trained(files, arch, data)
     data = str(files / data)
+    cell = {"model": paths["model.pt"], "data": data, "test_points": paths["tp.json"]}
     out = str(files / f"{arch}-sets.parquet")
-    pipeline.run_removal_sets(paths["model.pt"], data, paths["tp.json"], [[], [5, 6]], [0, 1], {"start": "scratch"},
-                              LOO, TRAIN, out, device_name="cpu", **QUIET)
+    groups = get("groups")
+    groups.retrain_chunk(cell, [(0, []), (1, [5, 6])], {**groups.defaults, "start": "scratch"}, LOO, TRAIN, out,
+                         device_name="cpu", **QUIET)
     sets = pd.read_parquet(out)
     assert (sets[sets.set_id == 0].param_distance < 1e-12).all()  # vmapped vs alone: rounding
     assert (sets[sets.set_id == 1].param_distance > 1e-6).all()
+    pbrf_truth = get("pbrf")
     for solver in ("train", "lbfgs"):
         out = str(files / f"{arch}-pbrf-{solver}.parquet")
-        pipeline.run_pbrf(paths["model.pt"], data, paths["tp.json"], [-1, 7], {**targets.DEFAULTS["pbrf"], "solver": solver},
-                          LOO, TRAIN, 0.01, out, device_name="cpu", **QUIET)
+        pbrf_truth.retrain_chunk(cell, [(-1, []), (7, [7])], {**pbrf_truth.defaults, "solver": solver}, LOO, TRAIN, out,
+                                 damping=0.01, device_name="cpu", **QUIET)
         pbrf = pd.read_parquet(out)
         assert pbrf.test_loss.notna().all()
         assert (pbrf[pbrf.removed_index == -1].param_distance < 1e-9).all()
@@ -219,13 +229,13 @@ def test_a_refused_estimator_is_a_named_flag_in_the_correlations(files):
     selection.select(influence["identity"], [{"top_k": 6}], selected)
     removed = read_json(selected)["indices"]
     drift, chunk = str(files / "flag-drift.parquet"), str(files / "flag-chunk.parquet")
-    pipeline.run_loo(paths["model.pt"], data, paths["tp.json"], [-1], LOO, TRAIN, drift, device_name="cpu", **QUIET)
-    pipeline.run_loo(paths["model.pt"], data, paths["tp.json"], removed, LOO, TRAIN, chunk, device_name="cpu", **QUIET)
+    run_loo(paths, data, [-1], drift)
+    run_loo(paths, data, removed, chunk)
     cell = {"study": "s", "dataset": "tokens", "arch": "realbag", "decay": 0.01, "seed": 0}
     rows, corr = str(files / "flag-rows.parquet"), str(files / "flag-corr.parquet")
     correlate.correlate_cell(cell, influence, paths["tp.json"], selected, [chunk], drift, paths["metrics.json"], rows, corr,
                              options={"resamples": 20, "permutations": 20})
     table = pd.read_parquet(corr)
-    exact = table[(table.estimator == "exact") & (table.target == "loss_change")]
+    exact = table[(table.estimator == "exact") & (table.quantity == "loss_change")]
     assert (exact.flag == "estimator_failed:unsupported: derivative of _embedding_bag_backward").all()
-    assert table[(table.estimator == "identity") & (table.target == "loss_change")].pearson.notna().any()
+    assert table[(table.estimator == "identity") & (table.quantity == "loss_change")].pearson.notna().any()

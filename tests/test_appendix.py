@@ -11,7 +11,7 @@ from PIL import Image
 
 from fragility.data.registry import load_split
 from fragility.study.grid import check_config
-from fragility.study.pipeline import retraining_steps
+from fragility.truths.retrain import retraining_steps
 
 WNIDS = ["n01440764", "n01443537", "n01484850"]
 

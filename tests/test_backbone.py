@@ -12,7 +12,9 @@ from fragility.data.split import stratified_split
 from fragility.io import CorruptFileError, atomic_path, load_torch, save_torch
 from fragility.models.registry import build_model, count_parameters, init_model
 from fragility.engine.flat import FlatModel
-from fragility.study.selection import choose_test_points, chunk, select_training_points
+from fragility.study.grid import chunk
+from fragility.truths import registry
+from fragility.study.selection import choose_test_points, select_training_points
 from fragility.engine.training import NonFiniteLossError, TrainSettings, train_copies
 
 
@@ -454,8 +456,9 @@ def test_the_config_reader_owns_seeds_chunks_and_repeats():
     assert grid.loo_order_seed(3) == 3 + grid.LOO_ORDER_OFFSET
     assert grid.repeat_settings(config, "iris", "mlp-d1-w5") == {"count": 2, "order_seed_offset": 1}
     assert grid.repeat_order_seed(config, "iris", "mlp-d1-w5", 3) == grid.loo_order_seed(3) + 1
-    assert grid.loo_chunk_count(config, "iris", "mlp-d1-w5", 9) == 3  # chunk_size 4
-    assert grid.loo_chunk_count(config, "iris", "mlp-d2-w5", 9) == 9  # its override: chunk_size 1
+    loo = registry.get("loo")
+    assert grid.chunk_count(9, loo.chunk_size(grid.arch_config(config, "iris", "mlp-d1-w5"))) == 3  # chunk_size 4
+    assert grid.chunk_count(9, loo.chunk_size(grid.arch_config(config, "iris", "mlp-d2-w5"))) == 9  # override: 1
     assert grid.influence_chunks(config, "iris", "mlp-d1-w5") == {"chunk_size": 1024, "scoring_chunk_size": None}
     assert grid.damping_for({"damping": 0.01, "damping_without_decay": 0.001}, 0.0) == 0.001
     assert grid.damping_for({"damping": 0.01, "damping_without_decay": 0.001}, 0.005) == 0.01

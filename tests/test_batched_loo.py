@@ -192,6 +192,7 @@ def test_a_job_trained_pass_by_pass_equals_one_pass(tmp_path, per_pass, monkeypa
     import pandas as pd
 
     from fragility.study import pipeline
+    from fragility.truths.registry import get
 
     saved = []
     real_save = training.save_torch
@@ -207,8 +208,9 @@ def test_a_job_trained_pass_by_pass_equals_one_pass(tmp_path, per_pass, monkeypa
     for mode in (None, per_pass):
         out, ckpt = str(tmp_path / f"loo_{mode}.parquet"), str(tmp_path / f"loo_{mode}.ckpt")
         loo_cfg = {"steps": 12, "chunk_size": 5, "checkpoint_every": 4, "copies_per_pass": mode}
-        pipeline.run_loo(model, data, points, [-1, 0, 7, 33, 90], loo_cfg, train_cfg, out, device_name="cpu",
-                         checkpoint_path=ckpt, **QUIET)
+        cell = {"model": model, "data": data, "test_points": points}
+        get("loo").retrain_chunk(cell, [(-1, []), (0, [0]), (7, [7]), (33, [33]), (90, [90])], loo_cfg, loo_cfg,
+                                 train_cfg, out, device_name="cpu", checkpoint_path=ckpt, **QUIET)
         tables[mode] = pd.read_parquet(out)
         passes = 1 if mode is None else -(-5 // mode)
         written = sorted({path for path, _ in saved if path.startswith(ckpt)})

@@ -117,16 +117,60 @@ def test_outputs_follow_the_kind_not_the_name(tmp_path):
     assert "results/iris/" not in run.stdout
 
 
-@pytest.mark.parametrize("key, value", [("targets", ["loo", "datamodels"]), ("pbrf", {"epsilon_scale": 0}),
-                                        ("lds", {"fraction": 1.0}), ("groups", {"size": 0}),
-                                        ("pbrf", {"solver": "newton"}), ("lds", {"start": "zero"})])
+@pytest.mark.parametrize("key, value", [("pbrf", {"epsilon_scale": 0}), ("lds", {"fraction": 1.0}),
+                                        ("groups", {"size": 0}), ("pbrf", {"solver": "newton"}),
+                                        ("lds", {"start": "zero"}), ("groups", {"epochs": 0})])
 def test_a_bad_ground_truth_setting_is_refused_naming_the_key(key, value):
     bad = copy.deepcopy(config())
     bad["studies"]["iris"][key] = value
-    with pytest.raises(WorkflowError, match=list(value)[0] if isinstance(value, dict) else "datamodels"):
+    with pytest.raises(WorkflowError, match=list(value)[0]):
         validate(bad, SCHEMA)
-    bad["studies"]["iris"][key] = ["loo", "lds"] if key == "targets" else {}
+    bad["studies"]["iris"][key] = {}
     validate(bad, SCHEMA)
+
+
+def test_an_unknown_ground_truth_is_refused_naming_the_key():
+    """The names of `truths` are the registry's (src/fragility/truths/registry.py), checked when
+    the DAG is built."""
+    from fragility.study import grid
+    from fragility.truths import registry
+
+    bad = copy.deepcopy(config())
+    bad["studies"]["iris"]["truths"] = ["loo", "datamodels"]
+    validate(bad, SCHEMA)
+    with pytest.raises(ValueError, match="truths: unknown ground truth 'datamodels'"):
+        registry.study_enabled(bad, "iris")
+    bad["studies"]["iris"]["truths"] = ["lds", "loo"]
+    assert registry.study_enabled(bad, "iris") == ["loo", "lds"]
+
+
+def test_the_old_targets_key_fails_naming_the_new_one():
+    from fragility.study import grid
+
+    for patch in ({"targets": ["loo", "lds"]}, {"overrides": {"mlp-d1-w5": {"targets": ["loo"]}}}):
+        old = copy.deepcopy(config())
+        old["studies"]["iris"].update(patch)
+        with pytest.raises(ValueError, match=r"studies\.iris\.(overrides\.mlp-d1-w5\.)?targets: renamed to `truths:`") as err:
+            grid.check_all(old, [], SCHEMA)
+        assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("key", ["pbrf", "groups", "lds"])
+def test_every_truth_length_accepts_steps_or_epochs(key):
+    """Each truth's re-training length is `steps` or `epochs` (or loo's): the schema takes either,
+    and the truth refuses both."""
+    from fragility.study import grid
+    from fragility.truths import registry
+
+    good = copy.deepcopy(config())
+    for length in ({"epochs": 1.5}, {"steps": 7}, {"steps": None, "epochs": 2}):
+        good["studies"]["iris"][key] = length
+        validate(good, SCHEMA)
+        registry.get(key).settings(grid.arch_config(good, "iris", "mlp-d1-w5"))
+    good["studies"]["iris"][key] = {"steps": 7, "epochs": 2}
+    validate(good, SCHEMA)
+    with pytest.raises(ValueError, match=f"set at most one of {key}.steps and {key}.epochs"):
+        registry.get(key).settings(grid.arch_config(good, "iris", "mlp-d1-w5"))
 
 
 def test_a_null_estimator_is_dropped_and_cannot_be_the_selection():

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from fragility.study import pipeline
+from fragility.truths.registry import get
 from fragility.engine.solvers import make_solver
 from fragility.io import read_json
 from fragility.models.registry import build_model
@@ -127,8 +128,9 @@ def test_iris_pipeline_agrees_across_devices(tmp_path):
         for method, options in (("exact", {}), ("lissa", {"depth": 2000, "scale": "auto", "repeats": 1})):
             pipeline.compute_influence(p["model.pt"], data, p["tp.json"], method, options, 0.01, p[f"{method}.parquet"],
                                        p[f"{method}.json"], device_name=device, log=QUIET["log"])
-        pipeline.run_loo(p["model.pt"], data, p["tp.json"], [-1, 3, 50], {"steps": 200}, train_cfg, p["loo.parquet"],
-                         device_name=device, log=QUIET["log"])
+        cell = {"model": p["model.pt"], "data": data, "test_points": p["tp.json"]}
+        get("loo").retrain_chunk(cell, [(-1, []), (3, [3]), (50, [50])], {"steps": 200}, {"steps": 200}, train_cfg,
+                                 p["loo.parquet"], device_name=device, log=QUIET["log"])
         out[device] = p
     assert read_json(out["cuda"]["metrics.json"])["device"].startswith("cuda")
     points = {device: [(tp["name"], tp["index"]) for tp in read_json(p["tp.json"])["test_points"]] for device, p in out.items()}

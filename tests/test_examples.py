@@ -57,7 +57,7 @@ def test_the_example_runs_end_to_end(tmp_path):
     metrics = pd.read_csv(work / "results" / "diabetes" / "training.csv")
     assert (metrics.task == "mse").all() and (metrics.train_explained_variance > 0.4).all()
     # least squares is convex: influence and re-training agree
-    convex = diabetes[(diabetes.target == "loss_change") & (diabetes.subset == "all") & (diabetes.estimator == "exact")]
+    convex = diabetes[(diabetes.quantity == "loss_change") & (diabetes.subset == "all") & (diabetes.estimator == "exact")]
     assert len(convex) == 1 and (convex.pearson > 0.95).all() and (convex.spearman > 0.9).all(), convex
 
     assert set(pd.read_csv(work / "results" / "cancer" / "estimators.csv").estimator) >= {"exact", "last_layer"}

@@ -83,6 +83,7 @@ def test_everything_the_steps_save_loads_with_weights_only(tmp_path, iris64):
     from fragility.engine.training import TrainSettings, train_copies
     from fragility.models.registry import init_model
     from fragility.study import pipeline
+    from fragility.truths.registry import get
 
     data = tmp_path / "data.pt"
     pipeline.prepare_data("iris", {"test_fraction": 0.2, "split_seed": 0}, "data", data)
@@ -90,9 +91,9 @@ def test_everything_the_steps_save_loads_with_weights_only(tmp_path, iris64):
     pipeline.train(data, "mlp-d1-w5", 0.01, 0, cfg, "float64", "cpu", tmp_path / "model.pt",
                    tmp_path / "metrics.json", log=lambda m: None)
     (tmp_path / "points.json").write_text('{"test_points": [{"name": "max", "index": 0, "loss": 1.0}]}')
-    pipeline.run_loo(tmp_path / "model.pt", data, tmp_path / "points.json", [-1], {"steps": 5}, cfg,
-                     tmp_path / "drift.parquet", device_name="cpu", theta_out=tmp_path / "drift_theta.pt",
-                     log=lambda m: None)
+    cell = {"model": tmp_path / "model.pt", "data": data, "test_points": tmp_path / "points.json"}
+    get("loo").drift(cell, {"steps": 5}, cfg, tmp_path / "drift.parquet", tmp_path / "drift_theta.pt",
+                     device_name="cpu", log=lambda m: None)
     for name, keys in [("data.pt", ("x_train", "meta")), ("model.pt", pipeline.MODEL_KEYS),
                        ("drift_theta.pt", ("theta", "removed"))]:
         io.load_torch(tmp_path / name, required_keys=keys)

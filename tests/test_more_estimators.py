@@ -363,7 +363,7 @@ def test_union_is_a_selection_the_dag_takes_without_tail_groups():
     config = _study({"grad_cosine": {}})
     config["studies"]["audit"]["select"]["by"] = "union"
     grid.check_config(config)
-    config["studies"]["audit"]["targets"] = ["loo", "groups"]
+    config["studies"]["audit"]["truths"] = ["loo", "groups"]
     with pytest.raises(ValueError, match="select.by: 'union' draws no tail groups"):
         grid.check_config(config)
     config["studies"]["audit"]["select"]["by"] = "nothing"

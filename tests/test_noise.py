@@ -8,6 +8,9 @@ import pytest
 
 from fragility.study import correlate, noise, pipeline, selection
 from fragility.io import read_json, write_json
+from fragility.truths.registry import get
+
+loo = get("loo")
 
 
 def loo_table(removed, test_index, losses, distances, to_drift):
@@ -53,7 +56,7 @@ def test_repeat_spread_estimates_the_noise_of_one_retraining():
     (1.0, 0.2, 0.1, "drift", ""),
     (1.0, 0.2, 1.5, "repeat", noise.NOISE_FLAG),
     (0.1, 0.1, math.nan, "drift", noise.NOISE_FLAG),   # noise == effect is flagged
-    (0.5, None, 0.05, "repeat", ""),                    # a _vs_drift target: drift subtracted
+    (0.5, None, 0.05, "repeat", ""),                    # a _vs_drift quantity: drift subtracted
 ])
 def test_signal_to_noise_and_flag(effect, drift, repeat, source, flag):
     out = noise.signal_to_noise(effect, drift, repeat)
@@ -86,10 +89,10 @@ def tiny_cell(tmp_path_factory):
     selection.select(paths["exact.parquet"], [{"top_k": 8}], paths["selected.json"])
     removed = read_json(paths["selected.json"])["indices"]
     common = dict(device_name="cpu", order_seed=3, log=lambda m: None)
-    pipeline.run_loo(paths["model.pt"], paths["data.pt"], paths["tp.json"], [-1], loo_cfg, train_cfg, paths["drift.parquet"],
-                     theta_out=paths["drift_theta.pt"], **common)
-    pipeline.run_loo(paths["model.pt"], paths["data.pt"], paths["tp.json"], removed, loo_cfg, train_cfg, paths["chunk.parquet"],
-                     drift_theta_path=paths["drift_theta.pt"], **common)
+    cell = {"model": paths["model.pt"], "data": paths["data.pt"], "test_points": paths["tp.json"],
+            "drift_theta": paths["drift_theta.pt"]}
+    loo.drift(cell, loo_cfg, train_cfg, paths["drift.parquet"], paths["drift_theta.pt"], **common)
+    loo.retrain_chunk(cell, [(i, [i]) for i in removed], loo_cfg, loo_cfg, train_cfg, paths["chunk.parquet"], **common)
     return root, paths, train_cfg, loo_cfg
 
 
@@ -109,7 +112,7 @@ def test_correlate_cell_uses_the_drift_control_and_reports_noise(tiny_cell):
     drift_loss = float(pd.read_parquet(paths["drift.parquet"]).test_loss.iloc[0])
     assert np.allclose(rows.actual_loss_change_vs_drift, chunk.loc[rows.train_index, "test_loss"].to_numpy() - drift_loss)
     assert np.allclose(rows.actual_loss_change, chunk.loc[rows.train_index, "test_loss"].to_numpy() - point["loss"])
-    loss = corr[(corr.target == "loss_change") & (corr.subset == "all")].iloc[0]
+    loss = corr[(corr.quantity == "loss_change") & (corr.subset == "all")].iloc[0]
     assert loss.flag == "" and loss.pearson_lo <= loss.pearson <= loss.pearson_hi and 0 < loss.pearson_p <= 1
     assert loss.drift_noise == pytest.approx(abs(drift_loss - point["loss"]))
     assert loss.effect == pytest.approx(rows.actual_loss_change.std())
@@ -133,7 +136,7 @@ def test_a_test_point_without_selection_is_flagged_by_name(tiny_cell, tmp_path):
     corr = pd.read_parquet(out[1])
     assert len(corr) > 0 and (corr.flag == "selection_failed:diverged").all()
     assert corr.pearson.isna().all() and corr.spearman.isna().all()
-    assert {"loss_change", "param_change_norm"} <= set(corr.target)  # flagged, not dropped
+    assert {"loss_change", "param_change_norm"} <= set(corr.quantity)  # flagged, not dropped
 
 
 def test_a_model_that_did_not_train_is_reported_by_its_flag_only(tiny_cell, tmp_path):
@@ -156,15 +159,15 @@ def test_repeat_with_another_minibatch_order_measures_noise(tiny_cell):
     kwargs = dict(device_name="cpu", log=lambda m: None)
     same = str(root / "repeat_same.parquet")
     other = str(root / "repeat_other.parquet")
-    pipeline.repeat_loo(paths["model.pt"], paths["data.pt"], paths["tp.json"], paths["selected.json"], 3, loo_cfg, train_cfg,
-                     same, order_seed=3, **kwargs)
-    _, indices = pipeline.repeat_loo(paths["model.pt"], paths["data.pt"], paths["tp.json"], paths["selected.json"], 3, loo_cfg,
-                                  train_cfg, other, order_seed=4, **kwargs)
+    cell = {"model": paths["model.pt"], "data": paths["data.pt"], "test_points": paths["tp.json"],
+            "selected": paths["selected.json"]}
+    loo.repeat(cell, 3, loo_cfg, train_cfg, same, order_seed=3, **kwargs)
+    _, indices = loo.repeat(cell, 3, loo_cfg, train_cfg, other, order_seed=4, **kwargs)
     assert indices == read_json(paths["selected.json"])["indices"][:3]
     assert sorted(pd.read_parquet(other).removed_index) == [-1] + indices
     _, corr_same = _correlate(paths, root, same)
     _, corr_other = _correlate(paths, root, other)
-    pick = lambda c: c[(c.target == "loss_change") & (c.subset == "all")].iloc[0]  # noqa: E731
+    pick = lambda c: c[(c.quantity == "loss_change") & (c.subset == "all")].iloc[0]  # noqa: E731
     assert pick(corr_same).repeat_n == 3 and pick(corr_same).repeat_noise == pytest.approx(0.0, abs=1e-12)
     assert pick(corr_other).repeat_noise > 1e-6  # another minibatch order moves the re-trained loss
     assert not list(root.glob(".repeat_*"))
@@ -178,8 +181,9 @@ def test_the_verdict_reads_a_real_cell_with_repeats(tiny_cell, tmp_path):
 
     root, paths, train_cfg, loo_cfg = tiny_cell
     other = str(tmp_path / "repeat.parquet")
-    pipeline.repeat_loo(paths["model.pt"], paths["data.pt"], paths["tp.json"], paths["selected.json"], 4, loo_cfg,
-                        train_cfg, other, order_seed=5, device_name="cpu", log=lambda m: None)
+    cell = {"model": paths["model.pt"], "data": paths["data.pt"], "test_points": paths["tp.json"],
+            "selected": paths["selected.json"]}
+    get("loo").repeat(cell, 4, loo_cfg, train_cfg, other, order_seed=5, device_name="cpu", log=lambda m: None)
     rows, corr = _correlate(paths, root, other)
     keys = {"study": "s", "dataset": "iris", "decay": 0.01}
     rows, corr = rows.assign(**keys), corr.assign(**keys)
@@ -187,7 +191,7 @@ def test_the_verdict_reads_a_real_cell_with_repeats(tiny_cell, tmp_path):
     measured = verdict.repeat_noise(rows, [(cell, pd.read_parquet(other))])
     sigma = float(measured.sigma_repeat.iloc[0])
     assert measured.repeat_n.iloc[0] == 4 and 0 < sigma
-    loss = corr[(corr.target == "loss_change") & (corr.subset == "all")].iloc[0]
+    loss = corr[(corr.quantity == "loss_change") & (corr.subset == "all")].iloc[0]
     assert sigma <= loss.repeat_noise * (1 + 1e-9)  # centring removes the shared shift
     row = verdict.verdict_table(corr, rows, measured).iloc[0]
     assert row.sigma_repeat == sigma and row.ceiling == pytest.approx(verdict.ceiling(sigma, loss.actual_std))

@@ -10,6 +10,7 @@ import pytest
 from fragility.io import read_json
 from fragility.report import aggregate, figures, figures_images, tables
 from fragility.study import correlate, pipeline, selection
+from fragility.truths.registry import get
 
 QUIET = dict(log=lambda m: None)
 PAPER = Path(__file__).resolve().parents[1] / "workflow/resources/paper_table1.csv"
@@ -37,10 +38,10 @@ def study(tmp_path_factory):
     selection.select(influence["exact"], [{"top_k": 6}], p["selected.json"])
     removed = read_json(p["selected.json"])["indices"]
     common = dict(device_name="cpu", order_seed=0, **QUIET)
-    pipeline.run_loo(p["model.pt"], p["data.pt"], p["tp.json"], [-1], loo_cfg, train_cfg, p["drift.parquet"],
-                     theta_out=p["drift_theta.pt"], **common)
-    pipeline.run_loo(p["model.pt"], p["data.pt"], p["tp.json"], removed, loo_cfg, train_cfg, p["chunk.parquet"],
-                     drift_theta_path=p["drift_theta.pt"], **common)
+    cell = {"model": p["model.pt"], "data": p["data.pt"], "test_points": p["tp.json"], "drift_theta": p["drift_theta.pt"]}
+    loo = get("loo")
+    loo.drift(cell, loo_cfg, train_cfg, p["drift.parquet"], p["drift_theta.pt"], **common)
+    loo.retrain_chunk(cell, [(i, [i]) for i in removed], loo_cfg, loo_cfg, train_cfg, p["chunk.parquet"], **common)
     correlate.correlate_cell(CELL, influence, p["tp.json"], p["selected.json"], [p["chunk.parquet"]],
                              p["drift.parquet"], p["metrics.json"], p["rows_cell.parquet"], p["corr_cell.parquet"],
                              options={"resamples": 50, "permutations": 50})
@@ -75,7 +76,7 @@ def test_every_figure_draws_or_says_it_has_nothing_to_draw(study, tmp_path, size
     figures.study_figures(corr, rows, folder / "estimators.csv", out, {})
     frame = pd.read_parquet(corr)
     frame["flag"] = frame["flag"].fillna("")
-    figures.correlation_by_target(frame, out)
+    figures.correlation_by_truth(frame, out)
     figures_images.mnist_small_figures(corr, rows, out, 0.01, "exact")
     tables.write_table1(corr, PAPER, {}, {CELL["arch"]: "exact"}, [0.01], folder / "t1.csv", folder / "versus.csv")
     figures_images.table1_figure(folder / "versus.csv", out)
@@ -103,8 +104,8 @@ def test_every_table_is_written_whatever_its_size(study, tmp_path, size):
     estimator_of = {CELL["arch"]: "exact"}
     long = tables.table1_long(frame, estimator_of, 0.01)
     tables.table1_wide(long, {})
-    tables.table1_targets(frame, estimator_of, [0.01])
-    tables.write_table1_targets(folder / "correlations.parquet", folder / "t1_targets.csv", estimator_of, [0.01])
+    tables.table1_truths(frame, estimator_of, [0.01])
+    tables.write_table1_truths(folder / "correlations.parquet", folder / "t1_truths.csv", estimator_of, [0.01])
     tables.write_table1(folder / "correlations.parquet", PAPER, {}, estimator_of, [0.01], folder / "t1.csv",
                         folder / "versus.csv")
     aggregate.table1_page(folder / "t1.csv", folder / "versus.csv", tmp_path / "t1.html")

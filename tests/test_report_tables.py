@@ -11,7 +11,7 @@ from fragility.report import aggregate as report_tables
 
 def correlation_rows():
     base = {"study": "iris", "dataset": "iris", "arch": "mlp-d1-w5", "decay": 0.0, "test_point": "max", "estimator": "exact",
-            "target": "loss_change", "subset": "all", "n": 20, "drift_loss_change": 0.01, "actual_std": 0.1,
+            "quantity": "loss_change", "subset": "all", "n": 20, "drift_loss_change": 0.01, "actual_std": 0.1,
             "effect": 0.1, "drift_noise": 0.01, "repeat_noise": 0.0, "repeat_n": 5, "noise": 0.01, "noise_source": "drift",
             "signal_to_noise": 10.0, "noise_flag": "", "pearson_p": 0.001, "spearman_p": 0.002}
     values = [(0, 0.8, 0.6, ""), (1, 0.6, 0.5, ""), (2, np.nan, np.nan, "constant_actual")]
@@ -125,7 +125,7 @@ def test_decay_sweep_draws_one_series_per_dataset(tmp_path, monkeypatch):
     for dataset, value in (("mnist", 0.9), ("cifar10", 0.1)):
         for decay in (0.0, 0.001):
             rows.append({"study": "table1", "dataset": dataset, "arch": "lenet", "decay": decay, "seed": 0,
-                         "test_point": "max", "estimator": "exact", "target": "loss_change", "subset": "all",
+                         "test_point": "max", "estimator": "exact", "quantity": "loss_change", "subset": "all",
                          "flag": "", "pearson": value, "spearman": value, "pearson_lo": value, "pearson_hi": value,
                          "spearman_lo": value, "spearman_hi": value})
     drawn = {}
@@ -152,7 +152,7 @@ def test_a_test_point_with_nothing_retrained_keeps_its_panel_and_flag(tmp_path, 
     from fragility.report import figures as plots
 
     cell = {"study": "iris", "dataset": "iris", "arch": "mlp-d1-w5", "decay": 0.0, "seed": 0, "estimator": "exact",
-            "target": "loss_change", "subset": "all", "pearson_lo": np.nan, "pearson_hi": np.nan,
+            "quantity": "loss_change", "subset": "all", "pearson_lo": np.nan, "pearson_hi": np.nan,
             "spearman_lo": np.nan, "spearman_hi": np.nan}
     corr = pd.DataFrame([{**cell, "test_point": "max", "flag": "", "pearson": 0.9, "spearman": 0.8},
                          {**cell, "test_point": "median", "flag": "selection_failed:diverged", "pearson": np.nan,
@@ -276,7 +276,7 @@ def test_estimator_figure_names_flags_and_cells_without_an_exact_reference(monke
 
     def row(arch, estimator, value, flag="", agreement=math.nan, agreement_text=report_tables.NO_EXACT):
         return {"study": "s", "dataset": "d", "arch": arch, "decay": 0.0, "seed": 0, "test_point": "max",
-                "target": "loss_change", "estimator": estimator, "pearson": value, "pearson_lo": value - 0.1,
+                "quantity": "loss_change", "estimator": estimator, "pearson": value, "pearson_lo": value - 0.1,
                 "pearson_hi": value + 0.1, "spearman": value, "spearman_lo": value - 0.1, "spearman_hi": value + 0.1,
                 "flag": flag, "agreement_with_exact": agreement, "agreement_with_exact_lo": agreement - 0.05,
                 "agreement_with_exact_hi": agreement + 0.05, "agreement_with_exact_text": agreement_text}

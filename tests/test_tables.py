@@ -21,9 +21,9 @@ HEADER = ["dataset", "model", "estimator", "A, decay P", "A, decay S", "B, decay
 
 def correlations(seeds=(0,), flagged=None, skip=None) -> pd.DataFrame:
     """Synthetic study correlations for 2 datasets × 2 architectures × decays {0.001, 0} × test
-    points {max, median}, two estimators and two targets. The reported value encodes the cell:
+    points {max, median}, two estimators and two quantities. The reported value encodes the cell:
     pearson = 0.1·(dataset no.) + 0.01·(arch no.) + (0.5 with decay) + 0.001·seed, spearman = −pearson;
-    the other estimator and target get 9 (they must never appear)."""
+    the other estimator and quantity get 9 (they must never appear)."""
     rows = []
     for d, dataset in enumerate(["mnist_offline", "cifar10"]):
         for a, arch in enumerate(["smallcnn", "lenet"]):
@@ -31,15 +31,15 @@ def correlations(seeds=(0,), flagged=None, skip=None) -> pd.DataFrame:
                 for tp in ("max", "median"):
                     for seed in seeds:
                         for est in ("primary", "other"):
-                            for target in ("loss_change", "loss_change_vs_drift"):
+                            for quantity in ("loss_change", "loss_change_vs_drift"):
                                 value = 0.1 * d + 0.01 * a + (0.5 if decay else 0) + 0.001 * seed + (0.2 if tp == "median" else 0)
                                 if est == "other":
                                     value = 9.0
-                                if target == "loss_change_vs_drift":
+                                if quantity == "loss_change_vs_drift":
                                     value = -0.25
                                 flag = flagged if (flagged and arch == "lenet" and dataset == "cifar10" and decay == 0 and seed == seeds[-1]) else ""
                                 rows.append({"study": "table1", "dataset": dataset, "arch": arch, "decay": decay, "seed": seed,
-                                             "test_point": tp, "estimator": est, "target": target, "subset": "all", "n": 40,
+                                             "test_point": tp, "estimator": est, "quantity": quantity, "subset": "all", "n": 40,
                                              "pearson": np.nan if flag else value, "spearman": np.nan if flag else -value,
                                              "flag": flag})
     frame = pd.DataFrame(rows)
@@ -91,7 +91,7 @@ def test_missing_cells_are_named_and_rows_follow_the_grid():
 
 
 def test_target_selects_the_ground_truth():
-    long = tables.table1_long(correlations(), ESTIMATOR, decay=0.001, target="loss_change_vs_drift")
+    long = tables.table1_long(correlations(), ESTIMATOR, decay=0.001, quantity="loss_change_vs_drift")
     assert set(long[long.metric == "pearson"].value) == {-0.25}
 
 

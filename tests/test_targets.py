@@ -6,7 +6,7 @@
 - On a convex model (logistic regression with decay, re-fitted to convergence) influence, LOO and
   PBRF agree, summed Δ̂ predicts group removal, and the LDS is high.
 - The LDS statistic falls with noise, its interval covers a known answer, and the joins of
-  study/targets.py keep the sign convention (synthetic tables with a known answer).
+  src/fragility/truths keep the sign convention (synthetic tables with a known answer).
 """
 
 import math
@@ -28,7 +28,9 @@ from fragility.engine.objective import Objective
 from fragility.engine.pbrf import objective_gradient_norms, removal_terms, solve_lbfgs
 from fragility.engine.training import TrainSettings, train_copies
 from fragility.models.registry import init_model
-from fragility.study import targets
+from fragility.truths import jobs, registry
+from fragility.truths.groups import draw_groups
+from fragility.truths.lds import draw_subsets, lds_score
 
 DTYPE = torch.float64
 
@@ -190,8 +192,8 @@ def test_convex_influence_loo_and_pbrf_agree(convex, iris_std):
 def test_convex_group_removal_is_additive(convex, iris_std):
     net, theta, settings, points, scores = convex
     x, y, xt, yt = iris_std
-    cfg = {**targets.DEFAULTS["groups"], "random": 10, "same_class": 6, "tails": 5}
-    groups = targets.draw_groups({"top1": scores["top1"]}, y.numpy(), cfg, np.random.default_rng(0))
+    cfg = {**registry.get("groups").defaults, "random": 10, "same_class": 6, "tails": 5}
+    groups = draw_groups({"top1": scores["top1"]}, y.numpy(), cfg, np.random.default_rng(0))
     actual = _test_loss_changes(net, _refit(convex, iris_std, [g["indices"] for g in groups]), theta, xt, yt,
                                 points[0]["index"])
     predicted = np.array([scores["top1"][g["indices"]].sum() for g in groups])
@@ -206,23 +208,23 @@ def test_convex_group_removal_is_additive(convex, iris_std):
 def test_convex_lds_is_high(convex, iris_std):
     net, theta, settings, points, scores = convex
     x, y, xt, yt = iris_std
-    left_out = targets.draw_subsets(len(y), {"subsets": 100, "fraction": 0.5}, np.random.default_rng(1))
+    left_out = draw_subsets(len(y), {"subsets": 100, "fraction": 0.5}, np.random.default_rng(1))
     thetas = _refit(convex, iris_std, left_out)
     actual = np.stack([_test_loss_changes(net, thetas, theta, xt, yt, p["index"]) for p in points])
     predicted = np.stack([[scores[p["name"]][idx].sum() for idx in left_out] for p in points])
-    result = targets.lds_score(predicted, actual, resamples=500)
+    result = lds_score(predicted, actual, resamples=500)
     assert result["lds"] >= 0.95, result["per_point"]
     assert result["lds_lo"] <= result["lds"] <= result["lds_hi"]
     # the points a subset keeps predict the opposite: the convention is "left out"
     kept = np.stack([[scores[p["name"]].sum() - scores[p["name"]][idx].sum() for idx in left_out] for p in points])
-    assert targets.lds_score(kept, actual, resamples=0)["lds"] <= -0.95
+    assert lds_score(kept, actual, resamples=0)["lds"] <= -0.95
 
 
 # --------------------------------------------------------------------------- the LDS statistic
 def test_lds_falls_with_noise():
     rng = np.random.default_rng(0)
     predicted = rng.normal(size=(8, 100))
-    values = [targets.lds_score(predicted, predicted + sigma * rng.normal(size=predicted.shape), resamples=0)["lds"]
+    values = [lds_score(predicted, predicted + sigma * rng.normal(size=predicted.shape), resamples=0)["lds"]
               for sigma in (0.0, 0.3, 1.0, 3.0)]
     assert values[0] == pytest.approx(1.0)
     assert values[0] > values[1] > values[2] > values[3]
@@ -238,7 +240,7 @@ def test_lds_interval_covers_the_known_answer():
     for _ in range(100):
         a = rng.normal(size=(5, 100))
         b = rho * a + math.sqrt(1 - rho**2) * rng.normal(size=a.shape)
-        result = targets.lds_score(a, b, resamples=200, confidence=0.9, seed=int(rng.integers(1 << 30)))
+        result = lds_score(a, b, resamples=200, confidence=0.9, seed=int(rng.integers(1 << 30)))
         covered.append(result["lds_lo"] <= truth <= result["lds_hi"])
     assert 0.78 <= np.mean(covered) <= 0.98, np.mean(covered)
 
@@ -248,12 +250,12 @@ def test_plan_is_seeded_and_well_formed():
     rng = np.random.default_rng(0)
     labels = np.repeat([0, 1, 2], 40)
     influence = pd.DataFrame({"test_point": "max", "train_index": range(120), "predicted_loss_change": rng.normal(size=120)})
-    cfg = {**targets.DEFAULTS["groups"], "tail_pool": 0.1}
-    lds = {**targets.DEFAULTS["lds"], "subsets": 20}
-    plan = targets.make_plan(influence, labels, ["loo", "groups", "lds"], cfg, lds, ("iris", "mlp", 0))
-    again = targets.make_plan(influence, labels, ["loo", "groups", "lds"], cfg, lds, ("iris", "mlp", 0))
+    cfg = {**registry.get("groups").defaults, "tail_pool": 0.1}
+    lds = {**registry.get("lds").defaults, "subsets": 20}
+    plan = jobs.make_plan(influence, labels, {"groups": cfg, "lds": lds}, ("iris", "mlp", 0))
+    again = jobs.make_plan(influence, labels, {"groups": cfg, "lds": lds}, ("iris", "mlp", 0))
     assert plan == again
-    assert plan != targets.make_plan(influence, labels, ["groups", "lds"], cfg, lds, ("iris", "mlp", 1))
+    assert plan != jobs.make_plan(influence, labels, {"groups": cfg, "lds": lds}, ("iris", "mlp", 1))
     score = influence.predicted_loss_change.to_numpy()
     top, bottom = set(np.argsort(-score)[:12]), set(np.argsort(score)[:12])
     kinds = pd.Series([g["kind"] for g in plan["groups"]]).value_counts().to_dict()
@@ -267,11 +269,11 @@ def test_plan_is_seeded_and_well_formed():
         if g["kind"] == "tails_negative":
             assert set(g["indices"]) <= bottom
     assert len(plan["lds"]["left_out"]) == 20 and all(len(s) == 60 for s in plan["lds"]["left_out"])
-    with pytest.raises(ValueError, match="targets: unknown ground truth 'lso'"):
-        targets.enabled_targets({"targets": ["loo", "lso"]})
+    with pytest.raises(ValueError, match="truths: unknown ground truth 'lso'"):
+        registry.enabled({"truths": ["loo", "lso"]})
 
 
-def test_correlate_targets_keeps_the_sign_convention(tmp_path):
+def test_correlate_truths_keeps_the_sign_convention(tmp_path):
     """Synthetic cell whose re-trained losses are ℓ* + (the sum of the removed points' Δ̂): every
     target then scores +1 (a flipped sign, a kept-instead-of-left-out sum, or a misaligned join
     would not)."""
@@ -285,8 +287,8 @@ def test_correlate_targets_keeps_the_sign_convention(tmp_path):
                              "predicted_loss_change": delta[name], "status": "ok"}) for name in base]
               ).to_parquet(tmp_path / "exact.parquet")
     influence = pd.read_parquet(tmp_path / "exact.parquet")
-    plan = targets.make_plan(influence, np.repeat([0, 1, 2], 20), ["groups", "lds"], targets.DEFAULTS["groups"],
-                             {**targets.DEFAULTS["lds"], "subsets": 30}, ("x",))
+    plan = jobs.make_plan(influence, np.repeat([0, 1, 2], 20), {"groups": registry.get("groups").defaults,
+                          "lds": {**registry.get("lds").defaults, "subsets": 30}}, ("x",))
     (tmp_path / "plan.json").write_text(pd.Series(plan).to_json())
 
     def retrained(sets, key):
@@ -301,12 +303,12 @@ def test_correlate_targets_keeps_the_sign_convention(tmp_path):
     pbrf.to_parquet(tmp_path / "pbrf.parquet")
     (tmp_path / "selected.json").write_text(pd.Series(
         {"per_test_point": {name: {str(i): "top" for i in chosen} for name in base}}).to_json())
-    frame = targets.correlate_targets({"study": "s", "dataset": "d", "arch": "a", "decay": 0.0, "seed": 0},
-                                      {"exact": tmp_path / "exact.parquet"}, tmp_path / "tp.json",
-                                      tmp_path / "metrics.json", tmp_path / "out.parquet",
-                                      selection_path=tmp_path / "selected.json", pbrf_paths=[tmp_path / "pbrf.parquet"],
-                                      plan_path=tmp_path / "plan.json", group_paths=[tmp_path / "groups.parquet"],
-                                      lds_paths=[tmp_path / "lds.parquet"], options={"resamples": 100, "permutations": 0})
+    frame = jobs.correlate_truths({"study": "s", "dataset": "d", "arch": "a", "decay": 0.0, "seed": 0},
+                                  {"exact": tmp_path / "exact.parquet"}, tmp_path / "tp.json", tmp_path / "metrics.json",
+                                  tmp_path / "out.parquet", {name: [tmp_path / f"{name}.parquet"]
+                                                             for name in ("pbrf", "groups", "lds")},
+                                  selection_path=tmp_path / "selected.json", plan_path=tmp_path / "plan.json",
+                                  options={"resamples": 100, "permutations": 0})
     assert set(frame.truth) == {"pbrf", "groups", "lds"}
     whole = frame[frame.subset == "all"]
     assert (whole.spearman > 0.999).all(), whole[["truth", "test_point", "spearman"]]
@@ -327,15 +329,17 @@ def test_pipeline_steps_reproduce_theta_star_when_nothing_is_removed(tmp_path):
                    log=lambda m: None)
     pipeline.pick_test_points(model, data, ["max", "median"], tmp_path / "tp.json", "cpu")
     loo_cfg = {"steps": 50, "chunk_size": 4}
-    pipeline.run_removal_sets(model, data, tmp_path / "tp.json", [[], [5, 6]], [0, 1], {"start": "scratch"}, loo_cfg,
-                              train_cfg, tmp_path / "lds.parquet", device_name="cpu", log=lambda m: None)
+    paths = {"model": model, "data": data, "test_points": tmp_path / "tp.json"}
+    registry.get("lds").retrain_chunk(paths, [(0, []), (1, [5, 6])], {"start": "scratch"}, loo_cfg, train_cfg,
+                                      tmp_path / "lds.parquet", device_name="cpu", log=lambda m: None)
     lds = pd.read_parquet(tmp_path / "lds.parquet")
     assert (lds[lds.set_id == 0].param_distance < 1e-12).all()
     assert (lds[lds.set_id == 1].param_distance > 1e-4).all()
     for solver in ("train", "lbfgs"):
-        cfg = {**targets.DEFAULTS["pbrf"], "solver": solver}
-        pipeline.run_pbrf(model, data, tmp_path / "tp.json", [-1, 7], cfg, loo_cfg, train_cfg, 0.01,
-                          tmp_path / f"pbrf_{solver}.parquet", device_name="cpu", log=lambda m: None)
+        cfg = {**registry.get("pbrf").defaults, "solver": solver}
+        registry.get("pbrf").retrain_chunk(paths, [(-1, []), (7, [7])], cfg, loo_cfg, train_cfg,
+                                           tmp_path / f"pbrf_{solver}.parquet", damping=0.01, device_name="cpu",
+                                           log=lambda m: None)
         pbrf = pd.read_parquet(tmp_path / f"pbrf_{solver}.parquet")
         assert (pbrf[pbrf.removed_index == -1].param_distance < 1e-9).all()
         assert (pbrf[pbrf.removed_index == 7].param_distance > 1e-6).all()
@@ -355,14 +359,16 @@ def test_killed_target_job_resumes_from_its_checkpoint_to_the_same_numbers(job, 
                    log=lambda m: None)
     pipeline.pick_test_points(model, data, ["max"], tmp_path / "tp.json", "cpu")
     loo_cfg = {"steps": 12, "chunk_size": 4, "optimizer": "sgd", "batch_size": 16, "checkpoint_every": 4}
+    paths = {"model": model, "data": data, "test_points": tmp_path / "tp.json"}
 
     def run(out, checkpoint, log, scale=1.0):
         if job == "pbrf":
-            cfg = {**targets.DEFAULTS["pbrf"], "solver": "train", "epsilon_scale": scale}
-            return pipeline.run_pbrf(model, data, tmp_path / "tp.json", [-1, 7, 11], cfg, loo_cfg, train_cfg, 0.01, out,
-                                     device_name="cpu", checkpoint_path=checkpoint, log=log)
-        return pipeline.run_removal_sets(model, data, tmp_path / "tp.json", [[1, 2], [5, 6, 7]], [0, 1], {}, loo_cfg,
-                                         train_cfg, out, device_name="cpu", checkpoint_path=checkpoint, log=log)
+            cfg = {**registry.get("pbrf").defaults, "solver": "train", "epsilon_scale": scale}
+            return registry.get("pbrf").retrain_chunk(paths, [(-1, []), (7, [7]), (11, [11])], cfg, loo_cfg, train_cfg,
+                                                      out, damping=0.01, device_name="cpu", checkpoint_path=checkpoint,
+                                                      log=log)
+        return registry.get("groups").retrain_chunk(paths, [(0, [1, 2]), (1, [5, 6, 7])], {}, loo_cfg, train_cfg, out,
+                                                    device_name="cpu", checkpoint_path=checkpoint, log=log)
 
     run(tmp_path / "whole.parquet", None, lambda m: None)
     checkpoint = tmp_path / "job.checkpoint.pt"
@@ -384,8 +390,8 @@ def test_killed_target_job_resumes_from_its_checkpoint_to_the_same_numbers(job, 
 
 @pytest.mark.slow
 def test_the_targets_workflow_runs_end_to_end_on_one_cell(tmp_path):
-    """configs/tiny_targets.yaml on one Iris cell through Snakemake: every ground truth gets a
-    correlation with an interval for each estimator, the LOO column of targets.csv is the LOO
+    """configs/tiny_truths.yaml on one Iris cell through Snakemake: every ground truth gets a
+    correlation with an interval for each estimator, the LOO column of truths.csv is the LOO
     correlation of summary.csv, PBRF tracks LOO on this small net, the figure is drawn, and a
     second run has nothing to do."""
     from workflow_files import copy_workflow
@@ -393,11 +399,11 @@ def test_the_targets_workflow_runs_end_to_end_on_one_cell(tmp_path):
     one_cell = "studies:\n  iris:\n    architectures: [mlp-d1-w5]\n    decays: [0.005]\n"
     work = copy_workflow(tmp_path / "w", overlays={"one_cell.yaml": one_cell})
     args = [str(Path(sys.executable).with_name("snakemake")), "--cores", "2", "iris", "--configfile",
-            "configs/tiny.yaml", "configs/tiny_targets.yaml", "configs/one_cell.yaml"]
+            "configs/tiny.yaml", "configs/tiny_truths.yaml", "configs/one_cell.yaml"]
     run = subprocess.run(args, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900)
     assert run.returncode == 0, run.stdout[-6000:]
 
-    table = pd.read_csv(work / "results/iris/targets.csv")
+    table = pd.read_csv(work / "results/iris/truths.csv")
     summary = pd.read_csv(work / "results/iris/summary.csv")
     number = re.compile(r"^(-?\d\.\d+) \[(-?\d\.\d+), (-?\d\.\d+)\]$")
     columns = [f"{t} {m} (max)" for t in ("loo", "pbrf", "groups") for m in ("pearson", "spearman")] + ["LDS"]
@@ -408,12 +414,12 @@ def test_the_targets_workflow_runs_end_to_end_on_one_cell(tmp_path):
             assert match, f"{estimator} {column}: {row[column]!r} is not a correlation with its interval"
             value, low, high = map(float, match.groups())
             assert -1 <= low <= value <= high <= 1, (estimator, column, row[column])
-        loo = summary[(summary.estimator == estimator) & (summary.target == "loss_change") & (summary.subset == "all")]
+        loo = summary[(summary.estimator == estimator) & (summary.quantity == "loss_change") & (summary.subset == "all")]
         assert float(row["loo spearman (max)"].split()[0]) == pytest.approx(float(loo.spearman.iloc[0].split()[0]),
                                                                             abs=0.005)
     retraining = table[table.estimator == "loo_retraining"].iloc[0]
     assert float(retraining["pbrf spearman (max)"].split()[0]) > 0.9  # PBRF ≈ LOO for a small net near θ*
-    assert (work / "results/iris/figures/targets/correlation_by_target.png").stat().st_size > 0
+    assert (work / "results/iris/figures/truths/correlation_by_truth.png").stat().st_size > 0
     again = subprocess.run([*args, "-n"], cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                            timeout=300)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout, again.stdout[-3000:]

@@ -37,7 +37,7 @@ def synthetic_cell(n=400, signal=1.0, sigma=0.5, shift=(0.3, -2.0), seed=0, esti
                          "predicted_loss_change": predicted})
     repeat = pd.DataFrame({"removed_index": np.arange(n), "test_index": 7, "test_loss": repeated + loss_at_optimum})
     stats = correlate(predicted, original, resamples=300, seed=1)
-    corr = pd.DataFrame([{**CELL, "test_point": "max", "estimator": "exact", "target": "loss_change", "subset": "all",
+    corr = pd.DataFrame([{**CELL, "test_point": "max", "estimator": "exact", "quantity": "loss_change", "subset": "all",
                           "truth": "loo", **stats, "actual_std": float(np.std(original, ddof=1))}])
     return rows, repeat, corr
 
@@ -93,7 +93,7 @@ def test_noise_not_measured_and_too_few_repeats():
 
 
 def _row(**values):
-    base = {**CELL, "test_point": "max", "estimator": "exact", "target": "loss_change", "subset": "all", "truth": "loo",
+    base = {**CELL, "test_point": "max", "estimator": "exact", "quantity": "loss_change", "subset": "all", "truth": "loo",
             "n": 40, "flag": "", "pearson": 0.8, "pearson_lo": 0.7, "pearson_hi": 0.9, "spearman": 0.85,
             "spearman_lo": 0.75, "spearman_hi": 0.95, "confidence": 0.95, "actual_std": 1.0}
     return {**base, **values}

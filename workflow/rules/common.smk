@@ -217,18 +217,6 @@ def device():
     return config.get("device", "auto")
 
 
-def loo_chunks(wildcards):
-    """The re-training chunks of a cell, known once its `select` checkpoint has run."""
-    selected = checkpoints.select.get(**wildcards).output[0]
-    n_chunks = grid.loo_chunk_count(
-        config, wildcards.study, wildcards.arch, len(grid.read_selected(selected))
-    )
-    return [
-        os.path.join(CELL.format(**wildcards), f"loo/chunk{k:04d}.parquet")
-        for k in range(n_chunks)
-    ]
-
-
 def repeat_settings(wildcards):
     return grid.repeat_settings(config, wildcards.study, wildcards.arch)
 
@@ -338,11 +326,11 @@ def yaml_dump(value):
 
 
 def verdict_correlations(wildcards):
-    """Every ground truth's correlations: targets_correlations.parquet where the study scores more
+    """Every ground truth's correlations: truths_correlations.parquet where the study scores more
     than LOO (it holds LOO's rows too), else correlations.parquet."""
     name = (
-        "targets_correlations.parquet"
-        if target_outputs(wildcards.study)
+        "truths_correlations.parquet"
+        if truth_outputs(wildcards.study)
         else "correlations.parquet"
     )
     return os.path.join(RESULTS, wildcards.study, name)
@@ -384,10 +372,10 @@ def verdict_figures(study):
             "seed's Pearson (P) and Spearman (S) and bootstrap interval; dashed: the identity.",
         )
     ]
-    if target_outputs(study):
+    if truth_outputs(study):
         chosen.append(
             (
-                f"{root}/targets/correlation_by_target.png",
+                f"{root}/truths/correlation_by_truth.png",
                 "Each estimator's correlation against every ground truth (LOO, PBRF, groups, LDS).",
             )
         )
@@ -413,8 +401,8 @@ def verdict_links(study):
     links = []
     if study_kind(study) == "table1":
         links.append(["table1.html", "Table 1, and ours next to the paper's values"])
-    if target_outputs(study):
-        links.append(["../targets.csv", "every estimator against every ground truth"])
+    if truth_outputs(study):
+        links.append(["../truths.csv", "every estimator against every ground truth"])
     return links
 
 
@@ -441,5 +429,5 @@ def selecting_estimators(w):
 
 
 def plan_estimator(w):
-    """The estimator whose Δ̂ the targets plan reads (only `groups` uses it, which `union` refuses)."""
+    """The estimator whose Δ̂ the truths plan reads (only `groups` uses it, which `union` refuses)."""
     return selecting_estimators(w)[0]

@@ -1,121 +1,91 @@
-# Ground truths beyond leave-one-out (src/fragility/study/targets.py), enabled per study with
-# `targets: [loo, pbrf, groups, lds]`: PBRF re-trainings of the selected points, group removals and
-# LDS subsets, chunked and batched like `loo_chunk` (same resources, checkpoints), then scored per
-# cell (`targets.parquet`, column `truth`) and per study (`targets.csv`, one figure).
+# Ground truths (src/fragility/truths/), enabled per study with `truths: [loo, pbrf, groups, lds]`:
+# leave-one-out, PBRF re-trainings of the selected points, group removals and LDS subsets, each
+# chunked and batched by one rule definition; the truths beyond LOO are scored per cell
+# (`truths.parquet`, column `truth`) and per study (`truths.csv`, one figure).
 
 
-checkpoint targets_plan:
+checkpoint truths_plan:
     input:
         data=in_grid(os.path.join(RESULTS, "{study}/{dataset}/data.pt")),
         influence=lambda w: os.path.join(
             CELL.format(**w), f"influence/{plan_estimator(w)}.parquet"
         ),
     output:
-        os.path.join(CELL, "targets/plan.json"),
+        os.path.join(CELL, "truths/plan.json"),
     log:
-        os.path.join(LOGS, "targets_plan.log"),
+        os.path.join(LOGS, "truths_plan.log"),
     conda:
         CONDA_ENV
     resources:
         mem_mb=1000,
         runtime=5,
     params:
-        targets=targets_enabled,
-        groups=target_settings("groups", unused=("chunk_size",)),
-        lds=target_settings(
-            "lds", unused=("chunk_size", "start", "steps", "copies_per_pass")
-        ),
+        settings=planned_settings,
         seed_keys=lambda w: [w.study, w.dataset, w.arch, w.decay, int(w.seed)],
     script:
-        "../scripts/targets_plan.py"
+        "../scripts/truths_plan.py"
 
 
-rule pbrf_chunk:
+# One re-training rule per truth, `<truth>_chunk` (loo_chunk, pbrf_chunk, groups_chunk,
+# lds_chunk): one chunk of the truth's sets, batched (truths/retrain.py), with the resources,
+# grouping and minibatch order (grid.loo_order_seed) of every re-training.
+for _name in truth_registry.names():
+    _truth = truth_registry.get(_name)
+
+    rule:
+        name:
+            f"{_name}_chunk"
+        input:
+            **{key: os.path.join(CELL, path) for key, path in _truth.inputs.items()},
+            model=in_grid(os.path.join(CELL, "model.pt")),
+            data=os.path.join(RESULTS, "{study}/{dataset}/data.pt"),
+            test_points=os.path.join(CELL, "test_points.json"),
+        output:
+            os.path.join(CELL, _truth.folder(), "chunk{chunk}.parquet"),
+        log:
+            os.path.join(LOGS, f"{_name}_chunk{{chunk}}.log"),
+        benchmark:
+            os.path.join(BENCH, f"{_name}_chunk{{chunk}}.tsv")
+        group:
+            cluster_group("loo", "loo")
+        conda:
+            CONDA_ENV
+        threads: cluster_threads("loo")
+        resources:
+            **cluster_resources("loo"),
+        params:
+            truth=_name,
+            settings=truth_settings(_name),
+            loo=settings_of("loo"),
+            train=settings_of("train"),
+            extra=truth_extra(_name),
+            order_seed=lambda w: grid.loo_order_seed(w.seed),
+            device=device(),
+            checkpoint=lambda w, output: output[0].replace(".parquet", ".checkpoint.pt"),
+        script:
+            "../scripts/retrain_chunk.py"
+
+
+rule correlate_truths:
     input:
-        model=in_grid(os.path.join(CELL, "model.pt")),
-        data=os.path.join(RESULTS, "{study}/{dataset}/data.pt"),
-        test_points=os.path.join(CELL, "test_points.json"),
-        selected=os.path.join(CELL, "selected.json"),
+        unpack(correlate_truths_input),
     output:
-        os.path.join(CELL, "targets/pbrf/chunk{chunk}.parquet"),
+        os.path.join(CELL, "truths.parquet"),
     log:
-        os.path.join(LOGS, "pbrf_chunk{chunk}.log"),
-    benchmark:
-        os.path.join(BENCH, "pbrf_chunk{chunk}.tsv")
-    group:
-        cluster_group("loo", "loo")
-    conda:
-        CONDA_ENV
-    threads: cluster_threads("loo")
-    resources:
-        **cluster_resources("loo"),
-    params:
-        pbrf=target_settings("pbrf"),
-        loo=settings_of("loo"),
-        train=settings_of("train"),
-        damping=damping_of,
-        order_seed=lambda w: int(w.seed) + 7919,
-        device=device(),
-        checkpoint=lambda w: os.path.join(
-            CELL.format(**w), f"targets/pbrf/chunk{w.chunk}.checkpoint.pt"
-        ),
-    script:
-        "../scripts/pbrf.py"
-
-
-rule removal_chunk:
-    input:
-        model=in_grid(os.path.join(CELL, "model.pt")),
-        data=os.path.join(RESULTS, "{study}/{dataset}/data.pt"),
-        test_points=os.path.join(CELL, "test_points.json"),
-        plan=os.path.join(CELL, "targets/plan.json"),
-    output:
-        os.path.join(CELL, "targets/{kind}/chunk{chunk}.parquet"),
-    log:
-        os.path.join(LOGS, "{kind}_chunk{chunk}.log"),
-    benchmark:
-        os.path.join(BENCH, "{kind}_chunk{chunk}.tsv")
-    wildcard_constraints:
-        kind="groups|lds",
-    group:
-        cluster_group("loo", "loo")
-    conda:
-        CONDA_ENV
-    threads: cluster_threads("loo")
-    resources:
-        **cluster_resources("loo"),
-    params:
-        settings=lambda w: target_defs.settings(arch_cfg(w), w.kind),
-        loo=settings_of("loo", unused=("chunk_size",)),
-        train=settings_of("train"),
-        order_seed=lambda w: int(w.seed) + 7919,
-        device=device(),
-        checkpoint=lambda w: os.path.join(
-            CELL.format(**w), f"targets/{w.kind}/chunk{w.chunk}.checkpoint.pt"
-        ),
-    script:
-        "../scripts/removal_sets.py"
-
-
-rule correlate_targets:
-    input:
-        unpack(correlate_targets_input),
-    output:
-        os.path.join(CELL, "targets.parquet"),
-    log:
-        os.path.join(LOGS, "correlate_targets.log"),
+        os.path.join(LOGS, "correlate_truths.log"),
     resources:
         mem_mb=2000,
         runtime=10,
     params:
         estimators=lambda w: list(grid.estimators(config, w.study, w.arch)),
+        truths=truths_enabled,
         cell=lambda w: {**cell_of(w), "decay": decay_of(w), "seed": int(w.seed)},
         correlation=lambda w: arch_cfg(w).get("correlation", {}),
     run:
         logged(
             log,
             "target correlations written",
-            correlate_targets_job,
+            correlate_truths_job,
             input,
             output,
             params,
@@ -123,40 +93,40 @@ rule correlate_targets:
         )
 
 
-rule targets_summary:
+rule truths_summary:
     input:
-        cells=lambda w: cell_target_tables(w.study),
+        cells=lambda w: cell_truth_tables(w.study),
         loo=os.path.join(RESULTS, "{study}/correlations.parquet"),
     output:
-        correlations=os.path.join(RESULTS, "{study}/targets_correlations.parquet"),
+        correlations=os.path.join(RESULTS, "{study}/truths_correlations.parquet"),
         table=report(
-            os.path.join(RESULTS, "{study}/targets.csv"),
-            caption="../report/targets.rst",
+            os.path.join(RESULTS, "{study}/truths.csv"),
+            caption="../report/truths.rst",
             category="Study {study}",
             subcategory="Ground truths",
         ),
         figure=report(
-            os.path.join(RESULTS, "{study}/figures/targets/correlation_by_target.png"),
-            caption="../report/correlation_by_target.rst",
+            os.path.join(RESULTS, "{study}/figures/truths/correlation_by_truth.png"),
+            caption="../report/correlation_by_truth.rst",
             category="Study {study}",
             subcategory="Ground truths",
         ),
     log:
-        os.path.join(RESULTS, "logs/{study}/targets_summary.log"),
+        os.path.join(RESULTS, "logs/{study}/truths_summary.log"),
     resources:
         mem_mb=2000,
         runtime=10,
     run:
-        logged(log, "ground-truth tables written", targets_summary_job, input, output)
+        logged(log, "ground-truth tables written", truths_summary_job, input, output)
 
 
-rule table1_targets:
+rule table1_truths:
     input:
-        os.path.join(RESULTS, "{study}/targets_correlations.parquet"),
+        os.path.join(RESULTS, "{study}/truths_correlations.parquet"),
     output:
-        os.path.join(RESULTS, "{study}/table1_targets.csv"),
+        os.path.join(RESULTS, "{study}/table1_truths.csv"),
     log:
-        os.path.join(RESULTS, "logs/{study}/table1_targets.log"),
+        os.path.join(RESULTS, "logs/{study}/table1_truths.log"),
     wildcard_constraints:
         study=kind_constraint("table1"),
     resources:
@@ -168,7 +138,7 @@ rule table1_targets:
         logged(
             log,
             "Table 1 by ground truth written",
-            tables.write_table1_targets,
+            tables.write_table1_truths,
             input[0],
             output[0],
             **params.options,
@@ -176,7 +146,7 @@ rule table1_targets:
 
 
 localrules:
-    targets_plan,
-    correlate_targets,
-    targets_summary,
-    table1_targets,
+    truths_plan,
+    correlate_truths,
+    truths_summary,
+    table1_truths,

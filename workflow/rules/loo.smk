@@ -1,33 +1,4 @@
-rule loo_chunk:
-    input:
-        model=in_grid(os.path.join(CELL, "model.pt")),
-        data=os.path.join(RESULTS, "{study}/{dataset}/data.pt"),
-        test_points=os.path.join(CELL, "test_points.json"),
-        selected=os.path.join(CELL, "selected.json"),
-        drift_theta=os.path.join(CELL, "loo/drift_theta.pt"),
-    output:
-        os.path.join(CELL, "loo/chunk{chunk}.parquet"),
-    log:
-        os.path.join(LOGS, "loo_chunk{chunk}.log"),
-    benchmark:
-        os.path.join(BENCH, "loo_chunk{chunk}.tsv")
-    group:
-        cluster_group("loo", "loo")
-    conda:
-        CONDA_ENV
-    threads: cluster_threads("loo")
-    resources:
-        **cluster_resources("loo"),
-    params:
-        loo=settings_of("loo"),
-        train=settings_of("train"),
-        order_seed=lambda w: grid.loo_order_seed(w.seed),
-        device=device(),
-        checkpoint=lambda w: os.path.join(
-            CELL.format(**w), f"loo/chunk{w.chunk}.checkpoint.pt"
-        ),
-    script:
-        "../scripts/loo.py"
+# loo_chunk: ground_truths.smk (one rule definition for every truth's chunks)
 
 
 rule loo_drift:
@@ -58,4 +29,4 @@ rule loo_drift:
         device=device(),
         checkpoint=lambda w: os.path.join(CELL.format(**w), "loo/drift.checkpoint.pt"),
     script:
-        "../scripts/loo.py"
+        "../scripts/loo_drift.py"

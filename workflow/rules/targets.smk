@@ -75,5 +75,5 @@ def study_targets(study):
             study, outputs.overview_figures(config, study), "figures/overview"
         )
         + KIND_OUTPUTS[study_kind(study)](study)
-        + target_outputs(study)  # the other ground truths (ground_truths.smk)
+        + truth_outputs(study)  # the other ground truths (ground_truths.smk)
     )

@@ -7,7 +7,8 @@ import sys
 import time
 
 from fragility.study.grid import with_run_settings
-from fragility.study.pipeline import compute_influence, pick_test_points, run_loo, train
+from fragility.study.pipeline import compute_influence, pick_test_points, train
+from fragility.truths.registry import get as truth
 from fragility.runtime import file_logger, job_label, naming_failures, peak_gpu_memory_mb, resolve_device, start_job
 
 i, o, logs, p, w = snakemake.input, snakemake.output, snakemake.log, snakemake.params, snakemake.wildcards
@@ -46,8 +47,9 @@ def influence(name):
 def drift_control(log):
     loo_cfg = with_run_settings(p.loo, snakemake.config, w.study, w.arch, "loo")  # + checkpoints, copies per pass
     train_cfg = with_run_settings(p.train, snakemake.config, w.study, w.arch, "train")
-    seconds = run_loo(o.model, i.data, o.test_points, [-1], loo_cfg, train_cfg, o.drift_table, device_name=p.device,
-                      order_seed=p.order_seed, checkpoint_path=p.drift_checkpoint, theta_out=o.drift_theta, log=log)
+    paths = {"model": o.model, "data": i.data, "test_points": o.test_points}
+    seconds = truth("loo").drift(paths, loo_cfg, train_cfg, o.drift_table, o.drift_theta, device_name=p.device,
+                                 order_seed=p.order_seed, checkpoint_path=p.drift_checkpoint, log=log)
     log(f"re-trained 1 copies in {seconds:.1f}s")
 
 

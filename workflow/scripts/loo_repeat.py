@@ -1,17 +1,18 @@
 """Repeat of some leave-one-out re-trainings (and the drift control) with another minibatch order."""
 
+from fragility.runtime import job_label, naming_failures, peak_gpu_memory_mb, resolve_device, start_job
 from fragility.study.grid import with_run_settings
-from fragility.study.pipeline import repeat_loo
-from fragility.runtime import peak_gpu_memory_mb, resolve_device, job_label, naming_failures, start_job
+from fragility.truths.registry import get
 
 log = start_job(snakemake.log[0], snakemake.threads)
 with naming_failures(job_label(snakemake.rule, snakemake.wildcards), log):  # the error names its cell
     p, w = snakemake.params, snakemake.wildcards
     loo_cfg = with_run_settings(p.loo, snakemake.config, w.study, w.arch, "loo")  # + checkpoints, copies per pass
     train_cfg = with_run_settings(p.train, snakemake.config, w.study, w.arch, "train")
-    seconds, indices = repeat_loo(snakemake.input.model, snakemake.input.data, snakemake.input.test_points,
-                                  snakemake.input.selected, p.repeats, loo_cfg, train_cfg, snakemake.output[0], device_name=p.device,
-                                  order_seed=p.order_seed, checkpoint_prefix=p.checkpoint, log=log)
+    paths = {key: str(value) for key, value in snakemake.input.items()}
+    seconds, indices = get("loo").repeat(paths, p.repeats, loo_cfg, train_cfg, snakemake.output[0],
+                                         order_seed=p.order_seed, checkpoint_prefix=p.checkpoint,
+                                         device_name=p.device, log=log)
     log(f"repeated {len(indices)} re-trainings and the drift control with order seed {p.order_seed} in {seconds:.1f}s")
     peak = peak_gpu_memory_mb(resolve_device(p.device))
     if peak is not None:

@@ -5,7 +5,7 @@
   the ground truth's signal-to-noise (noise.py).
 - `summary_by_seed.csv`: the same correlations aggregated over seeds: mean ± standard deviation and
   the number of seeds, over unflagged seeds only; flagged seeds are counted and named, never averaged.
-- `noise.csv`: per cell, test point and target, the effect, drift and repeat noise, their ratio and
+- `noise.csv`: per cell, test point and quantity, the effect, drift and repeat noise, their ratio and
   the `noise_exceeds_effect` flag.
 - `estimators.csv`: the estimator study: every estimator's correlation against the same ground truth,
   in every cell, with its agreement with exact influence where the exact Hessian was computed.
@@ -28,7 +28,7 @@ from ..io import atomic_path, write_csv, write_parquet
 from ..stats import CORRELATION_DEFAULTS, METHODS, correlate, format_interval, format_mean_spread, stream_seed
 
 CELL_KEYS = ["study", "dataset", "arch", "decay", "seed"]
-CORRELATION_KEYS = ["test_point", "estimator", "target", "subset"]
+CORRELATION_KEYS = ["test_point", "estimator", "quantity", "subset"]
 NOISE_COLUMNS = ["effect", "drift_noise", "repeat_noise", "repeat_n", "noise", "noise_source", "signal_to_noise",
                  "noise_flag"]
 
@@ -73,7 +73,7 @@ def summary_table(correlations: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
 
 
 def seed_summary(correlations: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
-    """Mean ± std over seeds per (cell without seed, test point, estimator, target, subset), over
+    """Mean ± std over seeds per (cell without seed, test point, estimator, quantity, subset), over
     unflagged seeds; flagged seeds counted and named (`seed1:constant_actual`), never averaged in."""
     frame = correlations.assign(flag=correlations["flag"].fillna(""))
     if "noise_flag" not in frame:
@@ -102,10 +102,10 @@ def seed_summary(correlations: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
 
 
 def noise_table(correlations: pd.DataFrame) -> pd.DataFrame:
-    """Signal-to-noise of the ground truth per cell, test point and target (subset `all`); the
+    """Signal-to-noise of the ground truth per cell, test point and quantity (subset `all`); the
     ground truth does not depend on the estimator, so one estimator's row stands for all."""
     if "signal_to_noise" not in correlations:
-        return pd.DataFrame(columns=CELL_KEYS + ["test_point", "target"] + NOISE_COLUMNS)
+        return pd.DataFrame(columns=CELL_KEYS + ["test_point", "quantity"] + NOISE_COLUMNS)
     # the flags of the cell and its ground truth (model_not_trained, selection_failed, constant_actual,
     # ...); those of one estimator's predictions do not apply to the ground truth. A failed or
     # constant estimator hides `constant_actual` (correlate checks the predictions first), so the
@@ -113,9 +113,9 @@ def noise_table(correlations: pd.DataFrame) -> pd.DataFrame:
     estimator_only = ("estimator_failed", "constant_predicted")
     part = correlations[correlations.subset == "all"]
     hides = part.flag.fillna("").str.contains("|".join(estimator_only))
-    part = part.assign(_hides=hides).sort_values("_hides", kind="stable").drop_duplicates(CELL_KEYS + ["test_point", "target"])
+    part = part.assign(_hides=hides).sort_values("_hides", kind="stable").drop_duplicates(CELL_KEYS + ["test_point", "quantity"])
     part = part.sort_index()
-    out = part[CELL_KEYS + ["test_point", "test_index", "target", "n"] + NOISE_COLUMNS + ["drift_loss_change"]].copy()
+    out = part[CELL_KEYS + ["test_point", "test_index", "quantity", "n"] + NOISE_COLUMNS + ["drift_loss_change"]].copy()
     out["ground_truth"] = [ground_truth_note(r) for r in out.to_dict("records")]
     out["flag"] = [";".join(f for f in flag.split(";") if f and f not in estimator_only) for flag in part.flag.fillna("")]
     return out.reset_index(drop=True)
@@ -138,7 +138,7 @@ def estimator_table(correlations: pd.DataFrame, rows: pd.DataFrame, reference="e
     """
     is_reference = ((lambda arch, name: name == reference) if isinstance(reference, str)
                     else (lambda arch, name, pairs={tuple(p) for p in reference}: (arch, name) in pairs))
-    corr = correlations[(correlations.subset == "all") & correlations.target.isin(["loss_change", "loss_change_vs_drift"])]
+    corr = correlations[(correlations.subset == "all") & correlations.quantity.isin(["loss_change", "loss_change_vs_drift"])]
     ok = ~corr.flag.fillna("").str.contains("estimator_failed")
     chosen = corr[ok & np.array([is_reference(a, e) for a, e in zip(corr.arch, corr.estimator)], dtype=bool)]
     keys = CELL_KEYS + ["test_point"]
@@ -174,10 +174,10 @@ def estimator_table(correlations: pd.DataFrame, rows: pd.DataFrame, reference="e
     for col in METHODS:
         out[f"{col}_text"] = [format_interval(v, a, b, f, digits) for v, a, b, f in
                               zip(out[col], out[f"{col}_lo"], out[f"{col}_hi"], flags)]
-    keep = keys + ["target", "estimator", "reference", "n", "pearson_text", "spearman_text", "agreement_with_exact_text",
+    keep = keys + ["quantity", "estimator", "reference", "n", "pearson_text", "spearman_text", "agreement_with_exact_text",
                    "agreement_with_exact", "agreement_with_exact_lo", "agreement_with_exact_hi", "agreement_with_exact_p", "pearson", "pearson_lo", "pearson_hi", "spearman",
                    "spearman_lo", "spearman_hi", "flag"]
-    return out[keep].sort_values(keys + ["target", "estimator"]).reset_index(drop=True)
+    return out[keep].sort_values(keys + ["quantity", "estimator"]).reset_index(drop=True)
 
 
 # --------------------------------------------------------------------------- benchmarks
@@ -370,9 +370,9 @@ def table1_page(table_csv, versus_csv, path) -> None:
                  (versus[keep], "Ours next to the paper's Table 1", note)], path, "Table 1")
 
 
-def study_report_pages(study_dir, out_dir, config_text: str, main_targets=("loss_change", "loss_change_vs_drift")) -> list[str]:
+def study_report_pages(study_dir, out_dir, config_text: str, main_quantities=("loss_change", "loss_change_vs_drift")) -> list[str]:
     """HTML views of a study's tables for `snakemake --report` (the CSVs stay the data of record).
-    The summary view keeps the subset `all` and the loss targets; the CSV holds every row."""
+    The summary view keeps the subset `all` and the loss quantities; the CSV holds every row."""
     study_dir, out_dir = Path(study_dir), Path(out_dir)
     written = []
     for name, (csv, title) in REPORT_VIEWS.items():
@@ -380,8 +380,8 @@ def study_report_pages(study_dir, out_dir, config_text: str, main_targets=("loss
         frame = pd.read_csv(path, keep_default_na=False, na_values=[""]) if path.exists() else pd.DataFrame()
         note = ""
         if name in ("summary", "summary_by_seed") and not frame.empty:
-            frame = frame[(frame.subset == "all") & frame.target.isin(main_targets)]
-            note = (f"Rows for subset 'all' and targets {', '.join(main_targets)}; {csv} holds every subset and target.")
+            frame = frame[(frame.subset == "all") & frame.quantity.isin(main_quantities)]
+            note = (f"Rows for subset 'all' and quantities {', '.join(main_quantities)}; {csv} holds every subset and quantity.")
         if name == "estimators" and frame.empty:
             note = "No cell computed the exact Hessian, so there is no reference to compare estimators with."
         write_html(frame, out_dir / f"{name}.html", title, note)

@@ -15,6 +15,7 @@ import pandas as pd  # noqa: E402
 from ..stats import format_interval  # noqa: E402
 from .aggregate import NO_EXACT  # noqa: E402
 from ..models.registry import MLP_NAME  # noqa: E402
+from ..truths.registry import TRUTHS  # noqa: E402
 
 
 def save(fig, outdir, name) -> None:
@@ -91,7 +92,7 @@ def iris_figures(correlations_path, rows_path, diagnostics_path, training_path, 
     sweep_depth = int(options.get("width_sweep_depth", 1))
     primary = options.get("estimator", "exact")
     point = corr.test_point.iloc[0] if len(corr) else None  # one test point, named in the titles
-    base = corr[(corr.target == "loss_change") & (corr.subset == "all") & (corr.test_point == point)]
+    base = corr[(corr.quantity == "loss_change") & (corr.subset == "all") & (corr.test_point == point)]
 
     for name, axis, keep in [("spearman_vs_depth", "depth", base.width == sweep_width),
                              ("spearman_vs_width", "width", base.depth == sweep_depth)]:
@@ -122,7 +123,7 @@ def iris_figures(correlations_path, rows_path, diagnostics_path, training_path, 
                 hi = float(np.nanmax([part.predicted_param_change_norm.max(), part.actual_param_change_norm.max()]))
                 ax.plot([0, hi], [0, hi], color="grey", lw=0.8, ls="--", label="identity")
             sel = corr[(corr.arch == arch) & (corr.decay == decay) & (corr.estimator == primary) & (corr.seed == seed)
-                       & (corr.test_point == point) & (corr.target == "param_change_norm") & (corr.subset == "all")]
+                       & (corr.test_point == point) & (corr.quantity == "param_change_norm") & (corr.subset == "all")]
             text = correlation_text(sel.iloc[0]) if len(sel) else "not run"
             ax.set_title(f"{arch}, {decay_name(decay)}, seed {seed}, test point {point}\n{text}", fontsize=8)
             ax.set_xlabel("predicted ‖Δθ‖ (influence)")
@@ -173,14 +174,14 @@ def _interval_text(row, method: str) -> str:
     return format_interval(row[method], row.get(f"{method}_lo", np.nan), row.get(f"{method}_hi", np.nan), row["flag"])
 
 
-def predicted_vs_actual(corr: pd.DataFrame, rows: pd.DataFrame, outdir, estimator: str, target=("predicted_loss_change", "actual_loss_change"),
+def predicted_vs_actual(corr: pd.DataFrame, rows: pd.DataFrame, outdir, estimator: str, quantity=("predicted_loss_change", "actual_loss_change"),
                         name="predicted_vs_actual", columns: int = 4) -> None:
     """Δ̂ against Δ, one panel per (dataset, arch, decay, test point), seeds in colours, identity line;
     each panel lists every seed's Pearson and Spearman with its bootstrap interval (or flag)."""
-    pred_col, true_col = target
-    target_name = "loss_change" if true_col == "actual_loss_change" else true_col.replace("actual_", "")
+    pred_col, true_col = quantity
+    quantity_name = "loss_change" if true_col == "actual_loss_change" else true_col.replace("actual_", "")
     part = rows[rows.estimator == estimator]
-    stats = corr[(corr.estimator == estimator) & (corr.target == target_name) & (corr.subset == "all")]
+    stats = corr[(corr.estimator == estimator) & (corr.quantity == quantity_name) & (corr.subset == "all")]
     keys = ["dataset", "arch", "decay", "test_point"]
     # a panel for every cell and test point with a correlation row, also those with nothing
     # re-trained (selection_failed), which have no rows to draw but a flag to name
@@ -253,7 +254,7 @@ def correlation_sweeps(corr: pd.DataFrame, outdir, estimator: str, options: dict
     (the sweeps in `names`)."""
     options = options or {}
     corr = _with_shape(corr.assign(flag=corr["flag"].fillna("")))
-    base = corr[(corr.target == "loss_change") & (corr.subset == "all") & (corr.estimator == estimator)]
+    base = corr[(corr.quantity == "loss_change") & (corr.subset == "all") & (corr.estimator == estimator)]
     if base.empty:
         for name in names:
             _note_figure(outdir, name, f"estimator '{estimator}' has no loss-change correlations in this study")
@@ -344,12 +345,12 @@ def _by_cell(part: pd.DataFrame, outdir, name: str, title: str | None = None, pa
     save(fig, outdir, name)
 
 
-def estimator_comparison(est: pd.DataFrame, outdir, name="estimator_comparison", target="loss_change") -> None:
+def estimator_comparison(est: pd.DataFrame, outdir, name="estimator_comparison", quantity="loss_change") -> None:
     """The estimator study per cell and test point: each estimator's Pearson and Spearman of Δ̂
     with the same ground truth Δ (bootstrap intervals), and below them its agreement with exact
     Δ̂ (Pearson over the same points) where the exact Hessian ran. A flagged value (model not
     trained, constant values) or a cell without exact is named by a cross at 0, not drawn."""
-    part = est[est.target == target].copy() if len(est) else est
+    part = est[est.quantity == quantity].copy() if len(est) else est
     if part is None or part.empty:
         return _note_figure(outdir, name, "no estimator correlations in this study")
     part["flag"] = part["flag"].fillna("")
@@ -363,13 +364,13 @@ def estimator_comparison(est: pd.DataFrame, outdir, name="estimator_comparison",
              CORRELATION_PANELS + (("agreement_with_exact", "agreement_flag", "Pearson(Δ̂, exact Δ̂)"),))
 
 
-def correlation_by_test_point(corr: pd.DataFrame, outdir, name="correlation_by_test_point", target="loss_change") -> None:
+def correlation_by_test_point(corr: pd.DataFrame, outdir, name="correlation_by_test_point", quantity="loss_change") -> None:
     """Every estimator's Pearson and Spearman of Δ̂ vs Δ (bootstrap intervals) per cell and test
     point: the audit's main figure. A flagged value (model not trained, estimator failed, constant
     values) is drawn as a cross at 0 with its flag's name, never as a number."""
-    part = corr[(corr.target == target) & (corr.subset == "all")].copy()
+    part = corr[(corr.quantity == quantity) & (corr.subset == "all")].copy()
     if part.empty:
-        return _note_figure(outdir, name, f"no '{target}' correlations in this study")
+        return _note_figure(outdir, name, f"no '{quantity}' correlations in this study")
     part["flag"] = part["flag"].fillna("")
     part["cell"] = _cell_labels(part)
     _by_cell(part, outdir, name, "influence estimate vs re-training, per cell and test point (95 % bootstrap intervals)")
@@ -400,35 +401,33 @@ def study_figures(correlations_path, rows_path, estimators_path, outdir, options
         estimator_comparison(est, outdir)
 
 
-TRUTH_ORDER = ("loo", "pbrf", "groups", "lds")
-
-
-def correlation_by_target(corr: pd.DataFrame, outdir, name: str = "correlation_by_target") -> None:
+def correlation_by_truth(corr: pd.DataFrame, outdir, name: str = "correlation_by_truth") -> None:
     """Each estimator's Pearson and Spearman (bootstrap intervals) against each ground truth, one
     column of panels per truth (LOO, PBRF, group removal, LDS: the mean over test points), per
     cell and test point (subset `all`, loss change); flagged values named, not drawn."""
-    part = corr[(corr.subset == "all") & (corr.target == "loss_change")].copy()
+    part = corr[(corr.subset == "all") & (corr.quantity == "loss_change")].copy()
     part["truth"] = part["truth"].fillna("loo") if "truth" in part else "loo"
-    part = part[(part.truth != "lds") | (part.test_point == "mean")]
+    whole = [t for t, truth in TRUTHS.items() if truth.mean_over_points]  # LDS: one row over all test points
+    part = part[~part.truth.isin(whole) | (part.test_point == "mean")]
     if part.empty:
         return _note_figure(outdir, name, "no correlations against any ground truth")
     part["flag"] = part["flag"].fillna("")
-    truths = [t for t in TRUTH_ORDER if (part.truth == t).any()]
-    part["cell"] = [f"{a}\n{decay_name(d)}" + ("" if t == "lds" else f"\n{p}")
+    truths = [t for t in TRUTHS if (part.truth == t).any()]
+    part["cell"] = [f"{a}\n{decay_name(d)}" + ("" if t in whole else f"\n{p}")
                     for a, d, p, t in zip(part.arch, part.decay, part.test_point, part.truth)]
     estimators = list(dict.fromkeys(part.estimator))
     offsets = np.linspace(-0.3, 0.3, len(estimators)) if len(estimators) > 1 else [0.0]
     widest = max(part[part.truth == t].cell.nunique() for t in truths)
     fig, axes = plt.subplots(2, len(truths), figsize=(max(4, 0.8 * widest + 1.5) * len(truths), 7), squeeze=False,
                              sharey=True)
-    titles = {"loo": "leave-one-out", "pbrf": "PBRF", "groups": "group removal", "lds": "LDS (mean over test points)"}
+    titles = {t: truth.title for t, truth in TRUTHS.items()}
     for j, truth in enumerate(truths):
         here = part[part.truth == truth]
         cells = list(dict.fromkeys(here.cell))
         for i, method in enumerate(("pearson", "spearman")):
             ax = axes[i, j]
-            if truth == "lds" and method == "pearson":
-                ax.text(0.5, 0.5, "LDS is a Spearman score", ha="center", va="center", transform=ax.transAxes)
+            if truth in whole and method == "pearson":
+                ax.text(0.5, 0.5, f"{TRUTHS[truth].label} is a Spearman score", ha="center", va="center", transform=ax.transAxes)
                 ax.set_xticks([])
                 continue
             for e, (off, est) in enumerate(zip(offsets, estimators)):

@@ -73,18 +73,18 @@ MNIST_SMALL_FIGURES = ("scatter_top_and_percentile", "correlation_by_subset", "c
 
 
 def mnist_small_figures(correlations_path, rows_path, outdir, decay: float, estimator: str,
-                        method: str | None = None, target: str = "loss_change") -> None:
+                        method: str | None = None, quantity: str = "loss_change") -> None:
     """Figure 3 (scatter, top vs 30th-percentile points, with/without decay), correlation by subset,
     correlation vs decay, correlation across test points."""
     corr = pd.read_parquet(correlations_path)
     corr["flag"] = corr["flag"].fillna("")
-    corr = corr[(corr.estimator == estimator) & (corr.target == target)]
+    corr = corr[(corr.estimator == estimator) & (corr.quantity == quantity)]
     rows = pd.read_parquet(rows_path)
     rows = rows[rows.estimator == estimator]
-    actual_col = "actual_" + target
+    actual_col = "actual_" + quantity
     if corr.empty:  # the estimator failed everywhere, or nothing was re-trained: each figure says so
         for name in MNIST_SMALL_FIGURES:
-            _note_figure(outdir, name, f"nothing to draw: no {target} correlations of {estimator}")
+            _note_figure(outdir, name, f"nothing to draw: no {quantity} correlations of {estimator}")
         return
     subsets = sorted((s for s in corr.subset.unique() if s != "all"), key=lambda s: (s != "top", s)) or ["all"]
     first_point = corr.sort_values("test_loss", ascending=False).test_point.iloc[0]

@@ -9,7 +9,7 @@ Spearman (S) of Δ̂ against Δ for
 
 Each value comes from the estimator that selected the re-trained points (`select.by` of the
 architecture), on all selected points (`subset == "all"`), for the paper's ground truth
-Δ = ℓ(θ₋z) − ℓ(θ*) (`target`; Δ against the no-removal drift control differs from it by one
+Δ = ℓ(θ₋z) − ℓ(θ*) (`quantity`; Δ against the no-removal drift control differs from it by one
 constant per test point, so its correlations are the same numbers). With several seeds the value
 is their mean; a cell is shown by its flag's name when any seed is flagged, or `not_run` when the
 grid has no such cell. Every cell is written by `metrics.format_interval` as `value [lo, hi]`:
@@ -26,6 +26,7 @@ import pandas as pd
 
 from ..io import write_csv
 from ..stats import METHODS, format_interval
+from ..truths.registry import TRUTHS
 
 TEST_POINTS = {"A": "max", "B": "median"}
 # (label, test point, with decay?) in the paper's column order
@@ -57,12 +58,12 @@ def table_decay(decays: list[float], chosen: float | None = None) -> float:
     return nonzero[0]
 
 
-def table1_long(correlations: pd.DataFrame, estimator_of: dict, decay: float, target: str = "loss_change") -> pd.DataFrame:
+def table1_long(correlations: pd.DataFrame, estimator_of: dict, decay: float, quantity: str = "loss_change") -> pd.DataFrame:
     """One row per (dataset, arch, column, metric): value (mean over seeds), lo/hi (the seeds'
     bootstrap intervals' lowest and highest bound), flag, n, seeds.
 
     `estimator_of` maps an architecture to the estimator whose values are reported."""
-    frame = correlations[(correlations.target == target) & (correlations.subset == "all")].copy()
+    frame = correlations[(correlations.quantity == quantity) & (correlations.subset == "all")].copy()
     frame["flag"] = frame["flag"].fillna("")
     frame = frame[frame.estimator == frame.arch.map(estimator_of)]
     out = []
@@ -83,9 +84,9 @@ def table1_long(correlations: pd.DataFrame, estimator_of: dict, decay: float, ta
                         lo, hi = float(part[f"{metric}_lo"].min()), float(part[f"{metric}_hi"].max())
                 out.append({"dataset": dataset, "arch": arch, "column": f"{label} {short}", "metric": metric,
                             "test_point": test_point, "decay": want, "estimator": estimator_of.get(arch),
-                            "target": target, "value": value, "lo": lo, "hi": hi, "flag": flag,
+                            "quantity": quantity, "value": value, "lo": lo, "hi": hi, "flag": flag,
                             "n": int(part["n"].iloc[0]) if len(part) else 0, "seeds": int(part["seed"].nunique()) if len(part) else 0})
-    return pd.DataFrame(out, columns=["dataset", "arch", "column", "metric", "test_point", "decay", "estimator", "target",
+    return pd.DataFrame(out, columns=["dataset", "arch", "column", "metric", "test_point", "decay", "estimator", "quantity",
                                       "value", "lo", "hi", "flag", "n", "seeds"])
 
 
@@ -201,32 +202,31 @@ def write_table1(correlations_path, paper_path, family_of: dict, estimator_of: d
     return versus
 
 
-TRUTH_LABELS = {"loo": "LOO", "pbrf": "PBRF", "groups": "groups", "lds": "LDS"}
-
-
-def table1_targets(correlations: pd.DataFrame, estimator_of: dict, decays: list[float],
+def table1_truths(correlations: pd.DataFrame, estimator_of: dict, decays: list[float],
                    row_order: list[tuple[str, str]] | None = None) -> pd.DataFrame:
     """Table 1 by ground truth: per dataset, architecture, decay and test point, the Table 1
     estimator's Pearson and Spearman against LOO, PBRF and group removal, and its LDS (the mean over
     test points), each `value [lo, hi]` or the flag's name."""
-    frame = correlations[(correlations.target == "loss_change") & (correlations.subset == "all")].copy()
+    frame = correlations[(correlations.quantity == "loss_change") & (correlations.subset == "all")].copy()
     frame["truth"] = frame["truth"].fillna("loo") if "truth" in frame else "loo"
     frame = frame[pd.Series([estimator_of.get(a) == e for a, e in zip(frame.arch, frame.estimator)], index=frame.index,
                             dtype=bool)]  # a list would pick columns when empty
-    lds = frame[(frame.truth == "lds") & (frame.test_point == "mean")]
-    frame = frame[frame.truth != "lds"]
+    whole = [t for t, truth in TRUTHS.items() if truth.mean_over_points]  # LDS: one row over all test points
+    lds = frame[frame.truth.isin(whole) & (frame.test_point == "mean")]
+    frame = frame[~frame.truth.isin(whole)]
     order = {key: i for i, key in enumerate(row_order or [])}
     rows = []
     for (dataset, arch, decay, point), part in frame.groupby(["dataset", "arch", "decay", "test_point"], sort=False):
         row = {"dataset": dataset, "arch": arch, "decay": decay, "test_point": point}
         for record in part.to_dict("records"):
             for method in METHODS:
-                row[f"{TRUTH_LABELS[record['truth']]} {method}"] = format_interval(
+                row[f"{TRUTHS[record['truth']].label} {method}"] = format_interval(
                     record[method], record[f"{method}_lo"], record[f"{method}_hi"], record["flag"] or "")
-        match = lds[(lds.dataset == dataset) & (lds.arch == arch) & (lds.decay == decay)]
-        if len(match):
-            r = match.iloc[0]
-            row["LDS"] = format_interval(r.spearman, r.spearman_lo, r.spearman_hi, r.flag or "")
+        for truth in whole:
+            match = lds[(lds.truth == truth) & (lds.dataset == dataset) & (lds.arch == arch) & (lds.decay == decay)]
+            if len(match):
+                r = match.iloc[0]
+                row[TRUTHS[truth].label] = format_interval(r.spearman, r.spearman_lo, r.spearman_hi, r.flag or "")
         rows.append(row)
     out = pd.DataFrame(rows)
     if len(out):
@@ -236,9 +236,9 @@ def table1_targets(correlations: pd.DataFrame, estimator_of: dict, decays: list[
     return out
 
 
-def write_table1_targets(targets_path, out_path, estimator_of: dict, decays: list[float],
+def write_table1_truths(truths_path, out_path, estimator_of: dict, decays: list[float],
                          row_order: list[tuple[str, str]] | None = None, **_) -> pd.DataFrame:
-    """`table1_targets.csv` from a study's `targets_correlations.parquet`."""
-    table = table1_targets(pd.read_parquet(targets_path), estimator_of, decays, row_order)
+    """`table1_truths.csv` from a study's `truths_correlations.parquet`."""
+    table = table1_truths(pd.read_parquet(truths_path), estimator_of, decays, row_order)
     write_csv(table, out_path)
     return table

@@ -1,5 +1,5 @@
 """Join the predicted Δ̂ of every estimator with the re-trained ground truth of one cell and
-correlate them: one row per (test point, estimator, target, subset), with bootstrap intervals,
+correlate them: one row per (test point, estimator, quantity, subset), with bootstrap intervals,
 permutation p-values, the flags and the ground truth's noise (`noise.py`)."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from ..io import read_json, write_parquet
 from ..stats import CORRELATION_DEFAULTS, correlate, stream_seed, without_values
 from . import noise
 
-TARGETS = {
+QUANTITIES = {
     "loss_change": ("predicted_loss_change", "actual_loss_change"),
     "loss_change_vs_drift": ("predicted_loss_change", "actual_loss_change_vs_drift"),
     "param_change_norm": ("predicted_param_change_norm", "actual_param_change_norm"),
@@ -22,11 +22,11 @@ LOO_COLUMNS = ["removed_index", "test_index", "test_loss", "param_distance", "pa
 
 
 def _repeat_noise(repeat: pd.DataFrame | None, truth: pd.DataFrame, tp: dict) -> dict:
-    """σ_repeat per target for one test point (NaN when no repeat was run); see noise.py."""
+    """σ_repeat per quantity for one test point (NaN when no repeat was run); see noise.py."""
     if repeat is None:
-        return {target: (math.nan, 0) for target in TARGETS}
+        return {quantity: (math.nan, 0) for quantity in QUANTITIES}
     again = noise.ground_truth(repeat[repeat.removed_index >= 0], repeat[repeat.removed_index < 0], tp["index"], tp["loss"])
-    return {target: noise.repeat_spread(truth[col], again[col]) for target, (col, _) in noise.NOISE_SOURCES.items()}
+    return {quantity: noise.repeat_spread(truth[col], again[col]) for quantity, (col, _) in noise.NOISE_SOURCES.items()}
 
 
 NAMED_FAILURES = ("unsupported", "factor_decomposition_failed")  # statuses a flag names (README)
@@ -42,9 +42,9 @@ def named_failure(est: pd.DataFrame) -> str:
 def correlate_cell(cell: dict, influence_paths: dict, test_points_path, selection_path, loo_paths, drift_path,
                    metrics_path, rows_out, correlations_out, repeat_path=None, options: dict | None = None):
     """Join Δ̂ with the re-trained Δ for one cell; one correlation row per (test point, estimator,
-    target, subset), with bootstrap intervals, permutation p-values (`options`: resamples,
+    quantity, subset), with bootstrap intervals, permutation p-values (`options`: resamples,
     permutations, confidence, seed) and the ground truth's noise (noise.py; `repeat_path` is the
-    `repeat_loo` table, or None when no repeat was run)."""
+    `LeaveOneOut.repeat` table (truths/loo.py), or None when no repeat was run)."""
     options = {**CORRELATION_DEFAULTS, **(options or {})}
     points = read_json(test_points_path)["test_points"]
     selection_record = read_json(selection_path)
@@ -69,16 +69,16 @@ def correlate_cell(cell: dict, influence_paths: dict, test_points_path, selectio
             rows.append(frame)
             labels = sorted(set(frame.selection))
             subsets = [("all", frame)] + ([(lab, frame[frame.selection == lab]) for lab in labels] if len(labels) > 1 else [])
-            for target, (pred_col, true_col) in TARGETS.items():
-                if (target.startswith("param_change_norm") and len(est) and frame[pred_col].isna().all()
+            for quantity, (pred_col, true_col) in QUANTITIES.items():
+                if (quantity.startswith("param_change_norm") and len(est) and frame[pred_col].isna().all()
                         and est["status"].eq("ok").all()):
                     continue  # this estimator does not predict parameter changes
-                drift_col = noise.NOISE_SOURCES[target][1]
+                drift_col = noise.NOISE_SOURCES[quantity][1]
                 drift_noise = abs(control[drift_col]) if drift_col else None
-                sigma_repeat, n_repeat = repeat_noise[tp["name"]][target]
+                sigma_repeat, n_repeat = repeat_noise[tp["name"]][quantity]
                 for subset, part in subsets:
                     # resamples drawn per (cell, test point, subset): independent across cells, shared by
-                    # the estimators and targets of the same points, so that those compare on equal terms
+                    # the estimators and quantities of the same points, so that those compare on equal terms
                     stats_ = correlate(part[pred_col], part[true_col], resamples=options["resamples"],
                                        permutations=options["permutations"], confidence=options["confidence"],
                                        seed=stream_seed(options["seed"], *cell.values(), tp["name"], subset))
@@ -91,7 +91,7 @@ def correlate_cell(cell: dict, influence_paths: dict, test_points_path, selectio
                         stats_ = without_values(stats_)
                     effect = float(part[true_col].std()) if len(part) > 1 else math.nan
                     summary.append({**cell, "test_point": tp["name"], "test_index": tp["index"], "test_loss": tp["loss"],
-                                    "estimator": method, "target": target, "subset": subset, "truth": "loo",
+                                    "estimator": method, "quantity": quantity, "subset": subset, "truth": "loo",
                                     **stats_, "flag": flag,
                                     "drift_loss_change": control["drift_loss_change"], "actual_std": effect,
                                     **noise.signal_to_noise(effect, drift_noise, sigma_repeat), "repeat_n": n_repeat,

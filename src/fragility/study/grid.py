@@ -218,10 +218,16 @@ def repeat_order_seed(config: dict, study: str, arch: str, seed) -> int:
     return loo_order_seed(seed) + int(repeat_settings(config, study, arch)["order_seed_offset"])
 
 
-def loo_chunk_count(config: dict, study: str, arch: str, n_selected: int) -> int:
-    """How many `loo.chunk_size` chunks the cell's selected points make."""
-    size = int(arch_config(config, study, arch)["loo"]["chunk_size"])
-    return (n_selected + size - 1) // size
+def chunk_count(total: int, chunk_size: int) -> int:
+    """How many chunks of `chunk_size` items `total` items make: ceil(total / chunk_size)."""
+    if int(chunk_size) < 1:
+        raise ValueError(f"chunk_size must be ≥ 1, got {chunk_size}")
+    return (int(total) + int(chunk_size) - 1) // int(chunk_size)
+
+
+def chunk(items: list, size: int) -> list[list]:
+    """`items` in consecutive chunks of `size` (the last one shorter): chunk k is items[k·size : (k+1)·size]."""
+    return [items[k * int(size) : (k + 1) * int(size)] for k in range(chunk_count(len(items), size))]
 
 
 def influence_chunks(config: dict, study: str, arch: str) -> dict:
@@ -235,6 +241,23 @@ def enabled_studies(config: dict) -> list[str]:
     return [name for name, block in config["studies"].items() if block.get("enabled", True)]
 
 
+RENAMED_KEYS = {"targets": "truths"}  # old study key → its name now
+
+
+def check_renamed_keys(config: dict) -> None:
+    """ValueError, one line naming the new key, for a study or override key that was renamed
+    (`targets:` is `truths:`, the ground truths every estimator is scored against)."""
+    for study, block in (config.get("studies") or {}).items():
+        if not isinstance(block, dict):
+            continue
+        parts = [(f"studies.{study}", block)] + [(f"studies.{study}.overrides.{arch}", patch)
+                                                  for arch, patch in (block.get("overrides") or {}).items()]
+        for where, part in parts:
+            for old, new in RENAMED_KEYS.items():
+                if isinstance(part, dict) and old in part:
+                    raise ValueError(f"{where}.{old}: renamed to `{new}:` (the ground truths); write {new}: {part[old]}")
+
+
 def check_all(config: dict, files: list[tuple[str, dict]], schema_path: str, fill_defaults=None) -> None:
     """Every check made when the DAG is built, in order (workflow/rules/common.smk): the shape of
     the selection rules, the JSON schema at `schema_path` (readable messages: config_errors), then
@@ -244,6 +267,7 @@ def check_all(config: dict, files: list[tuple[str, dict]], schema_path: str, fil
     from .config_errors import check_schema, with_file
 
     try:
+        check_renamed_keys(config)
         check_select_rules(config)
         check_schema(config, schema_path, files)
         if fill_defaults is not None:
@@ -298,8 +322,8 @@ def check_config(config: dict) -> None:
             by = merged["select"]["by"]
             named = sorted(k for k, v in merged["influence"]["methods"].items() if v is not None)
             if by == "union":  # every estimator's ranking in turn (selection.select_union)
-                if "groups" in (merged.get("targets") or []):
-                    raise ValueError(f"studies.{study}.select.by: 'union' draws no tail groups (targets: groups draws "
+                if "groups" in (merged.get("truths") or []):
+                    raise ValueError(f"studies.{study}.select.by: 'union' draws no tail groups (truths: groups draws "
                                      f"them from one estimator's Δ̂); name an estimator of {named} (architecture {arch})")
             elif by not in named:
                 raise ValueError(f"studies.{study}.select.by: '{by}' is not one of influence.methods {named} "

@@ -7,16 +7,16 @@ without z, θ_drift re-trained from θ* with nothing removed, same steps and min
     Δ_vs_drift(z) = ℓ(z_t; θ_{-z}) − ℓ(z_t; θ_drift)     (actual_loss_change_vs_drift)
     drift         = ℓ(z_t; θ_drift) − ℓ(z_t; θ*)          (drift_loss_change), so Δ = Δ_vs_drift + drift.
 
-Noise in that ground truth, per test point and target:
+Noise in that ground truth, per test point and quantity:
 
-- drift noise: |drift|, how far continued training alone moves the target (for the parameter
-  targets, ‖θ_drift − θ*‖). Not applicable (NaN) for the `_vs_drift` targets, which subtract it.
+- drift noise: |drift|, how far continued training alone moves the quantity (for the parameter
+  quantities, ‖θ_drift − θ*‖). Not applicable (NaN) for the `_vs_drift` quantities, which subtract it.
 - repeat noise: the first `count` selected points are re-trained again with another minibatch
   order (a different `order_seed`, its own drift control). With d_i = Δ_i(repeat) − Δ_i(original),
   two independent draws of the same quantity, the standard deviation of one re-training is
   σ_repeat = sqrt(mean(d_i²) / 2). With full-batch gradient descent the order has no effect and
   σ_repeat only measures numerical non-determinism (≈ 0).
-- effect: the standard deviation of the target over the re-trained points, i.e. the variation a
+- effect: the standard deviation of the quantity over the re-trained points, i.e. the variation a
   correlation tries to explain.
 - noise = max(drift noise, repeat noise); signal-to-noise = effect / noise; the flag
   `noise_exceeds_effect` is set when noise ≥ effect (naming the larger source).
@@ -31,7 +31,7 @@ import pandas as pd
 
 NOISE_FLAG = "noise_exceeds_effect"
 
-# target → (column of the re-trained value, column of the no-removal drift, or None when subtracted)
+# quantity → (column of the re-trained value, column of the no-removal drift, or None when subtracted)
 NOISE_SOURCES = {
     "loss_change": ("actual_loss_change", "drift_loss_change"),
     "loss_change_vs_drift": ("actual_loss_change_vs_drift", None),
@@ -52,7 +52,7 @@ def drift_changes(drift: pd.DataFrame, test_index: int, loss_at_optimum: float) 
 def ground_truth(loo: pd.DataFrame, drift: pd.DataFrame, test_index: int, loss_at_optimum: float) -> pd.DataFrame:
     """Per removed index, the documented ground truth at one test point.
 
-    `loo` and `drift` are `run_loo` tables (removed_index, test_index, test_loss, param_distance,
+    `loo` and `drift` are LOO chunk and drift tables (truths/loo.py) (removed_index, test_index, test_loss, param_distance,
     param_distance_vs_drift); `drift` holds the no-removal row (removed_index −1); `loss_at_optimum`
     is ℓ(z_t; θ*). Returns a frame indexed by removed_index.
     """

@@ -1,7 +1,8 @@
 """The workflow's steps as plain functions: each reads its inputs, computes, writes its outputs.
 
 The Snakemake scripts in `workflow/scripts/` only unpack `snakemake.input/params/output` and call
-one of these, so every step can be run and tested without Snakemake.
+one of these, so every step can be run and tested without Snakemake. The re-trainings of the ground
+truths (leave-one-out, its drift control and repeats, PBRF, groups, LDS) are src/fragility/truths/.
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import pandas as pd
 import torch
 
 from ..engine import health
@@ -23,9 +23,8 @@ from ..engine.objective import Objective
 from ..estimators.base import Context, TrainedModel, check_requirements
 from ..estimators.registry import make_estimator
 from ..runtime import resolve_device, resolve_dtype
-from .grid import read_selected
 from .selection import choose_test_points
-from ..engine.training import TrainSettings, train_copies, train_in_passes
+from ..engine.training import TrainSettings, train_copies
 
 MODEL_KEYS = ("arch", "factory", "task", "input_shape", "n_classes", "dtype", "theta", "buffers", "decay", "seed")
 
@@ -161,19 +160,6 @@ def checkpoint_models(model_path, record, device) -> list:
     return models
 
 
-def retraining_steps(loo_cfg: dict, retrain_cfg: dict, n: int) -> int:
-    """Length of a re-training: `loo.steps`, or `loo.epochs` passes over the n training points:
-    ceil(epochs · ceil(n / b)) steps with b the re-training's batch size (full batch: b = n), as
-    an epoch of `training.batch_rows` is ceil(n / b) minibatches of one permutation."""
-    steps, epochs = loo_cfg.get("steps"), loo_cfg.get("epochs")  # null = not set (an overlay's way to drop one)
-    if (steps is None) == (epochs is None):
-        raise ValueError("loo: set exactly one of loo.steps and loo.epochs")
-    if steps is not None:
-        return int(steps)
-    batch = min(int(retrain_cfg.get("batch_size") or n), n)
-    return max(1, math.ceil(float(epochs) * math.ceil(n / batch)))
-
-
 # --------------------------------------------------------------------------- test points
 def pick_test_points(model_path, data_path, specs, out_path, device_name="auto"):
     device = resolve_device(device_name)
@@ -219,197 +205,3 @@ def compute_influence(model_path, data_path, test_points_path, method_name, meth
     write_parquet(table, table_out)
     write_json(diagnostics, diagnostics_out)
     return diagnostics
-
-
-# --------------------------------------------------------------------------- leave-one-out
-def run_loo(model_path, data_path, test_points_path, removed, loo_cfg, train_cfg, out_path, device_name="auto",
-            order_seed=0, checkpoint_path=None, drift_theta_path=None, theta_out=None, log=print):
-    """Re-train from θ* once per entry of `removed` (a training index, or -1 for no removal: the
-    drift control), all copies in one batch; record every tracked test point's loss, ‖θ₋z − θ*‖
-    and, given the drift control's parameters, ‖θ₋z − θ_drift‖. `theta_out` saves the parameters
-    (used for the drift control)."""
-    device = resolve_device(device_name)
-    net, theta, record = load_trained(model_path, device)
-    split = Split.load(data_path)
-    x, y, xt, yt = _tensors(split, theta.dtype, device)
-    points = read_json(test_points_path)["test_points"]
-    test_idx = sorted({p["index"] for p in points})
-    n, k = len(y), len(removed)
-    weights = torch.ones(k, n, dtype=theta.dtype, device=device)
-    for c, i in enumerate(removed):
-        if i >= n:
-            raise ValueError(f"training index {i} out of range (n = {n})")
-        if i >= 0:
-            weights[c, i] = 0.0
-    # the training settings loo sets itself (optimiser, checkpoint interval, ...) replace train's
-    retrain_cfg = {**train_cfg, **{key: v for key, v in loo_cfg.items() if key in TrainSettings.CONFIG_KEYS}}
-    settings = TrainSettings.from_config(retrain_cfg, steps=retraining_steps(loo_cfg, retrain_cfg, n),
-                                         order_seed=order_seed)
-    log(f"re-training {k} copies of {record['arch']} for {settings.steps} steps (removed: {removed})")
-    result, checkpoints = train_in_passes(net, x, y, record["decay"], theta.repeat(k, 1), weights, settings,
-                                          loo_cfg.get("copies_per_pass"), checkpoint_path=checkpoint_path, log=log)
-    rows = []
-    idx = torch.tensor(test_idx, device=device)
-    drift_theta = None
-    if drift_theta_path:
-        drift_theta = load_torch(drift_theta_path, required_keys=("theta",))["theta"].to(device=device, dtype=theta.dtype)
-    if theta_out:
-        save_torch({"theta": result.thetas.cpu(), "removed": list(removed),
-                    "buffers": {name: b.cpu() for name, b in result.buffers.items()}}, theta_out)
-    for c, i in enumerate(removed):
-        th = result.thetas[c]
-        bufs = {name: b[c] for name, b in result.buffers.items()}
-        with torch.no_grad():
-            losses = net.task.measurement(net.logits(th, xt[idx], bufs), yt[idx]).cpu()
-        distance = float((th - theta).norm())
-        to_drift = float((th - drift_theta[0]).norm()) if drift_theta is not None else math.nan
-        for j, ti in enumerate(test_idx):
-            rows.append({"removed_index": int(i), "test_index": int(ti), "test_loss": float(losses[j]),
-                         "param_distance": distance, "param_distance_vs_drift": to_drift,
-                         "final_objective": result.final_losses[c]})
-    write_parquet(pd.DataFrame(rows), out_path)
-    for ckpt in checkpoints:
-        if ckpt and Path(ckpt).exists():
-            Path(ckpt).unlink()
-    return result.seconds
-
-
-def repeat_loo(model_path, data_path, test_points_path, selection_path, count, loo_cfg, train_cfg, out_path,
-               device_name="auto", order_seed=0, checkpoint_prefix=None, log=print):
-    """Re-train the first `count` selected points (in the order of `selected.json`'s indices) and a
-    no-removal drift control with minibatch order `order_seed`; one table like `run_loo`'s, the
-    drift row having removed_index −1 and distances to this repeat's own drift control."""
-    indices = read_selected(selection_path)[: int(count)]
-    folder = Path(out_path).parent
-    drift_table, drift_theta = folder / ".repeat_drift.parquet", folder / ".repeat_drift_theta.pt"
-    removal_table = folder / ".repeat_removals.parquet"
-    checkpoint = (lambda part: f"{checkpoint_prefix}.{part}.pt") if checkpoint_prefix else (lambda part: None)
-    seconds = run_loo(model_path, data_path, test_points_path, [-1], loo_cfg, train_cfg, drift_table,
-                      device_name=device_name, order_seed=order_seed, checkpoint_path=checkpoint("drift"),
-                      theta_out=drift_theta, log=log)
-    frames = [pd.read_parquet(drift_table)]
-    if indices:
-        seconds += run_loo(model_path, data_path, test_points_path, indices, loo_cfg, train_cfg, removal_table,
-                           device_name=device_name, order_seed=order_seed, checkpoint_path=checkpoint("removals"),
-                           drift_theta_path=drift_theta, log=log)
-        frames.append(pd.read_parquet(removal_table))
-    table = pd.concat(frames, ignore_index=True).assign(order_seed=int(order_seed))
-    write_parquet(table, out_path)
-    for path in (drift_table, drift_theta, removal_table):
-        Path(path).unlink(missing_ok=True)
-    return seconds, indices
-
-
-# --------------------------------------------------------------------------- other ground truths (study/targets.py)
-def _test_losses(net, thetas, buffers, xt, yt, test_idx):
-    """The task's measurement at the tracked test points for every copy, [k, T]."""
-    idx = torch.tensor(test_idx, device=xt.device)
-    out = []
-    with torch.no_grad():
-        for c in range(len(thetas)):
-            bufs = {name: b[c] for name, b in buffers.items()} if buffers else None
-            out.append(net.task.measurement(net.logits(thetas[c], xt[idx], bufs), yt[idx]).cpu())
-    return torch.stack(out)
-
-
-def plan_targets(data_path, influence_path, targets, groups_cfg, lds_cfg, seed_keys, out_path):
-    """Draw and write the groups and LDS subsets of one cell (study/targets.py: make_plan)."""
-    from . import targets as target_defs
-
-    split = Split.load(data_path)
-    plan = target_defs.make_plan(pd.read_parquet(influence_path), split.y_train.numpy(), list(targets), groups_cfg,
-                                 lds_cfg, tuple(seed_keys))
-    write_json(plan, out_path)
-    return plan
-
-
-def run_pbrf(model_path, data_path, test_points_path, removed, pbrf_cfg, loo_cfg, train_cfg, damping, out_path,
-             device_name="auto", order_seed=0, checkpoint_path=None, log=print):
-    """The PBRF optimum (engine/pbrf.py) for removing each entry of `removed` (a training index, or
-    −1: nothing removed, whose optimum is θ*), with ε = −s/n (`pbrf.epsilon_scale` s) and
-    λ_p = decay + `damping`; by the batched trainer (`solver: train`, loo's optimiser settings,
-    `pbrf.steps` or loo.steps) or by L-BFGS to convergence (`solver: lbfgs`). Records each test
-    point's loss, ‖θ_PBRF − θ*‖ and the norm of the PBRF objective's gradient (0 at the optimum)."""
-    from ..engine.pbrf import objective_gradient_norms, removal_terms, solve_lbfgs
-
-    device = resolve_device(device_name)
-    net, theta, record = load_trained(model_path, device)
-    split = Split.load(data_path)
-    x, y, xt, yt = _tensors(split, theta.dtype, device)
-    test_idx = sorted({p["index"] for p in read_json(test_points_path)["test_points"]})
-    scale, k = float(pbrf_cfg["epsilon_scale"]), len(removed)
-    terms = removal_terms(net, theta, x, y, [[int(i)] if i >= 0 else [] for i in removed], scale,
-                          float(record["decay"]) + float(damping))
-    iterations = [math.nan] * k
-    if pbrf_cfg["solver"] == "lbfgs":
-        thetas, values, norms, iterations = solve_lbfgs(net, x, terms, theta.repeat(k, 1),
-                                                        int(pbrf_cfg["lbfgs_iterations"]), float(pbrf_cfg["tolerance"]))
-        buffers, seconds = {}, math.nan
-    else:
-        retrain_cfg = {**train_cfg, **{key: v for key, v in loo_cfg.items() if key in TrainSettings.CONFIG_KEYS},
-                       **{key: v for key, v in pbrf_cfg.items() if key in TrainSettings.CONFIG_KEYS}}
-        settings = TrainSettings.from_config(retrain_cfg, steps=int(pbrf_cfg.get("steps", loo_cfg["steps"])),
-                                             order_seed=order_seed)
-        log(f"PBRF for {k} removals of {record['arch']}: {settings.steps} steps, ε = −{scale:g}/n")
-        result, checkpoints = train_in_passes(net, x, y, 0.0, theta.repeat(k, 1), torch.ones(k, len(y), dtype=theta.dtype,
-                                              device=device), settings, loo_cfg.get("copies_per_pass"),
-                                              checkpoint_path=checkpoint_path, log=log, pbrf=terms)
-        thetas, buffers, values, seconds = result.thetas, None, result.final_losses, result.seconds
-        # the full-batch gradient of every copy costs about n/batch steps: only for small nets
-        norms = (objective_gradient_norms(net, x, terms, thetas) if len(y) * net.num_parameters <= 10**6
-                 else [math.nan] * k)
-        for ckpt in checkpoints:
-            if ckpt and Path(ckpt).exists():
-                Path(ckpt).unlink()
-    losses = _test_losses(net, thetas, buffers, xt, yt, test_idx)
-    rows = [{"removed_index": int(i), "test_index": int(ti), "test_loss": float(losses[c, j]),
-             "param_distance": float((thetas[c] - theta).norm()), "final_objective": float(values[c]),
-             "gradient_norm": float(norms[c]), "iterations": iterations[c], "epsilon_scale": scale}
-            for c, i in enumerate(removed) for j, ti in enumerate(test_idx)]
-    write_parquet(pd.DataFrame(rows), out_path)
-    log(f"PBRF: largest gradient norm {max(norms):.3g}")  # NaN where not computed
-    return seconds
-
-
-def run_removal_sets(model_path, data_path, test_points_path, sets, set_ids, cfg, loo_cfg, train_cfg, out_path,
-                     device_name="auto", order_seed=0, checkpoint_path=None, log=print):
-    """Re-train once per set of removed training indices (groups, LDS subsets' left-out points),
-    all sets batched (row weights 0 on the removed points). `cfg.start`: `theta_star` (default)
-    warm-starts from θ* with loo's settings for `cfg.steps` (default loo.steps); `scratch`
-    trains from the cell's seeded initialisation with the original training settings."""
-    device = resolve_device(device_name)
-    net, theta, record = load_trained(model_path, device)
-    split = Split.load(data_path)
-    x, y, xt, yt = _tensors(split, theta.dtype, device)
-    test_idx = sorted({p["index"] for p in read_json(test_points_path)["test_points"]})
-    n, k = len(y), len(sets)
-    weights = torch.ones(k, n, dtype=theta.dtype, device=device)
-    for c, removed in enumerate(sets):
-        if any(not 0 <= int(i) < n for i in removed):
-            raise ValueError(f"set {set_ids[c]}: a training index is out of range (n = {n})")
-        weights[c, torch.tensor([int(i) for i in removed], dtype=torch.long, device=device)] = 0.0
-    if cfg.get("start", "theta_star") == "scratch":
-        spec, options, key = record["factory"]
-        model = init_from_spec(spec, options, key, tuple(record["input_shape"]), record["n_classes"],
-                               seed=int(record["seed"]), dtype=theta.dtype).to(device)
-        net = FlatModel(model, net.task)
-        start = net.flatten()
-        settings = TrainSettings.from_config(train_cfg, order_seed=int(record["seed"]))
-    else:
-        start = theta
-        retrain_cfg = {**train_cfg, **{key: v for key, v in loo_cfg.items() if key in TrainSettings.CONFIG_KEYS}}
-        settings = TrainSettings.from_config(retrain_cfg, steps=int(cfg.get("steps", loo_cfg["steps"])),
-                                             order_seed=order_seed)
-    log(f"re-training {k} sets of {record['arch']} from {cfg.get('start', 'theta_star')} for {settings.steps} steps")
-    result, checkpoints = train_in_passes(net, x, y, record["decay"], start.repeat(k, 1), weights, settings,
-                                          loo_cfg.get("copies_per_pass"), checkpoint_path=checkpoint_path, log=log)
-    losses = _test_losses(net, result.thetas, result.buffers, xt, yt, test_idx)
-    rows = [{"set_id": int(set_ids[c]), "removed_count": len(sets[c]), "test_index": int(ti),
-             "test_loss": float(losses[c, j]), "param_distance": float((result.thetas[c] - theta).norm()),
-             "final_objective": result.final_losses[c]}
-            for c in range(k) for j, ti in enumerate(test_idx)]
-    write_parquet(pd.DataFrame(rows), out_path)
-    for ckpt in checkpoints:
-        if ckpt and Path(ckpt).exists():
-            Path(ckpt).unlink()
-    return result.seconds

@@ -110,12 +110,6 @@ def _rule_size(rule: dict, key: str, n: int) -> int:
     return k
 
 
-def chunk(indices: list[int], size: int) -> list[list[int]]:
-    if size < 1:
-        raise ValueError(f"loo.chunk_size must be ≥ 1, got {size}")
-    return [indices[i : i + size] for i in range(0, len(indices), size)]
-
-
 def select(influence_path, rules, out_path, log=print):
     """Union over test points of the training points the rules pick from |Δ̂|. A test point whose
     estimator failed (status not ok: diverged, negative_curvature in CG, ...) gets no points:

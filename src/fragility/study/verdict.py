@@ -197,15 +197,15 @@ def _selection(rows: pd.DataFrame) -> dict:
 
 def verdict_table(correlations: pd.DataFrame, rows: pd.DataFrame | None = None, noise: pd.DataFrame | None = None,
                   deterministic: dict | None = None, options: dict | None = None) -> pd.DataFrame:
-    """One row per cell, test point, estimator and ground truth (target `loss_change`, subset `all`;
+    """One row per cell, test point, estimator and ground truth (quantity `loss_change`, subset `all`;
     for LDS also the mean over test points, `test_point` `mean`): the word and its evidence.
 
-    `correlations`: correlations.parquet or targets_correlations.parquet (a `truth` column, `loo`
+    `correlations`: correlations.parquet or truths_correlations.parquet (a `truth` column, `loo`
     where missing); `rows`: rows.parquet (LOO's selection labels); `noise`: `repeat_noise`'s table;
     `deterministic`: {(arch, truth): True} where the re-training has no order to vary."""
     options = settings(options)
     deterministic = deterministic or {}
-    frame = correlations[(correlations.subset == "all") & (correlations.target == "loss_change")].copy()
+    frame = correlations[(correlations.subset == "all") & (correlations.quantity == "loss_change")].copy()
     frame["truth"] = frame["truth"].fillna("loo") if "truth" in frame else "loo"
     frame["flag"] = frame["flag"].fillna("")
     frame["decay"] = frame["decay"].astype(float)
@@ -351,7 +351,7 @@ def _evidence(part: pd.DataFrame, best: str) -> str:
 
 def write_verdict(correlations_path, rows_path, verdict_out, best_out, options: dict | None = None,
                   repeat_paths=(), repeat_cells=(), deterministic: dict | None = None) -> pd.DataFrame:
-    """verdict.csv and verdict_best.csv of a study. `correlations_path`: targets_correlations.parquet
+    """verdict.csv and verdict_best.csv of a study. `correlations_path`: truths_correlations.parquet
     when the study scores other ground truths, else correlations.parquet; `repeat_paths[i]` is the
     repeat table of the cell `repeat_cells[i]` (cell keys as the tables hold them)."""
     from ..io import write_csv
