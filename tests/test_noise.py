@@ -45,24 +45,30 @@ def test_repeat_spread_estimates_the_noise_of_one_retraining():
     signal = pd.Series(rng.standard_normal(4000))
     sigma = 0.3
     first = signal + sigma * rng.standard_normal(4000)
-    second = (signal + sigma * rng.standard_normal(4000)).iloc[:3000]  # only some points repeated
+    second = (signal + 1.7 + sigma * rng.standard_normal(4000)).iloc[:3000]  # some points, a shared shift
     estimate, n = noise.repeat_spread(first, second)
-    assert n == 3000 and estimate == pytest.approx(sigma, rel=0.05)
+    assert n == 3000 and estimate == pytest.approx(sigma, rel=0.05)  # the shared shift cancels
     assert noise.repeat_spread(first, first) == (0.0, 4000)
     assert noise.repeat_spread(pd.Series([1.0], index=[1]), pd.Series([1.0], index=[2]))[1] == 0
 
 
 @pytest.mark.parametrize("effect, drift, repeat, source, flag", [
-    (1.0, 0.2, 0.1, "drift", ""),
+    (1.0, 0.2, 0.1, "repeat", ""),
     (1.0, 0.2, 1.5, "repeat", noise.NOISE_FLAG),
-    (0.1, 0.1, math.nan, "drift", noise.NOISE_FLAG),   # noise == effect is flagged
+    (0.1, 0.1, 0.1, "repeat", noise.NOISE_FLAG),        # noise == effect is flagged
+    (0.1, 5.0, 0.01, "repeat", ""),                     # a drift larger than the effect is not noise
     (0.5, None, 0.05, "repeat", ""),                    # a _vs_drift quantity: drift subtracted
 ])
 def test_signal_to_noise_and_flag(effect, drift, repeat, source, flag):
     out = noise.signal_to_noise(effect, drift, repeat)
     assert out["noise_source"] == source and out["noise_flag"] == flag
-    assert out["signal_to_noise"] == pytest.approx(effect / out["noise"])
-    assert out["noise"] == max(v for v in (drift, repeat) if v is not None and math.isfinite(v))
+    assert out["noise"] == repeat and out["signal_to_noise"] == pytest.approx(effect / repeat)
+    assert out["drift_noise"] == (drift if drift is not None else pytest.approx(math.nan, nan_ok=True))
+
+
+def test_without_repeats_the_noise_is_not_measured():
+    out = noise.signal_to_noise(0.1, 5.0, math.nan)
+    assert out["noise_flag"] == "" and math.isnan(out["noise"]) and out["drift_noise"] == 5.0
 
 
 def test_no_noise_estimate_gives_no_flag():
@@ -117,7 +123,8 @@ def test_correlate_cell_uses_the_drift_control_and_reports_noise(tiny_cell):
     assert loss.drift_noise == pytest.approx(abs(drift_loss - point["loss"]))
     assert loss.effect == pytest.approx(rows.actual_loss_change.std())
     assert math.isnan(loss.repeat_noise) and loss.repeat_n == 0
-    assert (loss.noise_flag == noise.NOISE_FLAG) == (loss.drift_noise >= loss.effect)
+    # the drift is shared by every copy and cancels in a correlation: reported, never the noise
+    assert loss.noise_flag == "" and math.isnan(loss.noise)
 
 
 def test_a_test_point_without_selection_is_flagged_by_name(tiny_cell, tmp_path):
@@ -175,7 +182,7 @@ def test_repeat_with_another_minibatch_order_measures_noise(tiny_cell):
 
 def test_the_verdict_reads_a_real_cell_with_repeats(tiny_cell, tmp_path):
     """On real re-trainings (minibatch SGD): the verdict's σ_repeat is the centred spread of the
-    repeat against the original (never above noise.py's uncentred one), the ceiling follows from it,
+    repeat against the original (the same as summary.csv's repeat noise), the ceiling follows from it,
     and the flagged variants of the cell read as words, never numbers."""
     from fragility.study import verdict
 
@@ -192,7 +199,7 @@ def test_the_verdict_reads_a_real_cell_with_repeats(tiny_cell, tmp_path):
     sigma = float(measured.sigma_repeat.iloc[0])
     assert measured.repeat_n.iloc[0] == 4 and 0 < sigma
     loss = corr[(corr.quantity == "loss_change") & (corr.subset == "all")].iloc[0]
-    assert sigma <= loss.repeat_noise * (1 + 1e-9)  # centring removes the shared shift
+    assert sigma == pytest.approx(loss.repeat_noise, rel=1e-9)  # one centred σ, in the verdict and the summary
     row = verdict.verdict_table(corr, rows, measured).iloc[0]
     assert row.sigma_repeat == sigma and row.ceiling == pytest.approx(verdict.ceiling(sigma, loss.actual_std))
     assert row.verdict in verdict.WORDS and row.repeat_n == 4 and row.selection == "top 8"

@@ -11,15 +11,18 @@ Noise in that ground truth, per test point and quantity:
 
 - drift noise: |drift|, how far continued training alone moves the quantity (for the parameter
   quantities, ‖θ_drift − θ*‖). Not applicable (NaN) for the `_vs_drift` quantities, which subtract it.
+  Reported, but not counted as noise: every copy of a cell shares it (same start, same minibatch
+  order), so it shifts Δ(z) alike for every z and cancels in a correlation.
 - repeat noise: the first `count` selected points are re-trained again with another minibatch
   order (a different `order_seed`, its own drift control). With d_i = Δ_i(repeat) − Δ_i(original),
   two independent draws of the same quantity, the standard deviation of one re-training is
-  σ_repeat = sqrt(mean(d_i²) / 2). With full-batch gradient descent the order has no effect and
+  σ_repeat = sqrt(Var(d) / 2), centred so that a shift shared by every copy of one run cancels, as
+  it does in a correlation. With full-batch gradient descent the order has no effect and
   σ_repeat only measures numerical non-determinism (≈ 0).
 - effect: the standard deviation of the quantity over the re-trained points, i.e. the variation a
   correlation tries to explain.
-- noise = max(drift noise, repeat noise); signal-to-noise = effect / noise; the flag
-  `noise_exceeds_effect` is set when noise ≥ effect (naming the larger source).
+- noise = the repeat noise; signal-to-noise = effect / noise; the flag `noise_exceeds_effect` is
+  set when noise ≥ effect. Without repeats the noise is not measured (no flag).
 """
 
 from __future__ import annotations
@@ -68,28 +71,32 @@ def ground_truth(loo: pd.DataFrame, drift: pd.DataFrame, test_index: int, loss_a
     }, index=rows.index)
 
 
+def repeat_sigma(original, repeated) -> float:
+    """σ_repeat = sqrt(Var(d) / 2), d = repeated − original over the finite pairs (centred: a shift
+    shared by every copy of one run cancels); NaN with fewer than 2 pairs."""
+    d = np.asarray(repeated, float) - np.asarray(original, float)
+    d = d[np.isfinite(d)]
+    return float(np.sqrt(np.var(d, ddof=1) / 2.0)) if len(d) >= 2 else math.nan
+
+
 def repeat_spread(original: pd.Series, repeated: pd.Series) -> tuple[float, int]:
-    """σ of one re-training from two runs of the same removals: sqrt(mean((a − b)²) / 2) over the
-    indices both hold; (NaN, 0) when they share none."""
+    """(σ_repeat, number of pairs) from two runs of the same removals, over the indices both hold
+    (`repeat_sigma`); (NaN, 0) when they share none."""
     joined = pd.concat([original.rename("a"), repeated.rename("b")], axis=1, join="inner").dropna()
     if joined.empty:
         return math.nan, 0
-    d = (joined.a - joined.b).to_numpy(dtype=float)
-    return float(np.sqrt(np.mean(d * d) / 2.0)), int(len(d))
+    return repeat_sigma(joined.a.to_numpy(), joined.b.to_numpy()), int(len(joined))
 
 
 def signal_to_noise(effect: float, drift_noise: float, repeat_noise: float) -> dict:
-    """Combine the noise sources: noise = the larger known one; flag when it reaches the effect."""
-    sources = {name: value for name, value in (("drift", drift_noise), ("repeat", repeat_noise))
-               if value is not None and math.isfinite(value)}
+    """The noise is the repeat noise (the drift is reported, not counted: it cancels in a
+    correlation); flag when it reaches the effect."""
     out = {"effect": effect, "drift_noise": drift_noise if drift_noise is not None else math.nan,
            "repeat_noise": repeat_noise, "noise": math.nan, "noise_source": "", "signal_to_noise": math.nan,
            "noise_flag": ""}
-    if not sources or not math.isfinite(effect):
+    if repeat_noise is None or not math.isfinite(repeat_noise) or not math.isfinite(effect):
         return out
-    source = max(sources, key=sources.get)
-    noise = sources[source]
-    out.update(noise=noise, noise_source=source,
-               signal_to_noise=(effect / noise) if noise > 0 else math.inf,
-               noise_flag=NOISE_FLAG if noise >= effect else "")
+    out.update(noise=repeat_noise, noise_source="repeat",
+               signal_to_noise=(effect / repeat_noise) if repeat_noise > 0 else math.inf,
+               noise_flag=NOISE_FLAG if repeat_noise >= effect else "")
     return out

@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from ..stats import format_interval, format_mean_spread
+from .noise import repeat_sigma
 
 DEFAULTS = {"correlation": "weaker", "reliable": 0.7, "partly_reliable": 0.3, "min_ceiling": 0.5, "min_repeats": 3}
 
@@ -81,14 +82,6 @@ def ceiling(sigma_repeat: float, sigma_effect: float) -> float:
     if not (math.isfinite(sigma_repeat) and math.isfinite(sigma_effect)) or sigma_effect <= 0:
         return math.nan
     return math.sqrt(max(0.0, 1.0 - (sigma_repeat / sigma_effect) ** 2))
-
-
-def repeat_sigma(original: np.ndarray, repeated: np.ndarray) -> float:
-    """σ_repeat = sqrt(Var(d) / 2), d = repeated − original (centred: a shift shared by every copy
-    of one run cancels); NaN with fewer than 2 pairs."""
-    d = np.asarray(repeated, float) - np.asarray(original, float)
-    d = d[np.isfinite(d)]
-    return float(np.sqrt(np.var(d, ddof=1) / 2.0)) if len(d) >= 2 else math.nan
 
 
 def repeat_noise(rows: pd.DataFrame, repeats: list[tuple[dict, pd.DataFrame]]) -> pd.DataFrame:
