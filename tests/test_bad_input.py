@@ -239,3 +239,28 @@ def test_the_library_refuses_rules_and_specs_beyond_the_data():
     assert len(select_training_points(scores, [{"top_k": 10}])) == 10
     with pytest.raises(ValueError, match="top0"):
         choose_test_points(scores, ["top0"])
+
+
+def test_a_script_job_logs_and_names_its_rule_and_cell(tmp_path):
+    """runtime.script_job: the rule's log receives the lines, an error is re-raised as a JobError
+    naming the rule and the cell (and logged), and a CPU job writes no peak-GPU-memory line."""
+    import sys
+
+    from fragility.runtime import JobError, script_job
+
+    wildcards = {"study": "iris", "dataset": "iris", "arch": "mlp-d1-w5", "decay": "0.01", "seed": "0", "chunk": "3"}
+    saved = sys.stdout, sys.stderr
+    try:
+        ok_log = tmp_path / "ok.log"
+        with script_job(str(ok_log), 1, "loo_chunk", wildcards, "cpu") as log:
+            log("working")
+        failed_log = tmp_path / "failed.log"
+        with pytest.raises(JobError, match=r"^rule loo_chunk, cell results/iris/iris/mlp-d1-w5/wd0.01/seed0, chunk=3: "
+                                           r"ValueError: broken"):
+            with script_job(str(failed_log), 1, "loo_chunk", wildcards, "cpu"):
+                raise ValueError("broken")
+    finally:
+        sys.stdout.flush()
+        sys.stdout, sys.stderr = saved
+    assert "working" in ok_log.read_text() and "peak_gpu_memory_mb" not in ok_log.read_text()
+    assert "FAILED rule loo_chunk" in failed_log.read_text()

@@ -156,3 +156,17 @@ def job_log(log_path: str, label: str | None = None):
         if label and not isinstance(err, JobError):
             raise JobError(f"{label}: {type(err).__name__}: {err}") from err
         raise
+
+
+@contextlib.contextmanager
+def script_job(log_path: str, threads: int | None, rule: str, wildcards, device_name: str | None = None):
+    """One workflow script's job: stdout/stderr to the rule's log and `threads` for torch
+    (`start_job`), any error re-raised naming the rule and the cell (`naming_failures`), and at the
+    end the peak GPU memory as a log line `peak_gpu_memory_mb=` (read by the benchmarks table) when
+    `device_name` resolves to CUDA. Yields the logger."""
+    log = start_job(log_path, threads)
+    with naming_failures(job_label(rule, wildcards), log):
+        yield log
+        peak = peak_gpu_memory_mb(resolve_device(device_name)) if device_name else None
+        if peak is not None:
+            log(f"peak_gpu_memory_mb={peak:.1f}")

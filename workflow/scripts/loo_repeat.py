@@ -1,12 +1,11 @@
 """Repeat of some leave-one-out re-trainings (and the drift control) with another minibatch order."""
 
-from fragility.runtime import job_label, naming_failures, peak_gpu_memory_mb, resolve_device, start_job
+from fragility.runtime import script_job
 from fragility.study.grid import with_run_settings
 from fragility.truths.registry import get
 
-log = start_job(snakemake.log[0], snakemake.threads)
-with naming_failures(job_label(snakemake.rule, snakemake.wildcards), log):  # the error names its cell
-    p, w = snakemake.params, snakemake.wildcards
+p, w = snakemake.params, snakemake.wildcards
+with script_job(snakemake.log[0], snakemake.threads, snakemake.rule, w, p.device) as log:
     loo_cfg = with_run_settings(p.loo, snakemake.config, w.study, w.arch, "loo")  # + checkpoints, copies per pass
     train_cfg = with_run_settings(p.train, snakemake.config, w.study, w.arch, "train")
     paths = {key: str(value) for key, value in snakemake.input.items()}
@@ -14,6 +13,3 @@ with naming_failures(job_label(snakemake.rule, snakemake.wildcards), log):  # th
                                          order_seed=p.order_seed, checkpoint_prefix=p.checkpoint,
                                          device_name=p.device, log=log)
     log(f"repeated {len(indices)} re-trainings and the drift control with order seed {p.order_seed} in {seconds:.1f}s")
-    peak = peak_gpu_memory_mb(resolve_device(p.device))
-    if peak is not None:
-        log(f"peak_gpu_memory_mb={peak:.1f}")  # read by the benchmarks table

@@ -1,9 +1,8 @@
 from fragility.study.grid import check_sizes
 from fragility.study.pipeline import prepare_data
-from fragility.runtime import job_label, naming_failures, start_job
+from fragility.runtime import script_job
 
-log = start_job(snakemake.log[0])
-with naming_failures(job_label(snakemake.rule, snakemake.wildcards), log):  # the error names its cell
+with script_job(snakemake.log[0], None, snakemake.rule, snakemake.wildcards) as log:  # the error names its cell
     data_dir = snakemake.config.get("data_dir", "data")  # not a param: moving the files changes no result
     w = snakemake.wildcards
     info = prepare_data(w.dataset, snakemake.params.dataset_cfg, data_dir, snakemake.output[0],

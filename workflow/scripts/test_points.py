@@ -1,8 +1,7 @@
 from fragility.study.pipeline import pick_test_points
-from fragility.runtime import job_label, naming_failures, start_job
+from fragility.runtime import script_job
 
-log = start_job(snakemake.log[0])
-with naming_failures(job_label(snakemake.rule, snakemake.wildcards), log):  # the error names its cell
+with script_job(snakemake.log[0], None, snakemake.rule, snakemake.wildcards) as log:  # the error names its cell
     points = pick_test_points(snakemake.input.model, snakemake.input.data, snakemake.params.specs, snakemake.output[0],
                               snakemake.params.device)
     log(f"test points: {points}")

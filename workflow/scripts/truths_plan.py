@@ -1,10 +1,9 @@
 """Draw and write the sets of one cell's planned ground truths (groups, LDS subsets; src/fragility/truths)."""
 
-from fragility.runtime import job_label, naming_failures, start_job
+from fragility.runtime import script_job
 from fragility.truths.jobs import plan_truths
 
-log = start_job(snakemake.log[0], 1)
-with naming_failures(job_label(snakemake.rule, snakemake.wildcards), log):  # the error names its cell
+with script_job(snakemake.log[0], 1, snakemake.rule, snakemake.wildcards) as log:  # the error names its cell
     p = snakemake.params
     plan = plan_truths(snakemake.input.data, snakemake.input.influence, p.settings, p.seed_keys, snakemake.output[0])
     log("plan: " + ", ".join(f"{len(plan[name]) if isinstance(plan[name], list) else len(plan[name]['left_out'])} "
