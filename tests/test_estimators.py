@@ -10,6 +10,7 @@ from types import SimpleNamespace
 
 import pandas as pd
 import pytest
+from conftest import train_iris_cell
 import torch
 
 from fragility import plugins
@@ -29,14 +30,9 @@ OPTIONS = {"exact": {}, "cg": {"tol": 1e-10}, "lissa": {"depth": 50, "scale": "a
 
 @pytest.fixture(scope="module")
 def cell(tmp_path_factory):
-    """A width-3 MLP trained on Iris (float64), with its two highest-loss test points."""
+    """A width-3 MLP trained on Iris (float64), with test points ["top2"]."""
     root = tmp_path_factory.mktemp("cell")
-    paths = {name: str(root / name) for name in ("data.pt", "model.pt", "metrics.json", "tp.json")}
-    pipeline.prepare_data("iris", {"test_fraction": 0.2, "split_seed": 0}, "data", paths["data.pt"])
-    pipeline.train(paths["data.pt"], "mlp-d1-w3", 0.01, 0, {"optimizer": "gd", "lr": 0.1, "steps": 150}, "float64",
-                   "cpu", paths["model.pt"], paths["metrics.json"], log=lambda m: None)
-    pipeline.pick_test_points(paths["model.pt"], paths["data.pt"], ["top2"], paths["tp.json"], "cpu")
-    return root, paths
+    return root, train_iris_cell(root, ["top2"])
 
 
 def _context(paths, damping=0.01):
