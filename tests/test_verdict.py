@@ -251,6 +251,14 @@ def test_page_matrix_per_truth_and_legend_thresholds():
     assert "(of 1 seed)" in text
 
 
+def test_page_matrix_says_the_seeds():
+    frame = pd.DataFrame([_row(seed=0, pearson=0.8, pearson_lo=0.72), _row(seed=1, pearson=0.6, pearson_lo=0.4)])
+    table = v.verdict_table(frame, deterministic={("net", "loo"): True})
+    matrix = index_page("s", table, v.best_estimators(table), [])
+    matrix = matrix[matrix.index("<table class='matrix'>"):matrix.index("</table>")]
+    assert "seed 0 <small>(of 2 seeds)</small>" in matrix and "seed 1 <small>(of 2 seeds)</small>" in matrix
+    assert matrix.count("seeds: 1 of 2: Pearson 0.70 ± 0.14 (n=2); reliable 1, partly reliable 1") == 2
+
 def _browser():
     for name in ("chromium", "chromium-browser", "google-chrome"):
         if shutil.which(name):
