@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fragility.report.page import index_page, write_index
+from fragility.report.page import LINE_COLOURS, index_page, write_index
 from fragility.stats import correlate
 from fragility.study import noise as noise_mod
 from fragility.study import verdict as v
@@ -211,12 +211,53 @@ def _study_tables(tmp_path):
 def test_page_is_self_contained(tmp_path):
     out = _study_tables(tmp_path)
     text = out.read_text()
-    assert "<table id='verdict'>" in text and text.count("data:image/png;base64,") == 3  # verdict figure + 2
+    assert text.count("data:image/png;base64,") == 3  # 2 figures + the intervals in the evidence
     assert not re.search(r"(src|href)=\"(https?:)?//", text)  # nothing from the network
-    assert "model did not train" in text and "model_not_trained:chance_accuracy" in text
-    for word in (v.RELIABLE, v.UNRELIABLE):
-        assert f">{word}</td>" in text
+    # the answer first: the matrix, its legend, the figures, then the evidence collapsed
+    order = [text.index(s) for s in ("<table class='matrix'>", "<p class='legend'>", "<h2>Figures</h2>",
+                                     "<details id='evidence'>", "<table id='verdict'>", "</details>")]
+    assert order == sorted(order) and "<details id='evidence' open" not in text
+    # one column per estimator (a, b, exact), one row per cell and test point; a missing pair is a dash
+    assert "<th>a</th><th>b</th><th>exact</th>" in text and text.count("<td class='none'>") == 3
+    matrix = text[text.index("<table class='matrix'>"):text.index("<p class='legend'>")]
+    for word in ("reliable", "unreliable", "did not train"):
+        assert f"<b>{word}</b>" in matrix
+    # the flag is named, never a number; the numbers say which correlation they are
+    assert "<small>model_not_trained:chance_accuracy</small>" in matrix
+    assert "<small>P 0.80 [0.70, 0.90]</small>" in matrix and "why: lower bound 0.70 ≥ reliable 0.7" in matrix
+    evidence = text[text.index("<table id='verdict'>"):]
+    for word in (v.RELIABLE, v.UNRELIABLE, v.NOT_TRAINED):
+        assert f">{word}</td>" in evidence
 
+
+def test_page_matrix_per_truth_and_legend_thresholds():
+    frame = pd.DataFrame([_row(estimator="a"), _row(estimator="b", pearson_lo=0.1, spearman_lo=0.1),
+                          _row(truth="lds", estimator="a", test_point="mean"),
+                          _row(estimator="c", pearson_lo=0.5, spearman_lo=0.5, test_point="median")])
+    options = {"reliable": 0.8, "partly_reliable": 0.45}
+    table = v.verdict_table(frame, options=options)  # no repeats: short of reliable reads "noise not measured"
+    text = index_page("s", table, v.best_estimators(table, options), [], options)
+    loo, lds = text.index("<h3>Against leave-one-out"), text.index("<h3>Against re-training on random subsets")
+    assert loo < lds < text.index("<p class='legend'>")
+    assert text[loo:lds].count("<table class='matrix'>") == 1 and "rowspan='2'" in text[loo:lds]  # max, median
+    assert f"<p class='best'>Best estimator: {v.NONE_DISTINGUISHABLE}</p>" in text[loo:lds]
+    assert f"<p class='best'>Best estimator: {v.ONE_ESTIMATOR}</p>" in text[lds:]
+    legend = text[text.index("<p class='legend'>"):text.index("<h2>Figures</h2>")]
+    assert "≥ 0.8," in legend and "≥ 0.45," in legend and "below 0.5 " in legend
+    # noise not measured: the cell's left edge says what the interval alone reads
+    for grade in (v.PARTLY, v.UNRELIABLE):
+        assert re.search(f'<td class="v" style="[^"]*;border-left:5px solid {LINE_COLOURS[grade]}"[^>]*>'
+                         "<b>not measured</b>", text)
+    assert "(of 1 seed)" in text
+
+
+def test_page_matrix_says_the_seeds():
+    frame = pd.DataFrame([_row(seed=0, pearson=0.8, pearson_lo=0.72), _row(seed=1, pearson=0.6, pearson_lo=0.4)])
+    table = v.verdict_table(frame, deterministic={("net", "loo"): True})
+    matrix = index_page("s", table, v.best_estimators(table), [])
+    matrix = matrix[matrix.index("<table class='matrix'>"):matrix.index("</table>")]
+    assert "seed 0 <small>(of 2 seeds)</small>" in matrix and "seed 1 <small>(of 2 seeds)</small>" in matrix
+    assert matrix.count("seeds: 1 of 2: Pearson 0.70 ± 0.14 (n=2); reliable 1, partly reliable 1") == 2
 
 def _browser():
     for name in ("chromium", "chromium-browser", "google-chrome"):
@@ -227,16 +268,22 @@ def _browser():
 
 PROBE = """<script>
 window.addEventListener('load', function () {
-  var out = [];
+  var out = ['screen ' + window.innerHeight];
+  var size = function (e) { var b = e.getBoundingClientRect(); return Math.round(b.width) + 'x' + Math.round(b.height); };
+  var seen = function (e) { return e.checkVisibility({contentVisibilityAuto: true, visibilityProperty: true}); };
+  var matrices = document.querySelectorAll('table.matrix');
+  for (var m = 0; m < matrices.length; m++) {
+    out.push('matrix ' + matrices[m].rows.length + ' ' + size(matrices[m]) + ' ' + Math.round(matrices[m].getBoundingClientRect().bottom)
+             + ' ' + seen(matrices[m]));
+  }
   var table = document.getElementById('verdict');
-  var box = table.getBoundingClientRect();
-  out.push('table ' + table.rows.length + ' ' + Math.round(box.width) + 'x' + Math.round(box.height));
+  out.push('table ' + table.rows.length + ' ' + seen(table) + ' ' + document.getElementById('evidence').open);
   var images = document.images;
   for (var i = 0; i < images.length; i++) {
-    var r = images[i].getBoundingClientRect();
-    out.push('img ' + images[i].complete + ' ' + images[i].naturalWidth + ' ' + Math.round(r.width) + 'x' + Math.round(r.height));
+    out.push('img ' + images[i].complete + ' ' + images[i].naturalWidth + ' ' + size(images[i]) + ' ' + seen(images[i])
+             + ' ' + (images[i].closest('details') ? 'evidence' : 'figures'));
   }
-  var words = document.querySelectorAll('td.word');
+  var words = document.querySelectorAll('td.v');
   for (var j = 0; j < words.length; j++) { out.push('word ' + getComputedStyle(words[j]).backgroundColor); }
   var pre = document.createElement('pre'); pre.id = 'probe'; pre.textContent = out.join('\\n');
   document.body.appendChild(pre);
@@ -260,15 +307,21 @@ def test_page_renders_in_a_headless_browser(tmp_path):
     probe = re.search(r'<pre id="probe">(.*?)</pre>', run.stdout, re.S)
     assert probe, run.stdout[-2000:]
     lines = probe.group(1).splitlines()
+    screen = int(lines[0].split()[1])
+    # the matrix is visible and ends within the first screen
+    matrices = [line.split() for line in lines if line.startswith("matrix")]
+    assert len(matrices) == 1 and int(matrices[0][1]) == 3  # header + two cells (net, other)
+    width, height = map(int, matrices[0][2].split("x"))
+    assert width > 300 and height > 40 and 0 < int(matrices[0][3]) <= screen and matrices[0][4] == "true"
+    # the evidence table is in the DOM, collapsed
     table = [line.split() for line in lines if line.startswith("table")][0]
-    assert int(table[1]) == 4  # header + three rows
-    width, height = map(int, table[2].split("x"))
-    assert width > 300 and height > 50
+    assert int(table[1]) == 4 and table[2:] == ["false", "false"]  # header + three rows, not shown, not open
+    # every figure loaded; the study's figures visible, the intervals folded with the evidence
     images = [line.split() for line in lines if line.startswith("img")]
-    assert len(images) == 3
-    for _, complete, natural, size in images:
+    assert [image[5] for image in images] == ["figures", "figures", "evidence"]
+    for _, complete, natural, size, seen, where in images:
         w, h = map(int, size.split("x"))
-        assert complete == "true" and int(natural) > 0 and w > 0 and h > 0
+        assert complete == "true" and int(natural) > 0 and w > 0 and h > 0 and seen == str(where == "figures").lower()
     colours = [line for line in lines if line.startswith("word")]
     assert len(colours) == 3 and len(set(colours)) == 3  # reliable, unreliable, model did not train
     # and a screenshot that is not blank
