@@ -413,8 +413,13 @@ def correlation_by_truth(corr: pd.DataFrame, outdir, name: str = "correlation_by
         return _note_figure(outdir, name, "no correlations against any ground truth")
     part["flag"] = part["flag"].fillna("")
     truths = [t for t in TRUTHS if (part.truth == t).any()]
-    part["cell"] = [f"{a}\n{decay_name(d)}" + ("" if t in whole else f"\n{p}")
-                    for a, d, p, t in zip(part.arch, part.decay, part.test_point, part.truth)]
+    # a cell's label names the dataset and seed too where the study has several, so that no
+    # cell's points hide another's (one point per label is drawn)
+    dataset = part.dataset.astype(str) + "\n" if "dataset" in part and part.dataset.nunique() > 1 else ""
+    seed = "\nseed " + part.seed.astype(str) if "seed" in part and part.seed.nunique() > 1 else ""
+    part["cell"] = dataset + pd.Series([f"{a}\n{decay_name(d)}" + ("" if t in whole else f"\n{p}")
+                                        for a, d, p, t in zip(part.arch, part.decay, part.test_point, part.truth)],
+                                       index=part.index) + seed
     estimators = list(dict.fromkeys(part.estimator))
     offsets = np.linspace(-0.3, 0.3, len(estimators)) if len(estimators) > 1 else [0.0]
     widest = max(part[part.truth == t].cell.nunique() for t in truths)
