@@ -176,3 +176,22 @@ def test_every_built_in_estimator_has_a_caption_line():
     for method in study.ESTIMATOR_NOTES:
         assert f"``{method}``:" in rst
     assert study.estimator_note("my.py:Mine").startswith(study.PLUGIN_NOTE[0])
+
+
+def test_correlation_by_truth_keeps_every_seed_and_dataset(inputs, tmp_path):
+    """One label per cell, test point and seed: two seeds (or datasets) never share a point."""
+    from fragility.report import figures
+
+    frame = pd.read_parquet(inputs[0])
+    frame = frame[(frame.subset == "all") & (frame.quantity == "loss_change")].assign(truth=lambda f: f.truth.fillna("loo"))
+    frame = frame[(frame.truth != "lds") | (frame.test_point == "mean")]  # as correlation_by_truth keeps them
+    labels = figures.truth_cell_labels(frame, ["lds"])
+    keys = frame[["seed", "test_point", "truth", "estimator"]].astype(str).agg("/".join, axis=1)
+    assert labels.groupby(frame.truth.to_numpy()).nunique()["loo"] == 2 * 2  # seeds × test points
+    assert (labels + frame.truth + frame.estimator).nunique() == keys.nunique()
+    one_seed = frame[frame.seed == 0]
+    assert not figures.truth_cell_labels(one_seed).str.contains("seed").any()  # a single seed's figure is unchanged
+    two_datasets = one_seed.assign(dataset=np.where(one_seed.test_point == "max", "a", "b"))
+    assert figures.truth_cell_labels(two_datasets).str.startswith(("a\n", "b\n")).all()
+    figures.correlation_by_truth(frame, tmp_path)
+    assert (tmp_path / "correlation_by_truth.png").exists()
