@@ -6,7 +6,8 @@
   the estimator measured them in its influence job (its diagnostics JSON): the fit once per
   trained model, the scoring of every training point for all the cell's test points together
   (`seconds_all_points`), so every test point of a cell has the same seconds. Loading the model
-  and the data is not counted. `fit_seconds` is empty for an estimator without a fit step
+  and the data is not counted; an inverse-Hessian estimator's scoring includes its ‖∇ℓ_i‖ and
+  ‖Δθ̂_i‖ columns (where the n × p gradient matrix is affordable). `fit_seconds` is empty for an estimator without a fit step
   (grad_cosine, tracin): all its work is scoring.
 - The correlation drawn (`score`, `correlation[_lo, _hi]`): Pearson of Δ̂ with the truth, per
   test point; for a truth scored over all test points at once (LDS) its headline, the mean over
@@ -160,6 +161,8 @@ def cost_vs_accuracy(table: pd.DataFrame, outdir, name: str = "cost_vs_accuracy"
     truths = list(dict.fromkeys(table.truth))
     estimators = list(dict.fromkeys(table.estimator))
     style = {e: (f"C{k % 10}", MARKERS[k % len(MARKERS)]) for k, e in enumerate(estimators)}
+    methods = dict(zip(table.estimator, table.method.fillna(table.estimator))) if "method" in table else {}
+    label = {e: e if methods.get(e, e) == e else f"{e} ({methods[e]})" for e in estimators}
     fig, axes = plt.subplots(1, len(truths), figsize=(4.6 * len(truths), 4.4), squeeze=False)
     for ax, truth in zip(axes[0], truths):
         here = table[table.truth == truth]
@@ -173,7 +176,7 @@ def cost_vs_accuracy(table: pd.DataFrame, outdir, name: str = "cost_vs_accuracy"
                 yerr = np.vstack([(rows.correlation - rows.correlation_lo).clip(lower=0).fillna(0),
                                   (rows.correlation_hi - rows.correlation).clip(lower=0).fillna(0)])
                 ax.errorbar(rows.seconds, rows.correlation, yerr=yerr, fmt=marker, color=colour, capsize=2,
-                            alpha=0.85, label=estimator)
+                            alpha=0.85, label=label[estimator])
             bad = here[timed & ~ok & (here.estimator == estimator)]
             for x, flag in zip(bad.seconds, bad.flag):
                 ax.plot(x, 0, marker="x", color=colour, markersize=8)
