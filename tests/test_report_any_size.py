@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from fragility.io import read_json
-from fragility.report import aggregate, figures, figures_images, tables
+from fragility.report import aggregate, estimator_study, figures, figures_images, tables
 from fragility.study import correlate, pipeline, selection
 from fragility.truths.registry import get
 
@@ -77,6 +77,10 @@ def test_every_figure_draws_or_says_it_has_nothing_to_draw(study, tmp_path, size
     frame = pd.read_parquet(corr)
     frame["flag"] = frame["flag"].fillna("")
     figures.correlation_by_truth(frame, out)
+    diagnostics = [study.parent / f"{method}.json" for method in ("exact", "identity")]
+    cost = estimator_study.estimator_study(corr, diagnostics, [CELL, CELL], {"exact": "exact", "identity": "identity"},
+                                           folder / "estimator_cost.csv", out, folder / "estimator_study.html")
+    assert len(cost) == size and (out / "cost_vs_accuracy.png").exists()
     figures_images.mnist_small_figures(corr, rows, out, 0.01, "exact")
     tables.write_table1(corr, PAPER, {}, {CELL["arch"]: "exact"}, [0.01], folder / "t1.csv", folder / "versus.csv")
     figures_images.table1_figure(folder / "versus.csv", out)

@@ -403,7 +403,36 @@ def verdict_links(study):
         links.append(["table1.html", "Table 1, and ours next to the paper's values"])
     if truth_outputs(study):
         links.append(["../truths.csv", "every estimator against every ground truth"])
+    if outputs.compares_estimators(config, study):
+        links.append(
+            [
+                "estimator_study.html",
+                "the estimator study: what each estimator computes, its cost and its correlation "
+                "with every ground truth",
+            ]
+        )
     return links
+
+
+def estimator_diagnostics(study):
+    """(influence/{estimator}.json, cell keys) of every cell and estimator of `study`."""
+    return [
+        (
+            os.path.join(grid.cell_dir(c, RESULTS), f"influence/{name}.json"),
+            grid.cell_keys(config, c),
+        )
+        for c in grid.cells(config, study)
+        for name in grid.estimators(config, study, c["arch"])
+    ]
+
+
+def estimator_methods(study):
+    """{estimator name: its method} over the architectures of `study`."""
+    return {
+        name: settings.get("method", name)
+        for arch in grid.study_block(config, study)["architectures"]
+        for name, settings in grid.estimators(config, study, arch).items()
+    }
 
 
 def verdict_page_job(wildcards, input, output, params):

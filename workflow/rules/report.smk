@@ -115,6 +115,58 @@ rule study_report_pages:
         )
 
 
+rule estimator_study:
+    input:
+        correlations=verdict_correlations,
+        diagnostics=lambda w: [path for path, _ in estimator_diagnostics(w.study)],
+    output:
+        table=os.path.join(RESULTS, "{study}/estimator_cost.csv"),
+        figure=report(
+            os.path.join(RESULTS, "{study}/figures/estimators/cost_vs_accuracy.png"),
+            caption="../report/cost_vs_accuracy.rst",
+            category="Study {study}",
+            subcategory="Estimator study",
+            labels={"study": "{study}", "figure": "cost_vs_accuracy"},
+        ),
+        pdf=os.path.join(RESULTS, "{study}/figures/estimators/cost_vs_accuracy.pdf"),
+        page=report(
+            os.path.join(RESULTS, "{study}/report/estimator_study.html"),
+            caption="../report/estimator_study.rst",
+            category="Study {study}",
+            subcategory="Estimator study",
+            labels={"study": "{study}", "table": "estimator_study"},
+        ),
+    log:
+        os.path.join(RESULTS, "logs/{study}/estimator_study.log"),
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        cells=lambda w: [cell for _, cell in estimator_diagnostics(w.study)],
+        methods=lambda w: estimator_methods(w.study),
+        selection=lambda w: {
+            arch: grid.arch_config(config, w.study, arch)["select"]["by"]
+            for arch in grid.study_block(config, w.study)["architectures"]
+        },
+        figure_dir=lambda w, output: str(Path(output.figure).parent),
+    run:
+        from fragility.report.estimator_study import estimator_study
+
+        logged(
+            log,
+            lambda table: f"{len(table)} estimator-by-truth rows written",
+            estimator_study,
+            input.correlations,
+            list(input.diagnostics),
+            params.cells,
+            params.methods,
+            output.table,
+            params.figure_dir,
+            output.page,
+            params.selection,
+        )
+
+
 rule gather_benchmarks:
     input:
         # every benchmarked job of the study has run once its correlations exist
@@ -187,4 +239,5 @@ localrules:
     table1_report_page,
     overview_figure,
     study_report_pages,
+    estimator_study,
     gather_benchmarks,

@@ -76,4 +76,15 @@ def study_targets(study):
         )
         + KIND_OUTPUTS[study_kind(study)](study)
         + truth_outputs(study)  # the other ground truths (ground_truths.smk)
+        + estimator_study_outputs(study)
     )
+
+
+def estimator_study_outputs(study):
+    """The estimator study's table, figure and page, for a study that compares estimators."""
+    if not outputs.compares_estimators(config, study):
+        return []
+    return [
+        f"{RESULTS}/{study}/estimator_cost.csv",
+        f"{RESULTS}/{study}/report/estimator_study.html",
+    ] + figure_files(study, ["cost_vs_accuracy"], "figures/estimators")

@@ -401,6 +401,17 @@ def study_figures(correlations_path, rows_path, estimators_path, outdir, options
         estimator_comparison(est, outdir)
 
 
+def truth_cell_labels(part: pd.DataFrame, whole=()) -> pd.Series:
+    """'arch / decay / test point' per row (no test point for a truth in `whole`, scored over all
+    of them), with the dataset and the seed where `part` has several, so that no cell's point
+    hides another's (correlation_by_truth draws one point per label and estimator)."""
+    dataset = part.dataset.astype(str) + "\n" if "dataset" in part and part.dataset.nunique() > 1 else ""
+    seed = "\nseed " + part.seed.astype(str) if "seed" in part and part.seed.nunique() > 1 else ""
+    return dataset + pd.Series([f"{a}\n{decay_name(d)}" + ("" if t in whole else f"\n{p}")
+                                for a, d, p, t in zip(part.arch, part.decay, part.test_point, part.truth)],
+                               index=part.index, dtype=object) + seed
+
+
 def correlation_by_truth(corr: pd.DataFrame, outdir, name: str = "correlation_by_truth") -> None:
     """Each estimator's Pearson and Spearman (bootstrap intervals) against each ground truth, one
     column of panels per truth (LOO, PBRF, group removal, LDS: the mean over test points), per
@@ -413,8 +424,7 @@ def correlation_by_truth(corr: pd.DataFrame, outdir, name: str = "correlation_by
         return _note_figure(outdir, name, "no correlations against any ground truth")
     part["flag"] = part["flag"].fillna("")
     truths = [t for t in TRUTHS if (part.truth == t).any()]
-    part["cell"] = [f"{a}\n{decay_name(d)}" + ("" if t in whole else f"\n{p}")
-                    for a, d, p, t in zip(part.arch, part.decay, part.test_point, part.truth)]
+    part["cell"] = truth_cell_labels(part, whole)
     estimators = list(dict.fromkeys(part.estimator))
     offsets = np.linspace(-0.3, 0.3, len(estimators)) if len(estimators) > 1 else [0.0]
     widest = max(part[part.truth == t].cell.nunique() for t in truths)
