@@ -319,6 +319,28 @@ def test_attention_under_torch_func(root, mode, backend):
     assert torch.backends.mha.get_fastpath_enabled()  # differentiable_attention() restores it
 
 
+def test_a_fused_kernel_without_double_backward_is_refused_not_a_crash(root):
+    """Outside differentiable_attention() the exact solver meets the fused attention kernel's
+    missing double backward (a RuntimeError "derivative for aten::<op> is not implemented"): its
+    solves are NaN with the status `unsupported: ...`, not an exception."""
+    import importlib.util
+
+    from fragility.engine.flat import FlatModel
+    from fragility.engine.objective import Objective
+    from fragility.engine.solvers import make_solver
+
+    spec = importlib.util.spec_from_file_location("whatruns_factories", root / "mine.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    torch.manual_seed(0)
+    net = FlatModel(module.attention((LENGTH,), 2).double().train())
+    split = Split.load(root / "tokens.pt")
+    theta = net.flatten()
+    solver = make_solver("exact").fit(Objective(net, split.x_train, split.y_train, 0.01), theta)
+    result = solver.solve(torch.ones(2, theta.numel(), dtype=theta.dtype), 0.01)
+    assert result.status == [FLASH_DOUBLE] * 2 and torch.isnan(result.solutions).all()
+
+
 # --------------------------------------------------------------------------- the document
 def cell_text(outcome: str, refused: str = "refused: no ") -> str:
     if outcome == OK:
