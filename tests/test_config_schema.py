@@ -184,7 +184,9 @@ def test_a_null_estimator_is_dropped_and_cannot_be_the_selection():
     update_config(cfg, yaml.safe_load((REPO / "configs" / "quick.yaml").read_text()))
     validate(cfg, SCHEMA)
     assert set(grid.estimators(cfg, "mnist_small", "smallcnn")) == {"primary", "kfac", "ekfac", "identity"}
-    assert set(grid.estimators(cfg, "table1", "smallcnn")) == {"primary", "kfac", "ekfac", "identity"}
+    assert set(grid.estimators(cfg, "table1", "smallcnn")) == {"primary", "kfac", "ekfac", "identity", "grad_cosine",
+                                                                "representer", "tracin", "trak"}
+    assert set(grid.estimators(cfg, "table1", "lenet")) == {"primary", "kfac", "ekfac", "identity"}
     assert grid.estimators(cfg, "table1", "resnet18")["ekfac"] == {"method": "ekfac", "output_hessian": "sampled"}
     cfg["studies"]["mnist_small"]["influence"]["methods"]["primary"] = None
     with pytest.raises(ValueError, match="select.by"):

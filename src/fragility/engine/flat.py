@@ -8,6 +8,8 @@ per-call swapping of every parameter into the module, which dominates a step of 
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 from torch.func import functional_call
@@ -15,6 +17,25 @@ from torch.nn import functional as F
 from torch.nn.modules import module as torch_module  # the global forward hooks
 
 from .task import CrossEntropyTask, Task
+
+
+@contextlib.contextmanager
+def differentiable_attention():
+    """Attention that torch.func can differentiate to any order: scaled_dot_product_attention on
+    its math backend (matmul, softmax), and without the fused inference fast path of
+    nn.TransformerEncoderLayer / nn.MultiheadAttention (taken in eval mode when no input requires
+    grad, as under `jvp`). PyTorch's fused kernels (flash attention on CPU,
+    `_transformer_encoder_layer_fwd`) have neither a double backward nor a forward-mode derivative.
+    The same function, to rounding; no effect on a model without attention. Also a decorator."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    fast_path = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with sdpa_kernel([SDPBackend.MATH]):
+            yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fast_path)
 
 
 class FlatModel:

@@ -64,11 +64,12 @@ class Progress:
 def unsupported_status(err: BaseException) -> str | None:
     """`unsupported: derivative of <op>` for PyTorch's error on a derivative it does not implement
     ("the derivative for '<op>' is not implemented", e.g. the double backward of nn.EmbeddingBag;
-    "forward AD with <op>"), else None."""
-    match = re.search(r"derivative for '([^']+)' is not implemented", str(err))
+    "derivative for aten::<op> is not implemented", a RuntimeError, e.g. the double backward of a
+    fused attention kernel; "forward AD with <op>"), else None."""
+    match = re.search(r"derivative for '?(?:aten::)?([^' ]+)'? is not implemented", str(err))
     if match:
         return f"unsupported: derivative of {match.group(1)}"
-    match = re.search(r"forward AD with (\S+)", str(err))
+    match = re.search(r"forward AD with (?:aten::)?(\S+)", str(err))
     if match:
         return f"unsupported: forward-mode derivative of {match.group(1)}"
     return None
@@ -100,12 +101,12 @@ class InverseHessianSolver:
         self.unsupported = None
         try:
             self._fit()
-        except NotImplementedError as err:
+        except (NotImplementedError, RuntimeError) as err:
             self._refuse(err)
         self.diagnostics["fit_seconds"] = time.perf_counter() - start
         return self
 
-    def _refuse(self, err: NotImplementedError) -> None:
+    def _refuse(self, err: Exception) -> None:
         """The model lacks a derivative this method needs (PyTorch implements no second derivative
         of some layers, nn.EmbeddingBag's for one): every solve is then NaN with the status
         `unsupported: derivative of <op>`, the job goes on. Other errors propagate."""
@@ -122,7 +123,7 @@ class InverseHessianSolver:
         if self.unsupported is None:
             try:
                 result = self._solve(vectors, float(damping))
-            except NotImplementedError as err:
+            except (NotImplementedError, RuntimeError) as err:
                 self._refuse(err)
         if result is None:
             result = SolveResult(torch.full_like(vectors, math.nan), [self.unsupported] * len(vectors),

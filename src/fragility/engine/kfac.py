@@ -186,7 +186,7 @@ class KroneckerSolver(InverseHessianSolver):
         for name, size in zip(net.names, net.sizes):
             offsets[name] = slice(start, start + size)
             start += size
-        layers, covered = [], set()
+        layers, covered, own = [], set(), {}
         for name, module in net.model.named_modules():
             if not _coverable(module):
                 continue
@@ -195,7 +195,11 @@ class KroneckerSolver(InverseHessianSolver):
             if w_name not in offsets or (module.bias is not None and b_name not in offsets):
                 continue  # a tied or frozen weight: its parameters stay with the fallback
             layers.append(_Layer(name, module, offsets[w_name], offsets[b_name] if module.bias is not None else None))
-            covered.update([w_name] + ([b_name] if module.bias is not None else []))
+            own[name] = [w_name] + ([b_name] if module.bias is not None else [])
+        called = self._called(layers)
+        layers = [layer for layer in layers if layer.name in called]
+        for layer in layers:
+            covered.update(own[layer.name])
         self.layers = layers
         self.uncovered = [(n, offsets[n]) for n in net.names if n not in covered]
         uncovered_names = {n for n, _ in self.uncovered}
@@ -207,6 +211,23 @@ class KroneckerSolver(InverseHessianSolver):
                 self.uncovered_layers.append({"name": name, "kind": type(module).__name__, "parameters": own})
         if not layers:
             raise SolverError(f"influence method '{self.name}': the model has no Linear or Conv2d layer to factor")
+
+    def _called(self, layers) -> set[str]:
+        """The names of the `layers` whose forward runs in a forward pass of the model. A Linear
+        module whose weight the model uses without calling the module (nn.MultiheadAttention's
+        `out_proj`, passed to F.multi_head_attention_forward) is never seen by a forward hook:
+        such a layer is left to the fallback, as an uncovered one."""
+        net, seen = self.objective.net, set()
+        handles = [layer.module.register_forward_hook(lambda m, a, o, name=layer.name: seen.add(name))
+                   for layer in layers]
+        devices = [self.theta.device] if self.theta.device.type == "cuda" else []
+        try:  # leaves the random generators and the buffers (BatchNorm in train mode) as they were
+            with torch.no_grad(), torch.random.fork_rng(devices=devices):
+                net.logits(self.theta.detach(), self.objective.x[:2], {k: v.clone() for k, v in net.buffers.items()})
+        finally:
+            for h in handles:
+                h.remove()
+        return seen
 
     # ------------------------------------------------------------------ output directions
     def _directions(self, logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,7 @@ from ..data.split import Split, model_inputs
 from ..data.registry import load_split
 from ..io import load_torch, read_json, save_torch, write_json, write_parquet
 from ..models.registry import init_from_spec, model_spec
-from ..engine.flat import FlatModel
+from ..engine.flat import FlatModel, differentiable_attention
 from ..engine.task import make_task
 from ..engine.objective import Objective
 from ..estimators.base import Context, TrainedModel, check_requirements
@@ -173,6 +173,7 @@ def pick_test_points(model_path, data_path, specs, out_path, device_name="auto")
 
 
 # --------------------------------------------------------------------------- influence
+@differentiable_attention()  # the math backend of attention: second and forward-mode derivatives
 def compute_influence(model_path, data_path, test_points_path, method_name, method_cfg, damping, table_out, diagnostics_out,
                       device_name="auto", chunk_size=1024, scoring_chunk_size=None, extra_models=(), log=print):
     """Fit estimator `method_name` (its config block `method_cfg`: estimators/registry.py) on the

@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 
 from ..data.split import Split
-from ..engine.flat import FlatModel
+from ..engine.flat import FlatModel, differentiable_attention
 from ..engine.training import TrainSettings, train_in_passes
 from ..io import read_json, write_parquet
 from ..models.registry import init_from_spec
@@ -102,6 +102,7 @@ class Retrained:
                 Path(ckpt).unlink()
 
 
+@differentiable_attention()  # PBRF's Gauss-Newton terms and eval-mode forward: no fused attention kernels
 def retrain(model_path, data_path, test_points_path, removed: list[list[int]], train_cfg: dict, loo_cfg: dict,
             truth_cfg: dict | None = None, truth: str = "loo", removal_weight: float = 0.0, objective: str = "training",
             damping: float = 0.0, device_name="auto", order_seed: int = 0, checkpoint_path=None, log=print) -> Retrained:
