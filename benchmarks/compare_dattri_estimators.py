@@ -276,12 +276,12 @@ def compare(case, repeat, k):
     s_base, b = timed(lambda: dattri_tracin(net, checkpoints, data, False), repeat)
     record(case, f"tracin ({len(checkpoints)} checkpoints)", s_ours, s_base,
            f"Pearson {pearson(a, b):.6f} (min per test point {min_row_pearson(a, b):.6f})",
-           f"max |diff| / max |ours| = {float((a.double() - b.double()).abs().max() / a.double().abs().max()):.1e}")
+           f"max abs diff / max abs ours = {float((a.double() - b.double()).abs().max() / a.double().abs().max()):.1e}")
     s_ours, a = timed(lambda: ours("grad_cosine", {}, c, points), repeat)
     s_base, b = timed(lambda: dattri_tracin(net, [(theta, 1.0)], data, True), repeat)
     record(case, "grad_cosine vs Grad-Cos", s_ours, s_base,
            f"Pearson {pearson(a, b):.6f} (min per test point {min_row_pearson(a, b):.6f})",
-           f"max |diff| = {float((a.double() - b.double()).abs().max()):.1e}")
+           f"max abs diff = {float((a.double() - b.double()).abs().max()):.1e}")
 
     # TRAK (a): no projection, a small ridge λ on both sides (dattri's λ' = λ/p)
     phi = trak_module.output_gradients(net, theta, x, y).double()
