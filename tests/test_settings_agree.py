@@ -1,0 +1,50 @@
+"""The schema and the library agree on every setting they both name: each built-in estimator's
+options (engine/methods.py) and each ground truth's defaults (truths/*.py) are keys of the schema
+block that validates them, with values it accepts, and the schema names no key no method reads."""
+
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from fragility.engine.methods import OPTIONS_READ
+from fragility.truths import registry as truths
+
+SCHEMA = yaml.safe_load((Path(__file__).resolve().parents[1] / "workflow/schemas/config.schema.yaml").read_text())
+DEFS = SCHEMA["$defs"]
+
+
+def accepts(subschema: dict, value) -> bool:
+    """Whether `subschema` (which may refer to #/$defs/...) accepts `value`."""
+    try:
+        jsonschema.validate(value, {**subschema, "$defs": DEFS})
+    except jsonschema.ValidationError:
+        return False
+    return True
+
+
+def test_the_schema_names_exactly_the_built_in_methods_and_the_options_they_read():
+    block = DEFS["inverse_hessian_method"]["properties"]
+    assert set(block["method"]["enum"]) == set(OPTIONS_READ)
+    read = {option for options in OPTIONS_READ.values() for option in options}
+    assert read <= set(block), f"options no schema key validates: {sorted(read - set(block))}"
+    assert set(block) - {"method"} <= read, f"schema keys no method reads: {sorted(set(block) - {'method'} - read)}"
+
+
+@pytest.mark.parametrize("name", truths.names())
+def test_each_truth_s_defaults_are_keys_its_schema_block_accepts(name):
+    truth = truths.get(name)
+    block = DEFS.get(name, DEFS.get("loo"))
+    properties = block.get("properties", {})
+    for key, value in truth.defaults.items():
+        assert key in properties, f"{name}.{key}: a default the schema does not know"
+        assert accepts(properties[key], value), f"{name}.{key}: the schema refuses its default {value!r}"
+    if truth.defaults:  # loo has none: its block (steps or epochs, chunk_size) is required in the config
+        assert accepts(block, dict(truth.defaults)), f"{name}: the schema refuses the block of defaults"
+
+
+def test_a_check_that_could_not_fail_would_be_caught():
+    """The helper refuses what the schema refuses (so the tests above can fail)."""
+    assert not accepts(DEFS["groups"]["properties"]["size"], "five")
+    assert accepts(DEFS["groups"]["properties"]["size"], 5)
