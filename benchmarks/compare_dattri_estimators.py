@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import platform
 import statistics
 import time
 
@@ -321,16 +320,13 @@ def _representer(c, points):
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as handle:
-            cpu = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    """benchmarks/run.py's description of the machine, with dattri's version."""
     import dattri
+    from run import machine as described  # benchmarks/ is this script's folder, first on sys.path
 
-    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} thread(s), "
-            f"dattri {getattr(dattri, '__version__', '0.3.0')}, load average at start {os.getloadavg()[0]:.1f}")
+    m = described()
+    return (f"{m['cpu']}, {m['cores']} cores, torch {m['torch']} with {m['torch_threads']} thread(s), "
+            f"dattri {getattr(dattri, '__version__', '0.3.0')}, load average at start {m['load_average'][0]:.1f}")
 
 
 def main(argv=None) -> int:

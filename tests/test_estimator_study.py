@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fragility.engine.methods import OPTIONS_READ
+from fragility.estimators.registry import BUILT_IN
 from fragility.report import estimator_study as study
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -171,7 +171,7 @@ def test_empty_and_one_row_input(inputs, tmp_path, size):
 
 def test_every_built_in_estimator_has_a_caption_line():
     rst = (ROOT / "workflow/report/estimator_study.rst").read_text()
-    for method in OPTIONS_READ:
+    for method in BUILT_IN:
         assert method in study.ESTIMATOR_NOTES
     for method in study.ESTIMATOR_NOTES:
         assert f"``{method}``:" in rst

@@ -143,6 +143,15 @@ def test_tracin_without_kept_checkpoints_is_refused_when_the_dag_is_built():
     registry.check_estimator("tracin", {}, "k", {"train": {"keep_checkpoints": 2}})
 
 
+def test_trak_needs_checkpoints_only_for_its_checkpoint_ensemble():
+    """A requirement an option brings (`requires_by_option`), read from the class's source."""
+    assert registry.requirements("trak", "k", {"models": "checkpoints"}) == ("checkpoints",)
+    assert registry.requirements("trak", "k", {"models": "theta_star"}) == ()
+    with pytest.raises(Exception, match="trak.*train.keep_checkpoints"):
+        registry.check_estimator("trak", {"models": "checkpoints"}, "studies.s.influence.methods.trak", {"train": {}})
+    registry.check_estimator("trak", {}, "k", {"train": {}})
+
+
 # --------------------------------------------------------------------------- signs on a convex model
 DECAY = 0.05
 

@@ -8,7 +8,7 @@ import jsonschema
 import pytest
 import yaml
 
-from fragility.engine.methods import OPTIONS_READ
+from fragility.estimators import registry as estimators
 from fragility.truths import registry as truths
 
 SCHEMA = yaml.safe_load((Path(__file__).resolve().parents[1] / "workflow/schemas/config.schema.yaml").read_text())
@@ -26,8 +26,8 @@ def accepts(subschema: dict, value) -> bool:
 
 def test_the_schema_names_exactly_the_built_in_methods_and_the_options_they_read():
     block = DEFS["inverse_hessian_method"]["properties"]
-    assert set(block["method"]["enum"]) == set(OPTIONS_READ)
-    read = {option for options in OPTIONS_READ.values() for option in options}
+    assert set(block["method"]["enum"]) == set(estimators.BUILT_IN)
+    read = {option for method in estimators.BUILT_IN for option in estimators.options_read(method)}
     assert read <= set(block), f"options no schema key validates: {sorted(read - set(block))}"
     assert set(block) - {"method"} <= read, f"schema keys no method reads: {sorted(set(block) - {'method'} - read)}"
 

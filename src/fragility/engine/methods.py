@@ -1,8 +1,8 @@
 """What the engine offers, by config name, in tables without torch (the DAG is built from them):
-the built-in tasks (`task.py`), and the built-in estimators (the inverse-Hessian methods, and
-those of `estimators.registry.BEYOND_INVERSE_HESSIAN`) with the options each reads, so
+the built-in tasks (`task.py`), and the inverse-Hessian methods with the options each reads, so
 that building the DAG can drop the options a method does not read
 (`estimators.registry.method_settings`), and what each requires (`estimators.base.REQUIREMENTS`).
+The estimators that are classes of their own declare both in their class (estimators/registry.py).
 The solver classes (`ihvp.py`) take their `options_read` from here."""
 
 from __future__ import annotations
@@ -19,11 +19,6 @@ OPTIONS_READ: dict[str, tuple[str, ...]] = {
     "ekfac": ("hessian", "output_hessian", "samples", "uncovered", "fit_chunk_size", "batched_backward",
               "correction_chunk_elements", "seed"),
     "identity": (),
-    # the estimators beyond the inverse Hessian (estimators/BEYOND_INVERSE_HESSIAN)
-    "grad_cosine": ("chunk_bytes",),
-    "representer": ("l2", "bias", "max_iterations", "tol"),
-    "tracin": ("chunk_bytes",),
-    "trak": ("projection_dim", "projection", "seed", "l2", "models", "chunk_bytes"),
 }
 
 
@@ -32,8 +27,4 @@ OPTIONS_READ: dict[str, tuple[str, ...]] = {
 REQUIRES: dict[str, tuple[str, ...]] = {
     **{m: ("second_derivatives", "forward_mode") for m in ("exact", "cg", "lissa", "arnoldi")},
     **{m: ("forward_mode",) for m in ("kfac", "ekfac", "identity")},
-    "grad_cosine": (),
-    "representer": ("last_linear_layer",),
-    "tracin": ("checkpoints",),
-    "trak": (),  # checkpoints with `models: checkpoints` (checked at DAG build, study/grid.py)
 }

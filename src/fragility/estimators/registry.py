@@ -19,14 +19,15 @@ from .. import plugins
 from ..engine.methods import OPTIONS_READ, REQUIRES
 from .base import REQUIREMENTS
 
-BUILT_IN = tuple(OPTIONS_READ)
-# built-in estimators that are not inverse-Hessian methods: name → (module of this package, class)
-BEYOND_INVERSE_HESSIAN = {
-    "grad_cosine": ("similarity", "GradientCosine"),
-    "representer": ("representer", "RepresenterPoints"),
-    "tracin": ("tracin", "TracIn"),
-    "trak": ("trak", "TRAK"),
+# built-in estimators that are classes of their own (not inverse-Hessian methods): name → class,
+# whose options and requirements are read from its source exactly as a user's class's are
+BUILT_IN_CLASSES = {
+    "grad_cosine": "fragility.estimators.similarity:GradientCosine",
+    "representer": "fragility.estimators.representer:RepresenterPoints",
+    "tracin": "fragility.estimators.tracin:TracIn",
+    "trak": "fragility.estimators.trak:TRAK",
 }
+BUILT_IN = tuple(OPTIONS_READ) + tuple(BUILT_IN_CLASSES)
 
 
 def method_of(name: str, settings: dict | None) -> str:
@@ -37,6 +38,12 @@ def method_of(name: str, settings: dict | None) -> str:
 def is_plugin(method: str) -> bool:
     """Does `method` name a class of the user's own ("file.py:Class", "module:Class")?"""
     return isinstance(method, str) and ":" in method
+
+
+def class_spec(method: str) -> str | None:
+    """The "module:Class" or "file.py:Class" of an estimator that is a class of its own (a built-in
+    of BUILT_IN_CLASSES or a user's); None for an inverse-Hessian method."""
+    return BUILT_IN_CLASSES.get(method) or (method if is_plugin(method) else None)
 
 
 @functools.lru_cache(maxsize=64)
@@ -68,12 +75,13 @@ def options_read(method: str, key: str = "method") -> tuple[str, ...] | None:
     """The options `method` reads: a built-in's from engine/methods.py; a class's keyword arguments
     of `__init__` (after self), or the annotated fields of its nested `Options` class, or none.
     None: it takes `**options`, anything."""
-    if not is_plugin(method):
+    spec = class_spec(method)
+    if spec is None:
         if method not in OPTIONS_READ:
             raise plugins.PluginError(f"{key}: unknown estimator method '{method}'; known: {', '.join(BUILT_IN)}, or "
                                       f"an estimator class of your own written 'path/to/file.py:Class'")
         return OPTIONS_READ[method]
-    node = _class_node(method, key)
+    node = _class_node(spec, key)
     for item in node.body:
         if isinstance(item, ast.FunctionDef) and item.name == "__init__":
             args = item.args
@@ -83,37 +91,43 @@ def options_read(method: str, key: str = "method") -> tuple[str, ...] | None:
     for item in node.body:  # `Options = SomeDataclass`, a class of the same file
         if (isinstance(item, ast.Assign) and isinstance(item.value, ast.Name)
                 and any(isinstance(t, ast.Name) and t.id == "Options" for t in item.targets)):
-            module = _parsed(*_source_version(method, key))
+            module = _parsed(*_source_version(spec, key))
             options = next((c for c in module.body if isinstance(c, ast.ClassDef) and c.name == item.value.id), None)
     if options is None:
         return ()
     return tuple(s.target.id for s in options.body if isinstance(s, ast.AnnAssign) and isinstance(s.target, ast.Name))
 
 
-def requirements(method: str, key: str = "method") -> tuple[str, ...]:
-    """What `method` needs (keys of base.REQUIREMENTS): a built-in's from engine/methods.py, a
-    class's from its `requires = (...)` literal (none if it writes none)."""
-    if not is_plugin(method):
-        return REQUIRES.get(method, ())
-    node = _class_node(method, key)
+def _class_literal(node: ast.ClassDef, name: str, spec: str, key: str):
+    """The literal value of class attribute `name` (None when the class writes none)."""
     for item in node.body:
-        if isinstance(item, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "requires" for t in item.targets):
-            value = item.value
-        elif isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name) and item.target.id == "requires":
-            value = item.value
-        else:
-            continue
-        try:
-            needs = ast.literal_eval(value)
-        except ValueError:
-            raise plugins.PluginError(f"{key}: '{method}' must write `requires` as a literal tuple of names") from None
-        needs = (needs,) if isinstance(needs, str) else tuple(needs)
-        unknown = [n for n in needs if n not in REQUIREMENTS]
-        if unknown:
-            raise plugins.PluginError(f"{key}: '{method}' requires {', '.join(map(repr, unknown))}, which the workflow "
-                                      f"does not know; known: {', '.join(REQUIREMENTS)}")
-        return needs
-    return ()
+        targets = item.targets if isinstance(item, ast.Assign) else [item.target] if isinstance(item, ast.AnnAssign) else []
+        if any(isinstance(t, ast.Name) and t.id == name for t in targets) and item.value is not None:
+            try:
+                return ast.literal_eval(item.value)
+            except ValueError:
+                raise plugins.PluginError(f"{key}: '{spec}' must write `{name}` as a literal") from None
+    return None
+
+
+def requirements(method: str, key: str = "method", options: dict | None = None) -> tuple[str, ...]:
+    """What `method` needs (keys of base.REQUIREMENTS): an inverse-Hessian method's from
+    engine/methods.py; a class's from its `requires = (...)` literal, plus those its
+    `requires_by_option = {option: {value: (...)}}` literal names for the `options` given."""
+    spec = class_spec(method)
+    if spec is None:
+        return REQUIRES.get(method, ())
+    node = _class_node(spec, key)
+    needs = _class_literal(node, "requires", spec, key) or ()
+    needs = (needs,) if isinstance(needs, str) else tuple(needs)
+    for option, by_value in (_class_literal(node, "requires_by_option", spec, key) or {}).items():
+        extra = by_value.get((options or {}).get(option), ())
+        needs += (extra,) if isinstance(extra, str) else tuple(extra)
+    unknown = [n for n in needs if n not in REQUIREMENTS]
+    if unknown:
+        raise plugins.PluginError(f"{key}: '{method}' requires {', '.join(map(repr, unknown))}, which the workflow "
+                                  f"does not know; known: {', '.join(REQUIREMENTS)}")
+    return tuple(dict.fromkeys(needs))
 
 
 def check_estimator(name: str, settings: dict, key: str, study_block: dict | None = None) -> None:
@@ -126,7 +140,7 @@ def check_estimator(name: str, settings: dict, key: str, study_block: dict | Non
     if unknown:
         raise plugins.PluginError(f"{key}.{unknown[0]}: not an option of the estimator '{method}', which reads "
                                   f"{', '.join(read) if read else 'no options'}")
-    for need in requirements(method, key):
+    for need in requirements(method, key, settings):
         if need == "checkpoints" and study_block is not None and not (study_block.get("train") or {}).get("keep_checkpoints"):
             raise plugins.PluginError(f"{key}: the estimator '{method}' requires checkpoints of the training run; "
                                       f"set the study's train.keep_checkpoints (how many, evenly spaced)")
@@ -139,7 +153,8 @@ def method_settings(name: str, settings: dict) -> dict:
     """An estimator's config block (`method` + options) less the options its method does not read:
     a block merged from a per-architecture override may carry another method's options."""
     method = method_of(name, settings)
-    read = OPTIONS_READ.get(method) if not is_plugin(method) else options_read(method, f"estimator '{name}'")
+    known = class_spec(method) is not None or method in OPTIONS_READ
+    read = options_read(method, f"estimator '{name}'") if known else None
     read = tuple(settings) if read is None else read
     return {k: v for k, v in settings.items() if k == "method" or k in read}
 
@@ -148,17 +163,13 @@ def estimator_class(method: str, key: str = "method"):
     """The Estimator class of `method` (imports it)."""
     from .base import Estimator
 
-    if method in BEYOND_INVERSE_HESSIAN:
-        import importlib
-
-        module, name = BEYOND_INVERSE_HESSIAN[method]
-        return getattr(importlib.import_module(f"{__package__}.{module}"), name)
-    if not is_plugin(method):
+    spec = class_spec(method)
+    if spec is None:
         options_read(method, key)  # a known method
         from .inverse_hessian import InverseHessianEstimator
 
         return InverseHessianEstimator
-    cls = plugins.load(method, key)
+    cls = plugins.load(spec, key)
     if not (isinstance(cls, type) and issubclass(cls, Estimator)):
         raise plugins.PluginError(f"{key}: '{method}' is not a subclass of fragility.estimators.base.Estimator")
     return cls
@@ -171,7 +182,7 @@ def make_estimator(name: str, settings: dict, key: str | None = None):
     method = method_of(name, settings)
     options = {k: v for k, v in settings.items() if k != "method"}
     cls = estimator_class(method, f"{key}.method")
-    if not is_plugin(method) and method not in BEYOND_INVERSE_HESSIAN:
+    if class_spec(method) is None:
         return cls(method, **options)
     try:
         estimator = cls(**options)

@@ -108,6 +108,7 @@ class TRAK(Estimator):
 
     name = "trak"
     requires = ()
+    requires_by_option = {"models": {"checkpoints": ("checkpoints",)}}  # the checkpoint ensemble
 
     def __init__(self, projection_dim: int | None = 2048, projection: str = "gaussian", seed: int = 0, l2: float = 0.0,
                  models: str = "theta_star", chunk_bytes: float = 2**27):
@@ -125,8 +126,7 @@ class TRAK(Estimator):
         self.projection, self.seed, self.l2, self.models = projection, int(seed), float(l2), models
         self.chunk_bytes = float(chunk_bytes)
         self.rtol = 1e-12  # eigenvalues below rtol × the largest count as zero (the pseudo-inverse)
-        if models == "checkpoints":
-            self.requires = ("checkpoints",)
+        self.requires = self.requires + self.requires_by_option["models"].get(models, ())
 
     def fit(self, context: Context) -> "TRAK":
         super().fit(context)

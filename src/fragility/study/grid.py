@@ -421,22 +421,18 @@ def _check_method_blocks(study: str, block: dict) -> None:
                 continue
             merged = settings if arch is None else {**(block["influence"]["methods"].get(name) or {}), **settings}
             method = merged.get("method", name)
-            if method not in OPTIONS_READ and not estimator_registry.is_plugin(method):
+            if method not in estimator_registry.BUILT_IN and not estimator_registry.is_plugin(method):
                 raise ValueError(f"{key}.{name}: the estimator '{name}' names no method (it has no `method:` and "
-                                 f"'{name}' is not one); give it `method:` one of {', '.join(OPTIONS_READ)}, or an "
-                                 f"estimator class of your own, 'path/to/file.py:Class'")
-            if estimator_registry.is_plugin(method):  # file, class, the options written here, requires
-                written = {k: v for k, v in settings.items() if k != "method"}
-                estimator_registry.check_estimator(name, {"method": method, **written}, f"{key}.{name}", block)
-                if block.get("fuse_fit") and "several_models" in estimator_registry.requirements(method, key):
+                                 f"'{name}' is not one); give it `method:` one of "
+                                 f"{', '.join(estimator_registry.BUILT_IN)}, or an estimator class of your own, "
+                                 f"'path/to/file.py:Class'")
+            if estimator_registry.class_spec(method):  # a class: its options and requires, from its source
+                cell_block = block if arch is None else deep_merge(block, block["overrides"][arch])
+                options = {k: v for k, v in merged.items() if k != "method"}
+                estimator_registry.check_estimator(name, {"method": method, **options}, f"{key}.{name}", cell_block)
+                if block.get("fuse_fit") and "several_models" in estimator_registry.requirements(method, key, options):
                     raise ValueError(f"{key}.{name}: the estimator '{method}' requires several trained models, which a "
                                      f"study with fuse_fit: true cannot give (each job trains one); set fuse_fit: false")
-            elif ("checkpoints" in estimator_registry.requirements(method)  # built-ins that need them: tracin,
-                  or (method == "trak" and merged.get("models") == "checkpoints")):  # trak's checkpoint ensemble
-                train = (block if arch is None else deep_merge(block, block["overrides"][arch])).get("train") or {}
-                if not train.get("keep_checkpoints"):
-                    raise ValueError(f"{key}.{name}: the estimator '{method}' requires checkpoints of the training run; "
-                                     f"set the study's train.keep_checkpoints (how many, evenly spaced)")
 
 
 def read_config_files(paths) -> list[tuple[str, dict]]:
@@ -473,7 +469,7 @@ def check_method_options(config: dict, files: list[tuple[str, dict]]) -> None:
                         continue
                     final = (arch_config(config, study, arch) if arch else config["studies"][study])["influence"]["methods"]
                     method = settings.get("method") or (final.get(name) or {}).get("method", name)
-                    if estimator_registry.is_plugin(method):
+                    if estimator_registry.class_spec(method):
                         continue  # checked against the class's source (_check_method_blocks)
                     for option in settings:
                         if option == "method" or method not in OPTIONS_READ or option in OPTIONS_READ[method]:
