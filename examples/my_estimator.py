@@ -38,6 +38,7 @@ class LastLayerSimilarity(Estimator):
             inputs.append(args[0])
             outputs.append(out)
 
+        net.model.eval()  # dropout off, BatchNorm on its running statistics, as for every estimator
         hook = layer.register_forward_hook(keep)
         a_rows, e_rows = [], []
         try:

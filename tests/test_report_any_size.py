@@ -116,6 +116,10 @@ def test_every_table_is_written_whatever_its_size(study, tmp_path, size):
     aggregate.study_report_pages(folder, tmp_path / "report", "config: {}")
     aggregate.gather_benchmarks(tmp_path / "no_benchmarks", tmp_path / "no_logs", tmp_path / "jobs.csv",
                                 tmp_path / "bench.csv", tmp_path / "bench.html")
+    written = [tmp_path / "agg_summary.csv", tmp_path / "agg_estimators.csv", folder / "t1_truths.csv",
+               folder / "t1.csv", folder / "versus.csv", tmp_path / "t1.html", tmp_path / "bench.csv"]
+    assert [path.name for path in written if not path.exists()] == []
+    assert len(pd.read_csv(tmp_path / "agg_summary.csv")) == len(aggregate.summary_table(frame))
 
 
 IRIS_FIGURES = ("spearman_vs_depth", "spearman_vs_width", "param_change_scatter", "estimator_spearman_vs_depth",

@@ -19,6 +19,7 @@ import torch
 
 from ..engine.objective import _chunks, per_sample_gradients
 from .base import Context, Estimator, EstimatorScores
+from .inverse_hessian import test_gradients
 
 
 def gradient_rows(p: int, element_size: int, chunk_bytes: float) -> int:
@@ -43,7 +44,7 @@ def gradient_products(net, theta, x, y, test_grads: torch.Tensor, chunk_bytes: f
 def measurement_gradients(net, theta, x_test, y_test, test_points):
     """∇m(z_t; θ) of the Task's measurement at `test_points`, [T, p], without the decay term."""
     idx = torch.tensor([tp["index"] for tp in test_points], device=x_test.device)
-    return per_sample_gradients(net, theta, x_test[idx], y_test[idx], measure=True)
+    return test_gradients(net, theta, x_test[idx], y_test[idx])
 
 
 class GradientCosine(Estimator):

@@ -43,6 +43,7 @@ from torch.func import grad, vmap
 
 from ..engine.objective import _chunks
 from .base import Context, Estimator, EstimatorScores
+from .similarity import gradient_rows
 
 MODELS = ("theta_star", "checkpoints")
 PROJECTIONS = ("gaussian", "rademacher")
@@ -147,7 +148,7 @@ class TRAK(Estimator):
         element = 8  # the kernel's side is float64
         self.project = Projection(p, k, self.projection, self.seed,
                                   self.chunk_bytes // max(1, (k or 1) * element), torch.float64, context.theta.device)
-        rows = max(1, int(self.chunk_bytes // max(1, p * 8)))  # blocks of gradients are projected in float64
+        rows = gradient_rows(p, 8, self.chunk_bytes)  # blocks of gradients are projected in float64
         x, y, n = context.x_train, context.y_train, context.n_train
         self.members, q_sum, singular = [], torch.zeros(n, dtype=torch.float64, device=context.theta.device), []
         for net, theta, label in members:

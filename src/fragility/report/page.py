@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..io import atomic_path
+from .aggregate import _text
 from ..study.verdict import (FAILED, NO_INTERVAL, NO_SPREAD, NO_TRUTH, NOT_MEASURED, NOT_TRAINED, PARTLY, RELIABLE,
                              TOO_NOISY, UNRELIABLE, settings)
 
@@ -55,12 +56,6 @@ details { margin: 20px 0; } summary { cursor: pointer; font-weight: 600; font-si
 figure { margin: 12px 0 24px 0; } figure img { max-width: 100%; border: 1px solid #ddd; }
 figcaption { max-width: 60em; color: #444; }
 """
-
-
-def _text(value) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    return str(value)
 
 
 def _number(value, digits=2) -> str:
