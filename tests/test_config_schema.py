@@ -215,3 +215,18 @@ def test_seeds_per_architecture():
     cfg["studies"]["table1"]["overrides"]["lenet"]["seeds"] = [1, 1]
     with pytest.raises(ValueError, match=r"overrides.lenet.seeds: duplicate values"):
         grid.check_config(cfg)
+
+
+@pytest.mark.parametrize("patch, message", [
+    ({"verdict": {"reliable": 0.2, "partly_reliable": 0.5}}, r"studies\.iris\.verdict: need -1 ≤ partly_reliable ≤ reliable"),
+    ({"train": {"keep_checkpoints": 10**6}}, r"studies\.iris\.train\.keep_checkpoints .*checkpoints of a run of"),
+])
+def test_verdict_thresholds_and_kept_checkpoints_are_checked_when_the_dag_is_built(patch, message):
+    from snakemake.utils import update_config
+
+    from fragility.study import grid
+
+    cfg = config()
+    update_config(cfg["studies"]["iris"], patch)
+    with pytest.raises(ValueError, match=message):
+        grid.check_config(cfg)

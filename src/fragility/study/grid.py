@@ -328,10 +328,20 @@ def check_config(config: dict) -> None:
             elif by not in named:
                 raise ValueError(f"studies.{study}.select.by: '{by}' is not one of influence.methods {named} "
                                  f"or 'union' (architecture {arch})")
+            keep, train_steps = (merged.get("train") or {}).get("keep_checkpoints", 0), merged["train"].get("steps")
+            if keep and train_steps is not None and keep > train_steps:
+                raise ValueError(f"studies.{study}.train.keep_checkpoints (architecture {arch}): {keep} checkpoints of "
+                                 f"a run of {train_steps} steps; keep at most one per step")
             steps, epochs = merged["loo"].get("steps"), merged["loo"].get("epochs")
             if (steps is None) == (epochs is None):
                 raise ValueError(f"studies.{study}.loo (architecture {arch}): set exactly one of loo.steps and "
                                  f"loo.epochs (null unsets one), got {'both' if steps is not None else 'neither'}")
+        from .verdict import settings as verdict_settings  # pandas, not torch
+
+        try:
+            verdict_settings(block.get("verdict"))
+        except ValueError as err:
+            raise ValueError(f"studies.{study}.{err}") from None
         figures = block.get("figures", {})
         if figures.get("scatter_architecture", block["architectures"][0]) not in block["architectures"]:
             raise ValueError(f"studies.{study}.figures.scatter_architecture: '{figures['scatter_architecture']}' is not "
