@@ -48,3 +48,25 @@ def test_a_check_that_could_not_fail_would_be_caught():
     """The helper refuses what the schema refuses (so the tests above can fail)."""
     assert not accepts(DEFS["groups"]["properties"]["size"], "five")
     assert accepts(DEFS["groups"]["properties"]["size"], 5)
+
+
+@pytest.mark.parametrize("block", ["train", "loo"])
+def test_the_training_settings_defaults_are_values_the_train_and_loo_blocks_accept(block):
+    """Every `TrainSettings` field a `train` or `loo` block sets (`CONFIG_KEYS`) is a key of that
+    block's schema whose type, enum and bounds accept the dataclass default, except the fields the
+    block does not offer: `loss_mean_over` (a re-training's, not θ*'s) and `check_every` (θ*'s
+    progress lines)."""
+    import dataclasses
+
+    from fragility.engine.training import TrainSettings
+
+    not_offered = {"train": {"loss_mean_over"}, "loo": {"check_every"}}[block]
+    properties = DEFS[block].get("properties", {})
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainSettings)}
+    for key in TrainSettings.CONFIG_KEYS:
+        if key in not_offered:
+            assert key not in properties, f"{block}.{key}: the schema offers it now; check its default here"
+            continue
+        assert key in properties, f"{block}.{key}: a TrainSettings field the schema does not know"
+        if defaults[key] is not dataclasses.MISSING:  # lr: no default, the config gives it
+            assert accepts(properties[key], defaults[key]), f"{block}.{key}: the schema refuses the default {defaults[key]!r}"
