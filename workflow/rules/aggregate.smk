@@ -70,7 +70,7 @@ rule aggregate:
             for c in grid.cells(config, w.study)
             for name in grid.estimators(config, w.study, c["arch"])
         ],
-        exact=lambda w: exact_estimators(w.study),
+        exact=lambda w: outputs.exact_estimators(config, w.study),
         correlation=lambda w: grid.study_block(config, w.study).get("correlation", {}),
     run:
         logged(
@@ -95,7 +95,7 @@ rule verdict:
         rows=os.path.join(RESULTS, "{study}/rows.parquet"),
         repeats=lambda w: [
             os.path.join(grid.cell_dir(c, RESULTS), "loo/repeat.parquet")
-            for c in repeat_cells(w.study)
+            for c in outputs.repeat_cells(config, w.study)
         ],
     output:
         verdict=os.path.join(RESULTS, "{study}/verdict.csv"),
@@ -108,9 +108,9 @@ rule verdict:
     params:
         options=lambda w: grid.study_block(config, w.study).get("verdict", {}),
         repeat_cells=lambda w: [
-            grid.cell_keys(config, c) for c in repeat_cells(w.study)
+            grid.cell_keys(config, c) for c in outputs.repeat_cells(config, w.study)
         ],
-        deterministic=lambda w: deterministic_pairs(w.study),
+        deterministic=lambda w: outputs.deterministic_pairs(config, w.study),
     run:
         from fragility.study.verdict import write_verdict
 

@@ -33,7 +33,7 @@ if not os.path.realpath(fragility.__file__).startswith(
         file=sys.stderr,
     )
 
-from fragility.study import correlate, grid, selection  # noqa: E402
+from fragility.study import correlate, grid, outputs, selection  # noqa: E402
 from fragility.report import aggregate  # noqa: E402
 from fragility.runtime import job_label, job_log, naming_failures  # noqa: E402
 
@@ -303,19 +303,6 @@ def logged(log, done, function, *args, label=None, **kwargs):
     return result
 
 
-def exact_estimators(study):
-    """(arch, estimator) pairs computed with the exact (full) Hessian: the estimator study's
-    reference (an exact solve of the Gauss-Newton matrix is an estimator like any other).
-    """
-    return [
-        (arch, name)
-        for arch in grid.study_block(config, study)["architectures"]
-        for name, method in grid.estimators(config, study, arch).items()
-        if method.get("method", name) == "exact"
-        and method.get("hessian", "full") == "full"
-    ]
-
-
 def yaml_dump(value):
     import yaml
 
@@ -334,105 +321,6 @@ def verdict_correlations(wildcards):
         else "correlations.parquet"
     )
     return os.path.join(RESULTS, wildcards.study, name)
-
-
-def repeat_cells(study):
-    """The cells of `study` with repeat re-trainings (`loo.repeats.count` > 0)."""
-    return [
-        c
-        for c in grid.cells(config, study)
-        if grid.repeat_settings(config, study, c["arch"])["count"] > 0
-    ]
-
-
-def deterministic_pairs(study):
-    """[arch, truth] pairs whose re-training has no minibatch order to vary (study/verdict.py)."""
-    from fragility.study.verdict import deterministic_truths
-
-    return [
-        [arch, truth]
-        for arch in grid.study_block(config, study)["architectures"]
-        for truth, fixed in deterministic_truths(
-            grid.arch_config(config, study, arch)
-        ).items()
-        if fixed
-    ]
-
-
-def verdict_figures(study):
-    """(PNG, caption) of the figures that carry a study's verdict: the scatter of Δ̂ against Δ and
-    the correlations by ground truth (or, with LOO only, by estimator or by test point).
-    """
-    overview = outputs.overview_figures(config, study)
-    root = f"{RESULTS}/{study}/figures"
-    chosen = [
-        (
-            f"{root}/overview/predicted_vs_actual.png",
-            "Predicted Δ̂ against the re-trained Δ, one panel per cell and test point, with each "
-            "seed's Pearson (P) and Spearman (S) and bootstrap interval; dashed: the identity.",
-        )
-    ]
-    if truth_outputs(study):
-        chosen.append(
-            (
-                f"{root}/truths/correlation_by_truth.png",
-                "Each estimator's correlation against every ground truth (LOO, PBRF, groups, LDS).",
-            )
-        )
-    elif "estimator_comparison" in overview:
-        chosen.append(
-            (
-                f"{root}/overview/estimator_comparison.png",
-                "Every estimator against the same re-training, per cell and test point.",
-            )
-        )
-    else:
-        chosen.append(
-            (
-                f"{root}/overview/correlation_by_test_point.png",
-                "Pearson and Spearman of Δ̂ with Δ per cell and test point.",
-            )
-        )
-    return chosen
-
-
-def verdict_links(study):
-    """[page, description] of the study's kind-specific pages and tables, linked from index.html."""
-    links = []
-    if study_kind(study) == "table1":
-        links.append(["table1.html", "Table 1, and ours next to the paper's values"])
-    if truth_outputs(study):
-        links.append(["../truths.csv", "every estimator against every ground truth"])
-    if outputs.compares_estimators(config, study):
-        links.append(
-            [
-                "estimator_study.html",
-                "the estimator study: what each estimator computes, its cost and its correlation "
-                "with every ground truth",
-            ]
-        )
-    return links
-
-
-def estimator_diagnostics(study):
-    """(influence/{estimator}.json, cell keys) of every cell and estimator of `study`."""
-    return [
-        (
-            os.path.join(grid.cell_dir(c, RESULTS), f"influence/{name}.json"),
-            grid.cell_keys(config, c),
-        )
-        for c in grid.cells(config, study)
-        for name in grid.estimators(config, study, c["arch"])
-    ]
-
-
-def estimator_methods(study):
-    """{estimator name: its method} over the architectures of `study`."""
-    return {
-        name: settings.get("method", name)
-        for arch in grid.study_block(config, study)["architectures"]
-        for name, settings in grid.estimators(config, study, arch).items()
-    }
 
 
 def verdict_page_job(wildcards, input, output, params):

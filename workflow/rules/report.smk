@@ -118,7 +118,9 @@ rule study_report_pages:
 rule estimator_study:
     input:
         correlations=verdict_correlations,
-        diagnostics=lambda w: [path for path, _ in estimator_diagnostics(w.study)],
+        diagnostics=lambda w: [
+            path for path, _ in outputs.estimator_diagnostics(config, w.study, RESULTS)
+        ],
     output:
         table=os.path.join(RESULTS, "{study}/estimator_cost.csv"),
         figure=report(
@@ -142,8 +144,10 @@ rule estimator_study:
         mem_mb=2000,
         runtime=10,
     params:
-        cells=lambda w: [cell for _, cell in estimator_diagnostics(w.study)],
-        methods=lambda w: estimator_methods(w.study),
+        cells=lambda w: [
+            cell for _, cell in outputs.estimator_diagnostics(config, w.study, RESULTS)
+        ],
+        methods=lambda w: outputs.estimator_methods(config, w.study),
         selection=lambda w: {
             arch: grid.arch_config(config, w.study, arch)["select"]["by"]
             for arch in grid.study_block(config, w.study)["architectures"]
@@ -204,7 +208,9 @@ rule verdict_page:
     input:
         verdict=os.path.join(RESULTS, "{study}/verdict.csv"),
         best=os.path.join(RESULTS, "{study}/verdict_best.csv"),
-        figures=lambda w: [path for path, _ in verdict_figures(w.study)],
+        figures=lambda w: [
+            path for path, _ in outputs.verdict_figures(config, w.study, RESULTS)
+        ],
     output:
         report(
             os.path.join(RESULTS, "{study}/report/index.html"),
@@ -219,9 +225,11 @@ rule verdict_page:
         mem_mb=2000,
         runtime=5,
     params:
-        captions=lambda w: [caption for _, caption in verdict_figures(w.study)],
+        captions=lambda w: [
+            caption for _, caption in outputs.verdict_figures(config, w.study, RESULTS)
+        ],
         options=lambda w: grid.study_block(config, w.study).get("verdict", {}),
-        links=lambda w: verdict_links(w.study),
+        links=lambda w: outputs.verdict_links(config, w.study),
     run:
         logged(
             log,

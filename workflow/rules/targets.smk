@@ -42,7 +42,7 @@ KIND_OUTPUTS = {
 
 
 def study_kind(study):
-    return grid.study_block(config, study).get("kind", "audit")
+    return outputs.study_kind(config, study)
 
 
 def studies_of_kind(kind):

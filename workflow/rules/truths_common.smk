@@ -96,17 +96,8 @@ def correlate_truths_input(wildcards):
 
 
 def truth_outputs(study):
-    """A study's outputs of the other ground truths ([] when `truths` is only loo)."""
-    if set(truths_enabled(study)) <= {"loo"}:
-        return []
-    outputs = [
-        f"{RESULTS}/{study}/truths.csv",
-        f"{RESULTS}/{study}/truths_correlations.parquet",
-        f"{RESULTS}/{study}/figures/truths/correlation_by_truth.png",
-    ]
-    if study_kind(study) == "table1":
-        outputs.append(f"{RESULTS}/{study}/table1_truths.csv")
-    return outputs
+    """A study's outputs of the ground truths beyond LOO (outputs.truth_output_files)."""
+    return outputs.truth_output_files(config, study, RESULTS)
 
 
 def cell_truth_tables(study):
