@@ -13,7 +13,7 @@ import re
 
 from .. import plugins
 from ..data.registry import dataset_loader, expected_sizes
-from ..engine.methods import OPTIONS_READ, TASK_NAMES
+from ..engine.methods import TASK_NAMES
 from ..estimators import registry as estimator_registry
 from ..models.registry import check_architecture, model_spec
 
@@ -218,6 +218,12 @@ def repeat_order_seed(config: dict, study: str, arch: str, seed) -> int:
     return loo_order_seed(seed) + int(repeat_settings(config, study, arch)["order_seed_offset"])
 
 
+def length_keys(block: dict) -> list[str]:
+    """The re-training length keys a config block sets: `steps` and/or `epochs`, not null (an
+    overlay's way to unset one). LOO needs exactly one; another truth at most one (none: loo's)."""
+    return [key for key in ("steps", "epochs") if block.get(key) is not None]
+
+
 def chunk_count(total: int, chunk_size: int) -> int:
     """How many chunks of `chunk_size` items `total` items make: ceil(total / chunk_size)."""
     if int(chunk_size) < 1:
@@ -332,10 +338,10 @@ def check_config(config: dict) -> None:
             if keep and train_steps is not None and keep > train_steps:
                 raise ValueError(f"studies.{study}.train.keep_checkpoints (architecture {arch}): {keep} checkpoints of "
                                  f"a run of {train_steps} steps; keep at most one per step")
-            steps, epochs = merged["loo"].get("steps"), merged["loo"].get("epochs")
-            if (steps is None) == (epochs is None):
+            length = length_keys(merged["loo"])
+            if len(length) != 1:
                 raise ValueError(f"studies.{study}.loo (architecture {arch}): set exactly one of loo.steps and "
-                                 f"loo.epochs (null unsets one), got {'both' if steps is not None else 'neither'}")
+                                 f"loo.epochs (null unsets one), got {'both' if length else 'neither'}")
         from .verdict import settings as verdict_settings  # pandas, not torch
 
         try:
@@ -481,14 +487,16 @@ def check_method_options(config: dict, files: list[tuple[str, dict]]) -> None:
                     method = settings.get("method") or (final.get(name) or {}).get("method", name)
                     if estimator_registry.class_spec(method):
                         continue  # checked against the class's source (_check_method_blocks)
+                    read_by = {m: estimator_registry.options_read(m) for m in estimator_registry.BUILT_IN
+                               if not estimator_registry.class_spec(m)}  # the inverse-Hessian methods
                     for option in settings:
-                        if option == "method" or method not in OPTIONS_READ or option in OPTIONS_READ[method]:
+                        if option == "method" or method not in read_by or option in read_by[method]:
                             continue
-                        owners = [m for m, read in OPTIONS_READ.items() if option in read]
+                        owners = [m for m, read in read_by.items() if option in read]
                         raise ValueError(
                             f"{file_name}: {key}.influence.methods.{name}.{option}: the {method} method does not read "
                             f"'{option}'" + (f" (an option of {', '.join(owners)})" if owners else "")
-                            + f"; {method} reads {', '.join(OPTIONS_READ[method])}")
+                            + f"; {method} reads {', '.join(read_by[method])}")
 
 
 def test_point_count(spec: str) -> int:

@@ -46,7 +46,7 @@ class Truth:
     def settings(self, block: dict) -> dict:
         """The truth's block of a cell's merged config over its defaults (checked by `check`)."""
         merged = {**self.defaults, **block.get(self.name, {})}
-        if merged.get("steps") is not None and merged.get("epochs") is not None:
+        if len(grid.length_keys(merged)) > 1:
             raise ValueError(f"{self.name}: set at most one of {self.name}.steps and {self.name}.epochs (neither: "
                              "loo's length; null unsets one)")
         self.check(merged)

@@ -29,6 +29,7 @@ from ..engine.training import TrainSettings, train_in_passes
 from ..io import read_json, write_parquet
 from ..models.registry import init_from_spec
 from ..runtime import resolve_device
+from ..study.grid import length_keys
 from ..study.pipeline import _tensors, load_trained
 
 
@@ -36,18 +37,18 @@ def retraining_steps(length_cfg: dict, retrain_cfg: dict, n: int, block: str = "
     """Length of a re-training: `steps`, or `epochs` passes over the n training points:
     ceil(epochs · ceil(n / b)) steps with b the re-training's batch size (full batch: b = n), as
     an epoch of `training.batch_rows` is ceil(n / b) minibatches of one permutation."""
-    steps, epochs = length_cfg.get("steps"), length_cfg.get("epochs")  # null = not set (an overlay's way to drop one)
-    if (steps is None) == (epochs is None):
+    length = length_keys(length_cfg)
+    if len(length) != 1:
         raise ValueError(f"{block}: set exactly one of {block}.steps and {block}.epochs")
-    if steps is not None:
-        return int(steps)
+    if length == ["steps"]:
+        return int(length_cfg["steps"])
     batch = min(int(retrain_cfg.get("batch_size") or n), n)
-    return max(1, math.ceil(float(epochs) * math.ceil(n / batch)))
+    return max(1, math.ceil(float(length_cfg["epochs"]) * math.ceil(n / batch)))
 
 
 def sets_length(cfg: dict) -> bool:
     """Whether a block sets the re-training length itself (`steps` or `epochs`, not null)."""
-    return cfg.get("steps") is not None or cfg.get("epochs") is not None
+    return bool(length_keys(cfg))
 
 
 def retraining_settings(train_cfg: dict, loo_cfg: dict, truth_cfg: dict, truth: str, n: int, order_seed: int,
