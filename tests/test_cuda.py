@@ -142,3 +142,43 @@ def test_iris_pipeline_agrees_across_devices(tmp_path):
         for column in columns:
             a, b = torch.tensor(cuda[column].to_numpy()), torch.tensor(cpu[column].to_numpy())
             assert torch.isfinite(b).all() and torch.allclose(a, b, **CLOSE), (name, column)
+
+
+def test_text_transformer_agrees_across_devices(tmp_path, devices=("cpu", "cuda")):
+    """The TransformerEncoder text classifier (examples/my_text.py: token ids, padding mask,
+    attention through the math backend of scaled_dot_product_attention for second and forward-mode
+    derivatives): training, exact / EK-FAC / TRAK influence and a LOO chunk, once per device."""
+    from test_text_example import EXAMPLE, corpus, write
+
+    write(tmp_path, corpus(40), "reviews.jsonl")
+    data = str(tmp_path / "split.pt")
+    pipeline.prepare_data("reviews", {"loader": f"{EXAMPLE}:load_text", "file": "reviews.jsonl", "vocab_size": 16,
+                                      "max_length": 6}, str(tmp_path), data)
+    models_cfg = {"textnet": {"factory": f"{EXAMPLE}:build", "options": {"vocab_size": 16, "dim": 4, "feedforward": 8}}}
+    train_cfg = {"optimizer": "adam", "lr": 0.05, "steps": 60, "batch_size": 10, "check_every": 1000}
+    estimators = {"exact": {}, "ekfac": {}, "trak": {"projection_dim": 16}}
+    out = {}
+    for device in devices:
+        d = tmp_path / device
+        d.mkdir(exist_ok=True)
+        p = {name: str(d / name) for name in ("model.pt", "metrics.json", "tp.json", "loo.parquet")}
+        pipeline.train(data, "textnet", 0.01, 0, train_cfg, "float64", device, p["model.pt"], p["metrics.json"],
+                       models_cfg=models_cfg, **QUIET)
+        pipeline.pick_test_points(p["model.pt"], data, ["max", "median"], p["tp.json"], device)
+        for method, options in estimators.items():
+            p[method] = str(d / f"{method}.parquet")
+            pipeline.compute_influence(p["model.pt"], data, p["tp.json"], method, options, 0.01, p[method],
+                                       p[method] + ".json", device_name=device, **QUIET)
+        cell = {"model": p["model.pt"], "data": data, "test_points": p["tp.json"]}
+        get("loo").retrain_chunk(cell, [(-1, []), (0, [0]), (5, [5])], {"steps": 20}, {"steps": 20}, train_cfg,
+                                 p["loo.parquet"], device_name=device, **QUIET)
+        out[device] = p
+    first, second = devices
+    for method in estimators:
+        a, b = pd.read_parquet(out[first][method]), pd.read_parquet(out[second][method])
+        assert (a.status == "ok").all() and (b.status == "ok").all(), method
+        torch.testing.assert_close(torch.tensor(b.predicted_loss_change.to_numpy()),
+                                   torch.tensor(a.predicted_loss_change.to_numpy()), rtol=1e-6, atol=1e-10)
+    a, b = pd.read_parquet(out[first]["loo.parquet"]), pd.read_parquet(out[second]["loo.parquet"])
+    torch.testing.assert_close(torch.tensor(b.test_loss.to_numpy()), torch.tensor(a.test_loss.to_numpy()),
+                               rtol=1e-7, atol=1e-10)
