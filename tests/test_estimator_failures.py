@@ -165,3 +165,50 @@ def test_the_correlations_and_the_verdict_name_a_failed_estimator():
                  "estimator_failed:unsupported: derivative of _embedding_bag_backward"):
         word, reason = verdict.decide(flag, math.nan, math.nan, False, options)
         assert word == verdict.FAILED and "NaN" in reason, flag
+
+
+@pytest.mark.slow
+def test_a_failing_estimator_is_a_flagged_row_of_a_finished_study(tmp_path):
+    """One tiny Iris cell through Snakemake with exact and a user's estimator that raises: the job
+    succeeds, summary.csv, the verdict and the report are written, and the failed estimator's rows
+    carry `estimator_failed:failed: ...` next to exact's numbers."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from workflow_files import copy_workflow
+
+    overlay = textwrap.dedent('''
+        studies:
+          iris:
+            architectures: [mlp-d1-w5]
+            decays: [0.005]
+            influence:
+              methods:
+                lissa: null
+                broken: {method: "broken.py:Raises"}
+            select: {rules: [{top_k: 8}]}
+            loo: {steps: 50}
+            correlation: {resamples: 100, permutations: 100}
+    ''')
+    work = copy_workflow(tmp_path / "work", overlays={"broken.yaml": overlay})
+    (work / "broken.py").write_text(ESTIMATORS)
+    cmd = [str(Path(sys.executable).with_name("snakemake")), "--cores", "2", "iris", "--configfile",
+           "configs/tiny.yaml", "configs/broken.yaml"]
+    proc = subprocess.run(cmd, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-6000:]
+    study = work / "results" / "iris"
+    summary = pd.read_csv(study / "summary.csv")
+    loss = summary[(summary.quantity == "loss_change") & (summary.subset == "all")]
+    broken, exact = loss[loss.estimator == "broken"], loss[loss.estimator == "exact"]
+    assert len(broken) == len(exact) == 1
+    assert broken.flag.iloc[0].startswith("estimator_failed:failed: KeyError: 'no such key, xxx")
+    assert broken.pearson.iloc[0].startswith("estimator_failed") and exact.pearson.iloc[0][:1] in "-0123456789"
+    verdicts = pd.read_csv(study / "verdict.csv")
+    assert (verdicts[verdicts.estimator == "broken"].verdict == verdict.FAILED).all()
+    assert (study / "report" / "index.html").stat().st_size > 0
+    cell = "results/iris/iris/mlp-d1-w5/wd0.005/seed0"
+    diagnostics = read_json(work / cell / "influence" / "broken.json")
+    assert "Traceback" in diagnostics["traceback"]
+    log = (work / "results" / "logs" / "iris" / "iris" / "mlp-d1-w5" / "wd0.005" / "seed0" / "influence_broken.log")
+    assert "KeyError" in log.read_text()
