@@ -128,6 +128,23 @@ def test_a_missing_requirement_stops_whatever_on_error_says(cells):
         influence(cells, "mlp-d1-w3", "lacks", "Lacks", on_error="flag")
 
 
+def test_on_error_is_a_study_key_with_flag_by_default_and_an_override_per_architecture():
+    import jsonschema
+    import yaml
+
+    from fragility.study import grid
+    from workflow_files import REPO
+
+    config = {"studies": {"s": {"influence": {"damping": 0.01, "methods": {"exact": {}}},
+                                "overrides": {"b": {"influence": {"on_error": "stop"}}}}}}
+    assert grid.influence_on_error(config, "s", "a") == "flag" and grid.influence_on_error(config, "s", "b") == "stop"
+    schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
+    block = {**schema["$defs"]["influence"], "$defs": schema["$defs"]}
+    jsonschema.validate({"damping": 0.01, "methods": {"exact": {}}, "on_error": "stop"}, block)
+    with pytest.raises(jsonschema.ValidationError, match="'ignore' is not one of"):
+        jsonschema.validate({"damping": 0.01, "methods": {"exact": {}}, "on_error": "ignore"}, block)
+
+
 def test_failure_status_is_one_short_line():
     assert pipeline.failure_status(RuntimeError("boom\nsecond line")) == "failed: RuntimeError: boom"
     assert pipeline.failure_status(ZeroDivisionError()) == "failed: ZeroDivisionError"
