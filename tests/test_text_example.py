@@ -150,3 +150,40 @@ def test_the_text_classifier_through_the_pipeline(tmp_path):
         get(truth).retrain_chunk(cell, sets, options, loo_cfg, train_cfg, out, device_name="cpu",
                                  **({"damping": 0.01} if truth == "pbrf" else {}), **QUIET)
         assert pd.read_parquet(out).test_loss.notna().all(), truth
+
+
+@pytest.mark.slow
+def test_the_text_example_runs_through_snakemake(tmp_path):
+    """examples/text.yaml on a corpus of 40 texts in data_dir: every estimator's correlations with
+    LOO are numbers or a named flag, and PBRF is a ground truth of truths.csv."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from workflow_files import copy_workflow
+
+    work = copy_workflow(tmp_path / "work")
+    shutil.copytree(REPO / "examples", work / "examples")
+    (work / "data").mkdir()
+    write(work / "data", corpus(40), "reviews.jsonl")
+    cmd = [str(Path(sys.executable).with_name("snakemake")), "--cores", "2", "--configfile", "examples/text.yaml"]
+    proc = subprocess.run(cmd, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-6000:]
+    assert not (work / "results" / "iris").exists()  # only the example's study
+
+    study = work / "results" / "reviews"
+    summary = pd.read_csv(study / "summary.csv")
+    loo = summary[(summary.quantity == "loss_change") & (summary.subset == "all") & (summary.truth == "loo")]
+    assert set(loo.estimator) == set(ESTIMATORS) | {"gauss_newton"}
+    assert set(loo.test_point) == {"max", "median"} and (loo.n >= 3).all()
+    for row in loo.itertuples():
+        named = isinstance(row.flag, str) and row.flag != ""
+        number = isinstance(row.pearson, str) and row.pearson[:1] in "-0123456789"
+        assert named or number, (row.estimator, row.test_point, row.pearson, row.flag)
+    statuses = pd.read_csv(study / "influence_diagnostics.csv")
+    assert (statuses.statuses == "ok").all(), statuses[["estimator", "statuses"]]  # as EXPECTED_STATUSES
+    truths = pd.read_csv(study / "truths.csv")
+    assert {"pbrf pearson (max)", "pbrf spearman (median)"} <= set(truths.columns)
+    assert truths.loc[truths.estimator == "exact", "pbrf pearson (max)"].notna().all()
+    assert (study / "report" / "index.html").stat().st_size > 0

@@ -40,7 +40,8 @@ def test_points(log):
 def influence(name):
     def run(log):
         compute_influence(o.model, i.data, o.test_points, name, p.methods[name], p.damping, getattr(o, f"table_{name}"),
-                          getattr(o, f"diagnostics_{name}"), device_name=p.device, **p.chunks, log=log)
+                          getattr(o, f"diagnostics_{name}"), device_name=p.device, on_error=p.on_error, **p.chunks,
+                          log=log)
     return run
 
 

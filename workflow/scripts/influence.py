@@ -7,4 +7,5 @@ p = snakemake.params
 with script_job(snakemake.log[0], snakemake.threads, snakemake.rule, snakemake.wildcards, p.device) as log:
     compute_influence(snakemake.input.model, snakemake.input.data, snakemake.input.test_points, snakemake.wildcards.estimator,
                       p.method, p.damping, snakemake.output.table, snakemake.output.diagnostics, device_name=p.device,
-                      extra_models=list(snakemake.input.models), **p.chunks, log=log)
+                      extra_models=list(snakemake.input.models), on_error=p.on_error, **p.chunks,
+                      log=log)

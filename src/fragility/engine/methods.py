@@ -22,9 +22,10 @@ OPTIONS_READ: dict[str, tuple[str, ...]] = {
 }
 
 
-# every method scores by forward mode (objective.directional_derivatives); all but the
-# Kronecker and identity ones multiply by the Hessian
+# all but the Kronecker and identity ones multiply by the Hessian or the Gauss-Newton matrix, both
+# by double backward; none needs forward mode: scoring takes jvp where the model has it and
+# reverse-mode per-sample gradients where not (objective.directional_derivatives)
 REQUIRES: dict[str, tuple[str, ...]] = {
-    **{m: ("second_derivatives", "forward_mode") for m in ("exact", "cg", "lissa", "arnoldi")},
-    **{m: ("forward_mode",) for m in ("kfac", "ekfac", "identity")},
+    **{m: ("second_derivatives",) for m in ("exact", "cg", "lissa", "arnoldi")},
+    **{m: () for m in ("kfac", "ekfac", "identity")},
 }

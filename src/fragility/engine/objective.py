@@ -183,6 +183,24 @@ def per_sample_gradients(net: FlatModel, theta: torch.Tensor, x: torch.Tensor, y
     return torch.cat([vmap(single)(x[s], y[s]) for s in _chunks(len(y), chunk_size)])
 
 
+def probe_derivative(net: FlatModel, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, kind: str) -> None:
+    """Take once the derivative `kind` of the loss of the rows (x, y) at θ, to learn whether
+    PyTorch implements it for this model (raises its error if not): "second_derivatives", a
+    Hessian-vector product ∇(∇ℓ · v) by double backward (the curvature products of the inverse-
+    Hessian methods, full and Gauss-Newton, are double backwards); "forward_mode", jvp(ℓ)(θ; v)."""
+    v = torch.ones_like(theta)
+    if kind == "forward_mode":
+        jvp(lambda t: net.per_sample_losses(t, x, y).sum(), (theta.detach(),), (v,))
+        return
+    if kind != "second_derivatives":
+        raise ValueError(f"no probe for the derivative '{kind}'")
+    t = theta.detach().requires_grad_(True)
+    with torch.enable_grad():
+        (g,) = torch.autograd.grad(net.per_sample_losses(t, x, y).sum(), t, create_graph=True)
+        if (g @ v).requires_grad:  # else the loss is linear in θ: nothing to differentiate twice
+            torch.autograd.grad(g @ v, t, allow_unused=True)
+
+
 def directional_derivatives(net: FlatModel, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, directions: torch.Tensor,
                             chunk_size: int | None = 1024, gradient_chunk_bytes: float = 2**27) -> torch.Tensor:
     """∇ℓ(z_i, θ) · s_t for every training row i and direction s_t, shape [T, n], chunk by chunk.

@@ -11,8 +11,21 @@ reason; a test point that is not "ok" has NaN scores, and NaN scores are never "
 (`EstimatorScores.checked`).
 
 `requires` declares what an estimator needs beyond a model and its data (`REQUIREMENTS`), so
-that the workflow refuses an impossible combination before any work: at DAG build where the
-config tells (checkpoints, several models), in the first job otherwise (a last linear layer).
+that the workflow refuses an impossible combination before any work. Where each is enforced:
+
+- `checkpoints`, `several_models`: when the DAG is built (the config tells whether the study keeps
+  checkpoints or has several seeds), and again in the job (`check_requirements`);
+- `last_linear_layer`: in the estimator's first job (`check_requirements`, RequirementError: the
+  run stops, naming the estimator and the cell);
+- `second_derivatives`, `forward_mode`: in each job, before `fit`, by a probe on one training
+  point (`missing_derivative`: a Hessian-vector product by double backward; a torch.func.jvp).
+  Where PyTorch implements no such derivative of a layer (nn.EmbeddingBag has neither), the
+  estimator is refused without running: NaN scores with the status `unsupported: derivative of
+  <op>` (or `unsupported: forward-mode derivative of <op>`), one log line, and the job succeeds.
+  The built-in inverse-Hessian methods require `second_derivatives` (exact, CG, LiSSA, Arnoldi,
+  with either curvature matrix: the Gauss-Newton product is a double backward too); none of them
+  requires `forward_mode`, since scoring falls back to reverse-mode per-sample gradients
+  (engine/objective.py, `directional_derivatives`).
 
 This module imports no torch: building the DAG reads `REQUIREMENTS` from it.
 """
@@ -30,6 +43,12 @@ REQUIREMENTS: dict[str, str] = {
     "last_linear_layer": "a model whose last parameterised layer is an nn.Linear",
     "several_models": "several trained models of the same data, architecture and decay (Context.models)",
 }
+
+
+class RequirementError(ValueError):
+    """The cell's model or study lacks what an estimator requires (a last linear layer,
+    checkpoints, several models, a task's output function): a configuration error, which stops the
+    job whatever `influence.on_error` says."""
 
 
 @dataclass
@@ -84,6 +103,15 @@ class EstimatorScores:
     predicted_param_change_norm: Any = None  # [n] or None
     train_grad_norm: Any = None  # [n] or None
     columns: dict = field(default_factory=dict)  # further [T, n] columns of the table, by name
+
+    @classmethod
+    def missing(cls, n_test: int, n_train: int, status: str, detail: dict | None = None) -> "EstimatorScores":
+        """NaN scores for every test point, all with `status` (an estimator refused or failed), and
+        `detail` as each test point's diagnostics."""
+        import torch
+
+        return cls(torch.full((n_test, n_train), math.nan, dtype=torch.float64), [status] * n_test,
+                   [dict(detail or {}) for _ in range(n_test)])
 
     def checked(self) -> "EstimatorScores":
         """Status and scores agree: a test point that is not "ok" gets NaN scores; one whose
@@ -179,17 +207,41 @@ def last_linear_layer(model):
 
 
 def check_requirements(estimator: Estimator, context: Context, label: str) -> None:
-    """ValueError naming the estimator and `label` (the cell) unless `context` gives what the
-    estimator `requires`: a last linear layer, further trained models."""
+    """RequirementError naming the estimator and `label` (the cell) unless `context` gives what
+    the estimator `requires`: a last linear layer, further trained models. The derivatives it
+    requires are probed by `missing_derivative`, which refuses rather than stops."""
     for need in estimator.requires:
         if need not in REQUIREMENTS:
-            raise ValueError(f"{label}: the estimator '{label_of(estimator)}' requires '{need}', which the workflow "
+            raise RequirementError(f"{label}: the estimator '{label_of(estimator)}' requires '{need}', which the workflow "
                              f"does not know; known: {', '.join(REQUIREMENTS)}")
         missing = ((need == "last_linear_layer" and last_linear_layer(context.net.model) is None)
                    or (need in ("checkpoints", "several_models") and not context.models))
         if missing:
-            raise ValueError(f"{label}: the estimator '{label_of(estimator)}' requires {REQUIREMENTS[need]}, "
+            raise RequirementError(f"{label}: the estimator '{label_of(estimator)}' requires {REQUIREMENTS[need]}, "
                              f"which this cell's model does not have")
+
+
+PROBED = ("second_derivatives", "forward_mode")  # requirements checked by running the derivative once
+
+
+def missing_derivative(estimator: Estimator, context: Context) -> tuple[str, str, str] | None:
+    """(requirement, status, PyTorch's message) for the first derivative the estimator `requires`
+    that the model lacks, else None. The probe runs on one training point at θ*: for
+    "second_derivatives" a Hessian-vector product of its loss by double backward, for
+    "forward_mode" a torch.func.jvp of it (engine/objective.py, `probe_derivative`); the status is
+    `ihvp.unsupported_status` of PyTorch's "not implemented" error. Any other error propagates."""
+    from ..engine.ihvp import unsupported_status
+    from ..engine.objective import probe_derivative
+
+    for need in (n for n in estimator.requires if n in PROBED):
+        try:
+            probe_derivative(context.net, context.theta, context.x_train[:1], context.y_train[:1], need)
+        except (NotImplementedError, RuntimeError) as err:
+            status = unsupported_status(err)
+            if status is None:
+                raise
+            return need, status, str(err).splitlines()[0]
+    return None
 
 
 def label_of(estimator: Estimator) -> str:

@@ -45,7 +45,7 @@ class InverseHessianEstimator(Estimator):
     `max_gradient_matrix_bytes` (else NaN)."""
 
     name = "inverse_hessian"
-    requires = ("second_derivatives", "forward_mode")
+    requires = ("second_derivatives",)
 
     def __init__(self, method: str, solver: InverseHessianSolver | None = None, param_change_norms: bool = True,
                  max_gradient_matrix_bytes: float = 2e9, **options):

@@ -36,7 +36,7 @@ import time
 import torch
 
 from ..engine.objective import _chunks
-from .base import Context, Estimator, EstimatorScores, last_linear_layer
+from .base import Context, Estimator, EstimatorScores, RequirementError, last_linear_layer
 
 
 def last_layer_features(model, layer, x: torch.Tensor, chunk_size: int):
@@ -89,16 +89,16 @@ class RepresenterPoints(Estimator):
         started = time.perf_counter()
         self.layer = last_linear_layer(context.net.model)
         if self.layer is None:
-            raise ValueError(f"{context.cell or 'this cell'}: the estimator 'representer' requires a model whose last "
-                             "parameterised layer is an nn.Linear")
+            raise RequirementError(f"{context.cell or 'this cell'}: the estimator 'representer' requires a model whose last "
+                                   "parameterised layer is an nn.Linear")
         self.task = context.task
         context.net.load_into_model(context.theta)
         context.net.model.eval()
         try:
             self.f_train, targets = self._features(context.x_train)
         except ValueError as err:
-            raise ValueError(f"{context.cell or 'this cell'}: the estimator 'representer' needs the model's output to "
-                             f"be its last linear layer's output, and {err}") from None
+            raise RequirementError(f"{context.cell or 'this cell'}: the estimator 'representer' needs the model's output to "
+                                   f"be its last linear layer's output, and {err}") from None
         start = self.layer.weight.detach().to(torch.float64).T
         if self.bias:
             bias = (self.layer.bias.detach().to(torch.float64) if self.layer.bias is not None

@@ -29,7 +29,7 @@ import time
 
 import torch
 
-from .base import Context, Estimator, EstimatorScores
+from .base import Context, Estimator, EstimatorScores, RequirementError
 from .similarity import gradient_products, measurement_gradients
 
 
@@ -47,15 +47,15 @@ class TracIn(Estimator):
     def scores(self, test_points: list[dict]) -> EstimatorScores:
         c: Context = self.context
         if not c.models:
-            raise ValueError(f"{c.cell or 'this cell'}: the estimator 'tracin' requires checkpoints of the training run "
-                             "(train.keep_checkpoints)")
+            raise RequirementError(f"{c.cell or 'this cell'}: the estimator 'tracin' requires checkpoints of the training run "
+                                   "(train.keep_checkpoints)")
         started = time.perf_counter()
         total = None
         for model in c.models:
             lr = float(model.learning_rate)
             if not math.isfinite(lr):
-                raise ValueError(f"{c.cell or 'this cell'}: the estimator 'tracin' needs the learning rate of checkpoint "
-                                 f"'{model.label}', and it was not recorded")
+                raise RequirementError(f"{c.cell or 'this cell'}: the estimator 'tracin' needs the learning rate of checkpoint "
+                                       f"'{model.label}', and it was not recorded")
             g_test = measurement_gradients(model.net, model.theta, c.x_test, c.y_test, test_points)
             dots, _ = gradient_products(model.net, model.theta, c.x_train, c.y_train, g_test, self.chunk_bytes)
             total = lr * dots if total is None else total + lr * dots

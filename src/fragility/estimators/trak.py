@@ -42,7 +42,7 @@ import torch
 from torch.func import grad, vmap
 
 from ..engine.objective import _chunks
-from .base import Context, Estimator, EstimatorScores
+from .base import Context, Estimator, EstimatorScores, RequirementError
 from .similarity import gradient_rows
 
 MODELS = ("theta_star", "checkpoints")
@@ -134,12 +134,12 @@ class TRAK(Estimator):
         started = time.perf_counter()
         task = context.task
         if task.output_function is None or task.output_function_gradient is None:
-            raise ValueError(f"{context.cell or 'this cell'}: the estimator 'trak' needs the task '{task.name}' to write "
-                             "output_function and output_function_gradient (engine/task.py), and it does not")
+            raise RequirementError(f"{context.cell or 'this cell'}: the estimator 'trak' needs the task '{task.name}' to write "
+                                   "output_function and output_function_gradient (engine/task.py), and it does not")
         if self.models == "checkpoints":
             if not context.models:
-                raise ValueError(f"{context.cell or 'this cell'}: the estimator 'trak' with models: checkpoints requires "
-                                 "checkpoints of the training run (train.keep_checkpoints)")
+                raise RequirementError(f"{context.cell or 'this cell'}: the estimator 'trak' with models: checkpoints requires "
+                                       "checkpoints of the training run (train.keep_checkpoints)")
             members = [(m.net, m.theta, m.label) for m in context.models]
         else:
             members = [(context.net, context.theta, "θ*")]

@@ -117,7 +117,8 @@ def noise_table(correlations: pd.DataFrame) -> pd.DataFrame:
     part = part.sort_index()
     out = part[CELL_KEYS + ["test_point", "test_index", "quantity", "n"] + NOISE_COLUMNS + ["drift_loss_change"]].copy()
     out["ground_truth"] = [ground_truth_note(r) for r in out.to_dict("records")]
-    out["flag"] = [";".join(f for f in flag.split(";") if f and f not in estimator_only) for flag in part.flag.fillna("")]
+    out["flag"] = [";".join(f for f in flag.split(";") if f and f.split(":")[0] not in estimator_only)
+                   for flag in part.flag.fillna("")]
     return out.reset_index(drop=True)
 
 

@@ -29,12 +29,13 @@ def _repeat_noise(repeat: pd.DataFrame | None, truth: pd.DataFrame, tp: dict) ->
     return {quantity: noise.repeat_spread(truth[col], again[col]) for quantity, (col, _) in noise.NOISE_SOURCES.items()}
 
 
-NAMED_FAILURES = ("unsupported", "factor_decomposition_failed")  # statuses a flag names (README)
+NAMED_FAILURES = ("unsupported", "factor_decomposition_failed", "failed:")  # statuses a flag names (README)
 
 
 def named_failure(est: pd.DataFrame) -> str:
     """The estimator's status where it says what could not be computed (`unsupported: derivative
-    of <op>`, `factor_decomposition_failed`), for the flag `estimator_failed:<status>`; else ""."""
+    of <op>`, `factor_decomposition_failed`, `failed: <error>` of an estimator that raised:
+    pipeline.compute_influence), for the flag `estimator_failed:<status>`; else ""."""
     statuses = [s for s in dict.fromkeys(est["status"]) if isinstance(s, str) and s.startswith(NAMED_FAILURES)]
     return statuses[0] if statuses else ""
 

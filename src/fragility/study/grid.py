@@ -243,6 +243,12 @@ def influence_chunks(config: dict, study: str, arch: str) -> dict:
     return {"chunk_size": int(block.get("chunk_size", 1024)), "scoring_chunk_size": block.get("scoring_chunk_size")}
 
 
+def influence_on_error(config: dict, study: str, arch: str) -> str:
+    """`influence.on_error`: what an estimator that raises does to its job, "flag" (default: NaN
+    scores with the status `failed: ...`, the study goes on) or "stop" (pipeline.compute_influence)."""
+    return str(arch_config(config, study, arch)["influence"].get("on_error", "flag"))
+
+
 def enabled_studies(config: dict) -> list[str]:
     return [name for name, block in config["studies"].items() if block.get("enabled", True)]
 

@@ -8,6 +8,7 @@ truths (leave-one-out, its drift control and repeats, PBRF, groups, LDS) are src
 from __future__ import annotations
 
 import math
+import traceback
 from pathlib import Path
 
 import torch
@@ -20,7 +21,8 @@ from ..models.registry import init_from_spec, model_spec
 from ..engine.flat import FlatModel, differentiable_attention
 from ..engine.task import make_task
 from ..engine.objective import Objective
-from ..estimators.base import Context, TrainedModel, check_requirements
+from ..estimators.base import (REQUIREMENTS, Context, EstimatorScores, RequirementError, TrainedModel,
+                               check_requirements, missing_derivative)
 from ..estimators.registry import make_estimator
 from ..runtime import resolve_device, resolve_dtype
 from .selection import choose_test_points
@@ -173,13 +175,46 @@ def pick_test_points(model_path, data_path, specs, out_path, device_name="auto")
 
 
 # --------------------------------------------------------------------------- influence
+ON_ERROR = ("flag", "stop")  # influence.on_error
+
+
+def failure_status(err: BaseException, limit: int = 120) -> str:
+    """`failed: <ExceptionType>: <first line of its message>`, cut to `limit` characters; `;` (the
+    separator of flags) written as `,`."""
+    lines = str(err).strip().splitlines()
+    first = (lines[0] if lines else "").replace(";", ",")
+    if len(first) > limit:
+        first = first[: limit - 1] + "…"
+    return f"failed: {type(err).__name__}: {first}" if first else f"failed: {type(err).__name__}"
+
+
+def flaggable(err: Exception) -> bool:
+    """Whether an error inside an estimator's fit or scores may become a flagged row: not a missing
+    requirement or a config error (they stop the run at its first job: base.RequirementError,
+    plugins.PluginError), not running out of memory (a cluster retries the job with more)."""
+    from ..plugins import PluginError
+
+    out_of_memory = (MemoryError, getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError))
+    return not isinstance(err, (RequirementError, PluginError) + out_of_memory)
+
+
 @differentiable_attention()  # the math backend of attention: second and forward-mode derivatives
 def compute_influence(model_path, data_path, test_points_path, method_name, method_cfg, damping, table_out, diagnostics_out,
-                      device_name="auto", chunk_size=1024, scoring_chunk_size=None, extra_models=(), log=print):
+                      device_name="auto", chunk_size=1024, scoring_chunk_size=None, extra_models=(), on_error="flag",
+                      log=print):
     """Fit estimator `method_name` (its config block `method_cfg`: estimators/registry.py) on the
     trained model and write its influence table (Δ̂ of every training point for each test point)
     and its diagnostics. `extra_models`: further `model.pt` files for the context (an estimator
-    that requires "several_models": the other seeds of the cell, grid.estimator_model_cells)."""
+    that requires "several_models": the other seeds of the cell, grid.estimator_model_cells).
+
+    A derivative the estimator requires that the model lacks (`base.missing_derivative`) refuses
+    it before `fit`: NaN Δ̂ with the status `unsupported: ...`. An error inside its fit or scores
+    (`on_error`, `influence.on_error`: "flag") writes NaN Δ̂ with the status `failed: <type>:
+    <message>` (`failure_status`) and the traceback to the diagnostics and the log, and returns, so
+    that the study goes on with the estimator flagged; "stop" raises it. A missing requirement, a
+    config error, out of memory and any error while loading the model or data always raise."""
+    if on_error not in ON_ERROR:
+        raise ValueError(f"influence.on_error must be one of {', '.join(ON_ERROR)}, got '{on_error}'")
     device = resolve_device(device_name)
     net, theta, record = load_trained(model_path, device)
     split = Split.load(data_path)
@@ -196,9 +231,27 @@ def compute_influence(model_path, data_path, test_points_path, method_name, meth
         other_net, other_theta, other = load_trained(path, device)
         context.models.append(TrainedModel(other_net, other_theta, label=f"seed {other['seed']}"))
     check_requirements(estimator, context, key)
-    scores = estimator.fit(context).scores(points).checked()
-    table, outcomes = scores.table(points), scores.outcomes(points)
-    diagnostics = {"method": method_cfg.get("method", method_name), **estimator.diagnostics, "estimator": method_name,
+    where = f"{method_name} in cell {context.cell}"
+    try:
+        missing = missing_derivative(estimator, context)
+        if missing is not None:
+            need, status, error = missing
+            log(f"{where}: refused, {status} ({need}: {REQUIREMENTS[need]}; PyTorch: {error})")
+            scores, own = EstimatorScores.missing(len(points), len(y), status, {"error": error}), {
+                "status": status, "error": error, "refused": need}
+        else:
+            scores = estimator.fit(context).scores(points).checked()
+            own = estimator.diagnostics
+        table, outcomes = scores.table(points), scores.outcomes(points)
+    except Exception as err:
+        if on_error == "stop" or not flaggable(err):
+            raise
+        status, trace = failure_status(err), traceback.format_exc()
+        log(f"{where}: {status} (influence.on_error: flag; NaN scores, the study goes on)\n{trace}")
+        scores = EstimatorScores.missing(len(points), len(y), status)
+        table, outcomes = scores.table(points), scores.outcomes(points)
+        own = {"status": status, "error": f"{type(err).__name__}: {err}", "traceback": trace}
+    diagnostics = {"method": method_cfg.get("method", method_name), **own, "estimator": method_name,
                    "damping": damping, "test_points": outcomes, "num_parameters": net.num_parameters, "n_train": len(y)}
     diagnostics.pop("solves", None)
     for outcome in outcomes:

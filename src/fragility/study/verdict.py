@@ -5,7 +5,8 @@ rest (`verdict_best.csv`).
 The words, in the order they are decided:
 
 - `model did not train`: the cell's model is flagged (`model_not_trained:...`);
-- `estimator failed`: the estimator returned NaN or a constant (`estimator_failed`, `constant_predicted`);
+- `estimator failed`: the estimator returned NaN or a constant (`estimator_failed`, `estimator_failed:<status>`,
+  `constant_predicted`);
 - `no ground truth`: nothing was re-trained or too few points (`selection_failed`, `ground_truth_missing`,
   `too_few_points`); `ground truth has no spread`: every re-trained change is the same (`constant_actual`);
 - `no interval`: the bootstrap is disabled (`correlation.resamples: 0`), so there is no lower bound;
@@ -154,8 +155,9 @@ def decide(flag: str, lo: float, ceiling_value: float, noise_known: bool, option
     flags = [f for f in (flag or "").split(";") if f]
     if any(f.startswith("model_not_trained") for f in flags):
         return NOT_TRAINED, "the model is flagged: " + ";".join(flags)
-    if any(f in ("estimator_failed", "constant_predicted") for f in flags):
-        return FAILED, "the estimator's Δ̂ is " + ("NaN" if "estimator_failed" in flags else "constant")
+    names = [f.split(":")[0] for f in flags]  # `estimator_failed:<status>` names why
+    if any(f in ("estimator_failed", "constant_predicted") for f in names):
+        return FAILED, "the estimator's Δ̂ is " + ("NaN" if "estimator_failed" in names else "constant")
     if "constant_actual" in flags:
         return NO_SPREAD, "every re-trained change is the same (constant_actual)"
     if flags:
