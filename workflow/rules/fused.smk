@@ -100,7 +100,6 @@ for _study in FUSED_STUDIES:
                 methods=lambda w: grid.estimators(config, w.study, w.arch),
                 damping=damping_of,
                 chunks=lambda w: grid.influence_chunks(config, w.study, w.arch),
-                on_error=lambda w: grid.influence_on_error(config, w.study, w.arch),
                 loo=settings_of("loo", unused=("chunk_size",)),
                 order_seed=lambda w: grid.loo_order_seed(w.seed),
                 device=device(),

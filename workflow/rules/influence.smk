@@ -28,7 +28,6 @@ rule influence:
         method=lambda w: grid.estimators(config, w.study, w.arch)[w.estimator],
         damping=damping_of,
         chunks=lambda w: grid.influence_chunks(config, w.study, w.arch),
-        on_error=lambda w: grid.influence_on_error(config, w.study, w.arch),
         device=device(),
     script:
         "../scripts/influence.py"

@@ -6,7 +6,7 @@ names the rule, the step and the cell."""
 import sys
 import time
 
-from fragility.study.grid import with_run_settings
+from fragility.study.grid import influence_on_error, with_run_settings
 from fragility.study.pipeline import compute_influence, pick_test_points, train
 from fragility.truths.registry import get as truth
 from fragility.runtime import file_logger, job_label, naming_failures, peak_gpu_memory_mb, resolve_device, start_job
@@ -40,8 +40,8 @@ def test_points(log):
 def influence(name):
     def run(log):
         compute_influence(o.model, i.data, o.test_points, name, p.methods[name], p.damping, getattr(o, f"table_{name}"),
-                          getattr(o, f"diagnostics_{name}"), device_name=p.device, on_error=p.on_error, **p.chunks,
-                          log=log)
+                          getattr(o, f"diagnostics_{name}"), device_name=p.device, **p.chunks,
+                          on_error=influence_on_error(snakemake.config, w.study, w.arch), log=log)
     return run
 
 

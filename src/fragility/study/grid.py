@@ -244,7 +244,8 @@ def influence_chunks(config: dict, study: str, arch: str) -> dict:
 
 
 def influence_on_error(config: dict, study: str, arch: str) -> str:
-    """`influence.on_error`: what an estimator that raises does to its job, "flag" (default: NaN
+    """`influence.on_error` (run-only: the job reads it from the config, not from rule params, so
+    switching it re-runs nothing): what an estimator that raises does to its job, "flag" (default: NaN
     scores with the status `failed: ...`, the study goes on) or "stop" (pipeline.compute_influence)."""
     return str(arch_config(config, study, arch)["influence"].get("on_error", "flag"))
 
