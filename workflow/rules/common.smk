@@ -451,12 +451,14 @@ def verdict_page_job(wildcards, input, output, params):
 
 
 def selecting_estimators(w):
-    """The estimators whose tables `select` reads: `select.by`, or every estimator for
-    `select.by: union` (selection.select_union)."""
+    """The estimators whose tables `select` reads: every estimator of the cell (the round-robin
+    of `select.by: union`, and the fallback where the `select.by` estimator fails a test point;
+    selection.selection_record)."""
+    return list(grid.estimators(config, w.study, w.arch))
+
+
+def plan_estimators(w):
+    """The estimators whose Δ̂ the truths plan reads (`groups`' tails): `select.by`, or every
+    estimator for `union` and `random` (the union of their tails; truths/groups.py)."""
     by = arch_cfg(w)["select"]["by"]
-    return list(grid.estimators(config, w.study, w.arch)) if by == "union" else [by]
-
-
-def plan_estimator(w):
-    """The estimator whose Δ̂ the truths plan reads (only `groups` uses it, which `union` refuses)."""
-    return selecting_estimators(w)[0]
+    return selecting_estimators(w) if by in ("union", "random") else [by]

@@ -49,6 +49,8 @@ checkpoint select:
     params:
         rules=lambda w: arch_cfg(w)["select"]["rules"],
         by=lambda w: arch_cfg(w)["select"]["by"],
+        random=lambda w: arch_cfg(w)["select"].get("random", 0),
+        seed=lambda w: int(w.seed),
         estimators=selecting_estimators,
     run:
         logged(
@@ -60,6 +62,8 @@ checkpoint select:
             params.rules,
             output[0],
             label=job_label(rule, wildcards),
+            random=params.random,
+            seed=params.seed,
         )
 
 

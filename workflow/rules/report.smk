@@ -145,7 +145,7 @@ rule estimator_study:
         cells=lambda w: [cell for _, cell in estimator_diagnostics(w.study)],
         methods=lambda w: estimator_methods(w.study),
         selection=lambda w: {
-            arch: grid.arch_config(config, w.study, arch)["select"]["by"]
+            arch: selection.describe(grid.arch_config(config, w.study, arch)["select"])
             for arch in grid.study_block(config, w.study)["architectures"]
         },
         figure_dir=lambda w, output: str(Path(output.figure).parent),
