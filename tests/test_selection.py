@@ -193,3 +193,41 @@ def test_the_schema_takes_select_random_and_refuses_a_negative_one():
     assert selection.describe({"by": "exact", "rules": []}) == "exact"
     assert selection.describe({"by": "union", "random": 3}) == "union + random 3"
     assert selection.describe({"by": "random", "random": 3}) == "random 3"
+
+
+# --------------------------------------------------------------------------- the workflow
+@pytest.mark.slow
+def test_union_with_a_random_sample_and_tail_groups_runs_through_snakemake(tmp_path):
+    """One tiny Iris cell with `select: {by: union, random: 3}` and `truths: [loo, groups]`: the
+    select job reads both estimators' tables, the three sampled points are re-trained and correlated
+    as their own subset, and the tail groups come from both estimators' tails."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from workflow_files import copy_workflow
+
+    overlay = ("studies:\n  iris:\n    architectures: [mlp-d1-w5]\n    decays: [0.005]\n    fuse_fit: true\n"
+               "    select: {by: union, random: 3, rules: [{top_k: 12}]}\n    truths: [loo, groups]\n"
+               "    groups: {random: 3, same_class: 0, tails: 2, size: 3}\n")
+    work = copy_workflow(tmp_path / "w", overlays={"cell.yaml": overlay})
+    cell = "results/iris/iris/mlp-d1-w5/wd0.005/seed0"
+    args = [str(Path(sys.executable).with_name("snakemake")), "--cores", "2", f"{cell}/correlations.parquet",
+            f"{cell}/truths.parquet", "--configfile", "configs/tiny.yaml", "configs/cell.yaml"]
+    run = subprocess.run(args, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-6000:]
+    record = read_json(work / cell / "selected.json")
+    sample = selection.random_training_points(120, 3, 0)
+    assert record["by"] == "union" and record["estimators"] == ["exact", "lissa"]
+    assert record["random"] == {"k": 3, "seed": 0} and set(sample) <= set(record["indices"])
+    corr = pd.read_parquet(work / cell / "correlations.parquet")
+    assert {"all", "random", "union"} <= set(corr.subset)
+    assert (corr[corr.subset == "random"].n == 3).all()
+    plan = read_json(work / cell / "truths/plan.json")["groups"]
+    tables = {name: pd.read_parquet(work / cell / f"influence/{name}.parquet") for name in ("exact", "lissa")}
+    for g in plan:
+        if g["kind"].startswith("tails"):
+            scores = {name: t[t.test_point == g["test_point"]].sort_values("train_index").predicted_loss_change.to_numpy()
+                      for name, t in tables.items()}
+            pools = tail_pools(scores, 12)
+            assert set(g["indices"]) <= set(pools[g["kind"] == "tails_negative"].tolist())

@@ -457,6 +457,22 @@ def selecting_estimators(w):
     return list(grid.estimators(config, w.study, w.arch))
 
 
+def selection_inputs(w):
+    """The tables of `selecting_estimators`. Where `select.by` names an estimator, the others are
+    read only for the fallback and marked ancient: re-computing one of them (an option changed)
+    re-runs neither the selection nor the re-trainings after it; adding or removing an estimator
+    changes the inputs and does (force `select` to refresh a fallback after a re-computation).
+    """
+    by = arch_cfg(w)["select"]["by"]
+    paths = {
+        name: os.path.join(in_grid(CELL)(w), f"influence/{name}.parquet")
+        for name in selecting_estimators(w)
+    }
+    if by in ("union", "random"):
+        return list(paths.values())
+    return [path if name == by else ancient(path) for name, path in paths.items()]
+
+
 def plan_estimators(w):
     """The estimators whose Δ̂ the truths plan reads (`groups`' tails): `select.by`, or every
     estimator for `union` and `random` (the union of their tails; truths/groups.py)."""

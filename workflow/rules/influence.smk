@@ -35,10 +35,7 @@ rule influence:
 
 checkpoint select:
     input:
-        lambda w: [
-            os.path.join(in_grid(CELL)(w), f"influence/{name}.parquet")
-            for name in selecting_estimators(w)
-        ],
+        selection_inputs,
     output:
         os.path.join(CELL, "selected.json"),
     log:
