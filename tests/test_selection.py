@@ -107,12 +107,36 @@ def test_a_failed_select_by_estimator_falls_back_to_the_union_of_the_others(tmp_
     expected = selection.round_robin({"b": np.abs(b["p50"]), "c": np.abs(c["p50"])}, 5)
     assert record["per_test_point"]["p50"] == {str(i): "union" for i in sorted(expected)}
     assert record["contributed_by"]["p50"] == {str(i): e for i, e in sorted(expected.items())}
-    assert record["fallback"] == {"p50": {"from": "a", "status": "unsupported: derivative of foo", "to": "union",
-                                          "estimators": ["b", "c"]}}
-    assert record["not_selected"] == {"p90": "diverged"} and record["per_test_point"]["p90"] == {}
+    assert record["fallback"]["p50"] == {"from": "a", "status": "unsupported: derivative of foo", "to": "union",
+                                         "estimators": ["b", "c"]}
+    # no estimator scored p90: K = 5 points at random from the cell's seed (0 here), labelled random
+    sample = selection.random_training_points(n, 5, 0)
+    assert record["per_test_point"]["p90"] == {str(i): "random" for i in sample}
+    assert record["fallback"]["p90"] == {"from": "a", "status": "diverged", "to": "random", "k": 5, "seed": 0}
+    assert record["not_selected"] == {}
     assert sum("'p50'" in m and "union" in m for m in messages) == 1
-    assert sum("'p90'" in m and "no other estimator" in m for m in messages) == 1
-    assert set(record["indices"]) == {int(i) for p in ("max", "p50") for i in record["per_test_point"][p]}
+    assert sum("'p90'" in m and "at random" in m for m in messages) == 1
+    assert set(record["indices"]) == {int(i) for p in ("max", "p50", "p90") for i in record["per_test_point"][p]}
+
+
+def test_with_its_table_alone_a_failed_select_by_estimator_falls_back_to_a_random_sample(tmp_path):
+    """The workflow's case: `select` reads `select.by`'s table alone (adding an estimator re-runs no
+    re-training), so a test point it failed takes K = the rules' total points drawn from the
+    cell's seed, the same for every such test point and independent of the scores."""
+    n, rng = 40, np.random.default_rng(2)
+    a = {"max": rng.normal(size=n), "p50": np.full(n, np.nan), "p90": np.full(n, np.nan)}
+    paths = _write(tmp_path, {"a": _table(a, {"p50": "failed: KeyError: x", "p90": "unsupported: derivative of foo"})})
+    rules = [{"top_k": 4}]
+    selection.select(paths["a"], rules, tmp_path / "s.json", log=lambda m: None, seed=3)
+    record = read_json(tmp_path / "s.json")
+    sample = selection.random_training_points(n, 4, 3)
+    assert sample != selection.random_training_points(n, 4, 4)  # the seed matters (this check can fail)
+    for point in ("p50", "p90"):
+        assert record["per_test_point"][point] == {str(i): "random" for i in sample}
+        assert record["fallback"][point]["to"] == "random" and record["fallback"][point]["seed"] == 3
+    top = np.argsort(-np.abs(a["max"]), kind="stable")[:4]
+    assert record["per_test_point"]["max"] == {str(i): "top" for i in sorted(top)}
+    assert record["not_selected"] == {}
 
 
 # --------------------------------------------------------------------------- tail groups

@@ -451,30 +451,24 @@ def verdict_page_job(wildcards, input, output, params):
 
 
 def selecting_estimators(w):
-    """The estimators whose tables `select` reads: every estimator of the cell (the round-robin
-    of `select.by: union`, and the fallback where the `select.by` estimator fails a test point;
-    selection.selection_record)."""
-    return list(grid.estimators(config, w.study, w.arch))
+    """The estimators whose tables `select` reads: `select.by`'s, or every estimator for `union`
+    and `random` (selection.selection_record). Where `select.by` fails a test point, the fallback
+    is a random sample, which needs no other table: adding an estimator re-runs no re-training."""
+    by = arch_cfg(w)["select"]["by"]
+    if by in ("union", "random"):
+        return list(grid.estimators(config, w.study, w.arch))
+    return [by]
 
 
 def selection_inputs(w):
-    """The tables of `selecting_estimators`. Where `select.by` names an estimator, the others are
-    read only for the fallback and marked ancient: re-computing one of them (an option changed)
-    re-runs neither the selection nor the re-trainings after it; adding or removing an estimator
-    changes the inputs and does (force `select` to refresh a fallback after a re-computation).
-    """
-    by = arch_cfg(w)["select"]["by"]
-    paths = {
-        name: os.path.join(in_grid(CELL)(w), f"influence/{name}.parquet")
+    """The tables of `selecting_estimators`."""
+    return [
+        os.path.join(in_grid(CELL)(w), f"influence/{name}.parquet")
         for name in selecting_estimators(w)
-    }
-    if by in ("union", "random"):
-        return list(paths.values())
-    return [path if name == by else ancient(path) for name, path in paths.items()]
+    ]
 
 
 def plan_estimators(w):
     """The estimators whose Δ̂ the truths plan reads (`groups`' tails): `select.by`, or every
     estimator for `union` and `random` (the union of their tails; truths/groups.py)."""
-    by = arch_cfg(w)["select"]["by"]
-    return selecting_estimators(w) if by in ("union", "random") else [by]
+    return selecting_estimators(w)

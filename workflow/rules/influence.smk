@@ -47,7 +47,6 @@ checkpoint select:
         rules=lambda w: arch_cfg(w)["select"]["rules"],
         by=lambda w: arch_cfg(w)["select"]["by"],
         random=lambda w: arch_cfg(w)["select"].get("random", 0),
-        seed=lambda w: int(w.seed),
         estimators=selecting_estimators,
     run:
         logged(
@@ -60,7 +59,7 @@ checkpoint select:
             output[0],
             label=job_label(rule, wildcards),
             random=params.random,
-            seed=params.seed,
+            seed=int(wildcards.seed),
         )
 
 

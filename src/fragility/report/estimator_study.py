@@ -230,8 +230,8 @@ def estimator_study_page(table: pd.DataFrame, methods: dict, path, selection: di
             "loading not counted; the device and other jobs sharing it change them). Correlation: Pearson of Δ̂ "
             "with the truth per test point (LDS: the mean over test points of a Spearman), 95 % bootstrap interval "
             "or the flag. LOO and PBRF score the re-trained points chosen by the selection"
-            + (f" ({chosen})" if chosen else "") + ", and where the select.by estimator failed a test point the "
-            "union of the estimators that scored it (selected.json: fallback); the verdict's `selection` column "
+            + (f" ({chosen})" if chosen else "") + ", and where the select.by estimator failed a test point a "
+            "random sample of as many (selected.json: fallback); the verdict's `selection` column "
             "counts each label (a `random` sample favours no estimator, `union` none). Groups' tails are drawn "
             "from the same estimator, or under union from every estimator's; LDS and random groups favour no "
             "estimator.")

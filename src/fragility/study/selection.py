@@ -15,9 +15,13 @@ highest-ranked point not yet taken, until K distinct points, K = the rules' tota
 their sizes, at most n).
 
 Fallback: where the `select.by` estimator's status for a test point is not ok (diverged,
-`unsupported: derivative of ...`), that test point takes the same round-robin over the estimators
-that scored it ok, labelled "union" and recorded under `fallback` in selected.json; only a test
-point no estimator scored gets no points (`not_selected`, flagged `selection_failed:<status>`).
+`unsupported: derivative of ...`, failed), that test point takes K = the rules' total training
+points drawn uniformly at random from the cell's seed (`random_training_points`, the stream of
+`select.random`), labelled "random" and recorded under `fallback` in selected.json: a selection
+that favours no estimator and needs no other estimator's table, so that the `select` job waits
+for `select.by`'s table alone and adding an estimator to a study re-runs no re-training. (Given
+other estimators' tables, as the library's `select_by` may be, it takes the round-robin over
+those that scored the point ok instead, labelled "union".)
 
 `select.random: k` (default 0) adds k training points drawn uniformly without replacement from
 default_rng([seed, RANDOM_STREAM]), the cell's seed alone: one sample shared by every test point
@@ -197,8 +201,10 @@ def selection_record(tables: dict[str, pd.DataFrame], by: str, rules, random: in
 
     Per test point: `by` an estimator: `select_training_points` on its |Δ̂|; where its status is not
     ok, the round-robin over the estimators that scored the point ok (`round_robin`, K =
-    `rules_total`), labelled "union" and listed under `fallback`; where none did, no points
-    (`not_selected`: its status, flagged `selection_failed:<status>` in the correlations).
+    `rules_total`), labelled "union" and listed under `fallback`; where none did (the workflow gives
+    `select.by`'s table alone), K points at random from `seed`, labelled "random", also under
+    `fallback`; only an empty table leaves a point unselected (`not_selected`, flagged
+    `selection_failed:<status>` in the correlations).
     `by: union`: that round-robin over every estimator ok for the point (`left_out`: the others).
     `by: random`: only the random sample. Then the `random` points (`random_training_points`,
     drawn once for the cell from `seed`) join every test point's selection labelled "random",
@@ -232,10 +238,15 @@ def selection_record(tables: dict[str, pd.DataFrame], by: str, rules, random: in
             fallback[point] = {"from": by, "status": failed[by], "to": "union", "estimators": list(scores)}
             log(f"test point '{point}': select.by estimator '{by}' reported '{failed[by]}'; its training points are "
                 f"the union (round-robin) of {list(scores)}, labelled 'union' (selected.json: fallback)")
+        elif by != "random" and n:
+            k = rules_total(rules, n)
+            picked = dict.fromkeys(random_training_points(n, k, seed), "random")
+            fallback[point] = {"from": by, "status": failed[by], "to": "random", "k": k, "seed": int(seed)}
+            log(f"test point '{point}': select.by estimator '{by}' reported '{failed[by]}' and no other estimator's table "
+                f"scored it; its training points are {k} drawn at random (seed {seed}), labelled 'random' "
+                "(selected.json: fallback)")
         elif by != "random":
             not_selected[point] = failed[by]
-            log(f"test point '{point}': the estimator '{by}' reported '{failed[by]}' and no other estimator scored it; "
-                "no training points selected for it (flagged selection_failed)")
         picked.update(dict.fromkeys(sample, "random"))  # "random" wins: its subset stays a uniform sample
         per_point[point] = {str(i): label for i, label in sorted(picked.items())}
         union.update(dict.fromkeys(picked, True))
