@@ -362,15 +362,21 @@ def test_union_selection_takes_the_estimators_rankings_in_turn(tmp_path):
     assert record["left_out"] == {"p50": {"b": "diverged"}} and record["indices"] == [0, 1, 3, 4]
 
 
-def test_union_is_a_selection_the_dag_takes_without_tail_groups():
+def test_union_and_random_are_selections_the_dag_takes_with_tail_groups():
+    """`union` draws the tail groups from every estimator's tails (truths/groups.py), so
+    `truths: groups` goes with it; `random` needs `select.random` ≥ 1."""
     from fragility.study import grid
 
     config = _study({"grad_cosine": {}})
     config["studies"]["audit"]["select"]["by"] = "union"
     grid.check_config(config)
     config["studies"]["audit"]["truths"] = ["loo", "groups"]
-    with pytest.raises(ValueError, match="select.by: 'union' draws no tail groups"):
+    grid.check_config(config)
+    config["studies"]["audit"]["select"]["by"] = "random"
+    with pytest.raises(ValueError, match="select.by: 'random' selects only the random sample; set select.random"):
         grid.check_config(config)
+    config["studies"]["audit"]["select"]["random"] = 4
+    grid.check_config(config)
     config["studies"]["audit"]["select"]["by"] = "nothing"
-    with pytest.raises(ValueError, match="'nothing' is not one of influence.methods .* or 'union'"):
+    with pytest.raises(ValueError, match="'nothing' is not one of influence.methods .* or 'union' or 'random'"):
         grid.check_config(config)

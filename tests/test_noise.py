@@ -146,6 +146,26 @@ def test_a_test_point_without_selection_is_flagged_by_name(tiny_cell, tmp_path):
     assert {"loss_change", "param_change_norm"} <= set(corr.quantity)  # flagged, not dropped
 
 
+def test_a_random_sample_gets_its_own_correlation_subset(tiny_cell, tmp_path):
+    """Points labelled `random` in selected.json (select.random) are correlated on their own too,
+    next to `all` and the rules' labels, with the same rows as a direct computation."""
+    root, paths, _, _ = tiny_cell
+    record = read_json(paths["selected.json"])
+    name = read_json(paths["tp.json"])["test_points"][0]["name"]
+    chosen = sorted(record["per_test_point"][name], key=int)
+    sample = chosen[::2]
+    labelled = {**paths, "selected.json": str(tmp_path / "selected.json")}
+    write_json({**record, "per_test_point": {name: {i: "random" if i in sample else "top" for i in chosen}}},
+               labelled["selected.json"])
+    rows, corr = _correlate(labelled, tmp_path)
+    loss = corr[(corr.quantity == "loss_change") & (corr.estimator == "exact")].set_index("subset")
+    assert set(loss.index) == {"all", "random", "top"}
+    part = rows[rows.selection == "random"]
+    assert sorted(part.train_index.astype(str)) == sorted(sample)
+    assert loss.loc["random", "pearson"] == pytest.approx(np.corrcoef(part.predicted_loss_change,
+                                                                      part.actual_loss_change)[0, 1])
+
+
 def test_a_model_that_did_not_train_is_reported_by_its_flag_only(tiny_cell, tmp_path):
     root, paths, _, _ = tiny_cell
     metrics = read_json(paths["metrics.json"])

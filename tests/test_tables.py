@@ -158,9 +158,10 @@ def test_small_mnist_selection_overlap_keeps_top_label():
     assert sum(lab == "top" for lab in picked.values()) == 100
 
 
-def test_a_failed_estimate_selects_nothing_for_its_test_point_and_says_so(tmp_path):
-    """A diverged solve for one test point must not stop the study: that point gets no re-trained
-    points and is listed with its status; the other test points are selected as usual."""
+def test_a_failed_estimate_falls_back_to_a_random_sample_for_its_test_point_and_says_so(tmp_path):
+    """A diverged solve for one test point must not stop the study: that point gets K = 5 points
+    drawn at random from the cell's seed (the fallback, recorded with its status); the other test
+    points are selected as usual."""
     n = 60
     rng = np.random.default_rng(2)
     frames = [pd.DataFrame({"test_point": "good", "test_index": 0, "train_index": range(n),
@@ -172,9 +173,10 @@ def test_a_failed_estimate_selects_nothing_for_its_test_point_and_says_so(tmp_pa
     messages = []
     selection.select(path, [{"top_k": 5}], tmp_path / "selected.json", log=messages.append)
     selected = pd.read_json(tmp_path / "selected.json", typ="series")
-    assert selected["not_selected"] == {"bad": "diverged"}
-    assert selected["per_test_point"]["bad"] == {} and len(selected["per_test_point"]["good"]) == 5
-    assert sorted(selected["indices"]) == sorted(int(i) for i in selected["per_test_point"]["good"])
+    assert selected["not_selected"] == {} and selected["fallback"]["bad"]["status"] == "diverged"
+    assert set(selected["per_test_point"]["bad"].values()) == {"random"} and len(selected["per_test_point"]["bad"]) == 5
+    assert len(selected["per_test_point"]["good"]) == 5
+    assert sorted(selected["indices"]) == sorted({int(i) for p in ("good", "bad") for i in selected["per_test_point"][p]})
     assert any("'bad'" in m and "diverged" in m for m in messages)
 
 

@@ -339,12 +339,24 @@ def verdict_page_job(wildcards, input, output, params):
 
 
 def selecting_estimators(w):
-    """The estimators whose tables `select` reads: `select.by`, or every estimator for
-    `select.by: union` (selection.select_union)."""
+    """The estimators whose tables `select` reads: `select.by`'s, or every estimator for `union`
+    and `random` (selection.selection_record). Where `select.by` fails a test point, the fallback
+    is a random sample, which needs no other table: adding an estimator re-runs no re-training."""
     by = arch_cfg(w)["select"]["by"]
-    return list(grid.estimators(config, w.study, w.arch)) if by == "union" else [by]
+    if by in ("union", "random"):
+        return list(grid.estimators(config, w.study, w.arch))
+    return [by]
 
 
-def plan_estimator(w):
-    """The estimator whose Δ̂ the truths plan reads (only `groups` uses it, which `union` refuses)."""
-    return selecting_estimators(w)[0]
+def selection_inputs(w):
+    """The tables of `selecting_estimators`."""
+    return [
+        os.path.join(in_grid(CELL)(w), f"influence/{name}.parquet")
+        for name in selecting_estimators(w)
+    ]
+
+
+def plan_estimators(w):
+    """The estimators whose Δ̂ the truths plan reads (`groups`' tails): `select.by`, or every
+    estimator for `union` and `random` (the union of their tails; truths/groups.py)."""
+    return selecting_estimators(w)

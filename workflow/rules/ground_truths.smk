@@ -7,9 +7,10 @@
 checkpoint truths_plan:
     input:
         data=in_grid(os.path.join(RESULTS, "{study}/{dataset}/data.pt")),
-        influence=lambda w: os.path.join(
-            CELL.format(**w), f"influence/{plan_estimator(w)}.parquet"
-        ),
+        influence=lambda w: [
+            os.path.join(CELL.format(**w), f"influence/{name}.parquet")
+            for name in plan_estimators(w)
+        ],
     output:
         os.path.join(CELL, "truths/plan.json"),
     log:
@@ -21,6 +22,7 @@ checkpoint truths_plan:
         runtime=5,
     params:
         settings=planned_settings,
+        estimators=plan_estimators,
         seed_keys=lambda w: [w.study, w.dataset, w.arch, w.decay, int(w.seed)],
     script:
         "../scripts/truths_plan.py"

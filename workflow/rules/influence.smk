@@ -35,10 +35,7 @@ rule influence:
 
 checkpoint select:
     input:
-        lambda w: [
-            os.path.join(in_grid(CELL)(w), f"influence/{name}.parquet")
-            for name in selecting_estimators(w)
-        ],
+        selection_inputs,
     output:
         os.path.join(CELL, "selected.json"),
     log:
@@ -49,6 +46,7 @@ checkpoint select:
     params:
         rules=lambda w: arch_cfg(w)["select"]["rules"],
         by=lambda w: arch_cfg(w)["select"]["by"],
+        random=lambda w: arch_cfg(w)["select"].get("random", 0),
         estimators=selecting_estimators,
     run:
         logged(
@@ -60,6 +58,8 @@ checkpoint select:
             params.rules,
             output[0],
             label=job_label(rule, wildcards),
+            random=params.random,
+            seed=int(wildcards.seed),
         )
 
 

@@ -149,7 +149,7 @@ rule estimator_study:
         ],
         methods=lambda w: outputs.estimator_methods(config, w.study),
         selection=lambda w: {
-            arch: grid.arch_config(config, w.study, arch)["select"]["by"]
+            arch: selection.describe(grid.arch_config(config, w.study, arch)["select"])
             for arch in grid.study_block(config, w.study)["architectures"]
         },
         figure_dir=lambda w, output: str(Path(output.figure).parent),

@@ -225,13 +225,16 @@ def estimator_study_page(table: pd.DataFrame, methods: dict, path, selection: di
                                     zip(view.correlation, view.correlation_lo, view.correlation_hi, view.flag.fillna(""))]
     keep = [c for c in CELL_KEYS + ["estimator", "test_point", "truth", "score", "correlation_text", "n", "fit_seconds",
                                     "scoring_seconds", "seconds"] if c in view.columns]
-    chosen = "; ".join(f"{arch}: select.by {by}" for arch, by in (selection or {}).items())
+    chosen = "; ".join(f"{arch}: select.by {text}" for arch, text in (selection or {}).items())
     note = ("Seconds: fit + scoring of all the cell's test points, as each estimator measured them (model and data "
             "loading not counted; the device and other jobs sharing it change them). Correlation: Pearson of Δ̂ "
             "with the truth per test point (LDS: the mean over test points of a Spearman), 95 % bootstrap interval "
             "or the flag. LOO and PBRF score the re-trained points chosen by the selection"
-            + (f" ({chosen})" if chosen else "") + "; groups' tails are drawn from it too; LDS and random groups "
-            "favour no estimator.")
+            + (f" ({chosen})" if chosen else "") + ", and where the select.by estimator failed a test point a "
+            "random sample of as many (selected.json: fallback); the verdict's `selection` column "
+            "counts each label (a `random` sample favours no estimator, `union` none). Groups' tails are drawn "
+            "from the same estimator, or under union from every estimator's; LDS and random groups favour no "
+            "estimator.")
     write_pages([(notes, "Estimators: what each computes and why it might fail", ""),
                  (view[keep], "Every estimator against every ground truth, with its cost", note)], path,
                 "Estimator study")

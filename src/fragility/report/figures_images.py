@@ -16,7 +16,8 @@ import pandas as pd  # noqa: E402
 from .figures import _note_figure, correlation_text, decay_name, save  # noqa: E402
 
 METRIC_NAMES = {"pearson": "Pearson", "spearman": "Spearman"}
-SUBSET_NAMES = {"top": "top by |Δ̂|", "all": "all re-trained"}
+SUBSET_NAMES = {"top": "top by |Δ̂|", "all": "all re-trained", "random": "random sample (select.random)",
+                "union": "union of the estimators' rankings"}
 
 
 def subset_name(subset: str) -> str:

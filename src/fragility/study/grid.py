@@ -334,13 +334,12 @@ def check_config(config: dict) -> None:
             merged = arch_config(config, study, arch)
             by = merged["select"]["by"]
             named = sorted(k for k, v in merged["influence"]["methods"].items() if v is not None)
-            if by == "union":  # every estimator's ranking in turn (selection.select_union)
-                if "groups" in (merged.get("truths") or []):
-                    raise ValueError(f"studies.{study}.select.by: 'union' draws no tail groups (truths: groups draws "
-                                     f"them from one estimator's Δ̂); name an estimator of {named} (architecture {arch})")
-            elif by not in named:
+            if by == "random" and not merged["select"].get("random", 0):
+                raise ValueError(f"studies.{study}.select.by: 'random' selects only the random sample; set "
+                                 f"select.random to its size, at least 1 (architecture {arch})")
+            if by not in named + ["union", "random"]:
                 raise ValueError(f"studies.{study}.select.by: '{by}' is not one of influence.methods {named} "
-                                 f"or 'union' (architecture {arch})")
+                                 f"or 'union' or 'random' (architecture {arch})")
             keep, train_steps = (merged.get("train") or {}).get("keep_checkpoints", 0), merged["train"].get("steps")
             if keep and train_steps is not None and keep > train_steps:
                 raise ValueError(f"studies.{study}.train.keep_checkpoints (architecture {arch}): {keep} checkpoints of "

@@ -13,11 +13,28 @@ Selection rules (per test point, on |Δ̂|): `{top_fraction: f}`, `{top_k: k}` a
 estimators' rankings by |Δ̂| (in the order of `influence.methods`), each in turn adding its
 highest-ranked point not yet taken, until K distinct points, K = the rules' total (the sum of
 their sizes, at most n).
+
+Fallback: where the `select.by` estimator's status for a test point is not ok (diverged,
+`unsupported: derivative of ...`, failed), that test point takes K = the rules' total training
+points drawn uniformly at random from the cell's seed (`random_training_points`, the stream of
+`select.random`), labelled "random" and recorded under `fallback` in selected.json: a selection
+that favours no estimator and needs no other estimator's table, so that the `select` job waits
+for `select.by`'s table alone and adding an estimator to a study re-runs no re-training. (Given
+other estimators' tables, as the library's `select_by` may be, it takes the round-robin over
+those that scored the point ok instead, labelled "union".)
+
+`select.random: k` (default 0) adds k training points drawn uniformly without replacement from
+default_rng([seed, RANDOM_STREAM]), the cell's seed alone: one sample shared by every test point
+(LOO re-trains each once), independent of every score, labelled "random" even where a rule or the
+union also picked the point, so that the correlations' "random" subset is an unbiased sample of
+the training set. `select.by: random` selects only that sample. selected.json records
+`random: {k, seed}`.
 """
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -110,27 +127,6 @@ def _rule_size(rule: dict, key: str, n: int) -> int:
     return k
 
 
-def select(influence_path, rules, out_path, log=print):
-    """Union over test points of the training points the rules pick from |Δ̂|. A test point whose
-    estimator failed (status not ok: diverged, negative_curvature in CG, ...) gets no points:
-    it is listed under `not_selected` with the status, its correlations carry the flag
-    `selection_failed:<status>`, and the rest of the cell and study go on."""
-    table = pd.read_parquet(influence_path)
-    per_point, union, not_selected = {}, {}, {}
-    for name, rows in table.groupby("test_point", sort=False):
-        status = rows["status"].iloc[0]
-        if status != "ok":
-            per_point[name], not_selected[name] = {}, str(status)
-            log(f"test point '{name}': the estimator in {influence_path} reported '{status}'; no training points "
-                "selected for it (flagged selection_failed; select.by names another estimator)")
-            continue
-        picked = select_training_points(rows["predicted_loss_change"].abs().to_numpy(), rules)
-        per_point[name] = {str(i): label for i, label in sorted(picked.items())}
-        union.update({i: True for i in picked})
-    write_json({"indices": sorted(int(i) for i in union), "per_test_point": per_point, "not_selected": not_selected,
-                "rules": rules}, out_path)
-
-
 def rules_total(rules: list[dict], n: int) -> int:
     """K of `select.by: union`: the sum of the rules' sizes (top_fraction: round(f·n), at least 1;
     top_k: k; around_percentile: k), at most n."""
@@ -147,12 +143,22 @@ def rules_total(rules: list[dict], n: int) -> int:
     return min(total, n)
 
 
-def round_robin(abs_scores: dict[str, np.ndarray], k: int) -> dict[int, str]:
-    """{train index: estimator} of the k distinct points that a round-robin over the estimators'
-    rankings by |Δ̂| (descending, ties by index; estimators in the dict's order) picks."""
-    orders = {name: np.argsort(-np.asarray(v, dtype=float), kind="stable") for name, v in abs_scores.items()}
-    if any(np.isnan(np.asarray(v, dtype=float)).any() for v in abs_scores.values()):
-        raise ValueError("cannot select training points: the influence estimates contain NaN")
+
+RANDOM_STREAM = 7_219  # the random sample's generator is default_rng([seed, RANDOM_STREAM]); test points use 7_211
+
+
+def random_training_points(n: int, k: int, seed: int) -> list[int]:
+    """`select.random`: k distinct indices of n training points, uniform without replacement, from
+    the cell's seed alone: the same sample for every test point, whatever the scores."""
+    if not 0 <= k <= n:
+        raise ValueError(f"select.random: {k} training points asked for, but there are {n}")
+    return sorted(int(i) for i in np.random.default_rng([int(seed), RANDOM_STREAM]).choice(n, size=k, replace=False))
+
+
+def round_robin_orders(orders: dict[str, np.ndarray], k: int) -> dict[int, str]:
+    """{index: ranking} of the k distinct indices that a round-robin over `orders` (name → a ranking
+    of indices, best first; in the dict's order) picks, each ranking in turn adding its best index
+    not yet taken; in the order picked. With one ranking: its first k."""
     n = min((len(o) for o in orders.values()), default=0)
     k = min(k, n)
     picked: dict[int, str] = {}
@@ -166,39 +172,115 @@ def round_robin(abs_scores: dict[str, np.ndarray], k: int) -> dict[int, str]:
     return picked
 
 
-def select_union(influence_paths: dict[str, str], rules, out_path, log=print):
-    """`select.by: union`: per test point the round-robin over every estimator's |Δ̂| ranking
-    (`round_robin`) until `rules_total` distinct points; the cell's points are the union over test
-    points, each labelled "union" (`contributed_by` says which estimator's turn took it). An
-    estimator whose status for a test point is not "ok" is left out of that test point's
-    round-robin (listed under `left_out`); a test point no estimator scored gets no points."""
-    tables = {name: pd.read_parquet(path) for name, path in influence_paths.items()}
-    per_point, union, not_selected, left_out, contributed = {}, {}, {}, {}, {}
-    names = list(next(iter(tables.values())).drop_duplicates("test_point")["test_point"])
+def round_robin(abs_scores: dict[str, np.ndarray], k: int) -> dict[int, str]:
+    """{train index: estimator} of the k distinct points that a round-robin over the estimators'
+    rankings by |Δ̂| (descending, ties by index; estimators in the dict's order) picks."""
+    if any(np.isnan(np.asarray(v, dtype=float)).any() for v in abs_scores.values()):
+        raise ValueError("cannot select training points: the influence estimates contain NaN")
+    return round_robin_orders({name: np.argsort(-np.asarray(v, dtype=float), kind="stable")
+                               for name, v in abs_scores.items()}, k)
+
+
+def _scored(tables: dict[str, pd.DataFrame], point: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """|Δ̂| of every training point (by train_index) per estimator whose status for test point
+    `point` is ok, and the status of each other estimator."""
+    scores, failed = {}, {}
+    for name, table in tables.items():
+        rows = table[table.test_point == point].sort_values("train_index", kind="stable")
+        status = str(rows["status"].iloc[0])
+        if status == "ok":
+            scores[name] = rows["predicted_loss_change"].abs().to_numpy()
+        else:
+            failed[name] = status
+    return scores, failed
+
+
+def selection_record(tables: dict[str, pd.DataFrame], by: str, rules, random: int = 0, seed: int = 0,
+                     log=print) -> dict:
+    """The record of `selected.json` from every estimator's influence table (name → table).
+
+    Per test point: `by` an estimator: `select_training_points` on its |Δ̂|; where its status is not
+    ok, the round-robin over the estimators that scored the point ok (`round_robin`, K =
+    `rules_total`), labelled "union" and listed under `fallback`; where none did (the workflow gives
+    `select.by`'s table alone), K points at random from `seed`, labelled "random", also under
+    `fallback`; only an empty table leaves a point unselected (`not_selected`, flagged
+    `selection_failed:<status>` in the correlations).
+    `by: union`: that round-robin over every estimator ok for the point (`left_out`: the others).
+    `by: random`: only the random sample. Then the `random` points (`random_training_points`,
+    drawn once for the cell from `seed`) join every test point's selection labelled "random",
+    overriding another label, so the "random" subset is a sample that no score chose."""
+    if by not in ("union", "random") and by not in tables:
+        raise ValueError(f"select.by: '{by}' has no influence table here (tables of {list(tables)})")
+    if by == "random" and random < 1:
+        raise ValueError("select.by: 'random' needs select.random ≥ 1 (the number of points to draw)")
+    first = next(iter(tables.values()))
+    names = list(first.drop_duplicates("test_point")["test_point"])
+    n = int((first.test_point == names[0]).sum()) if names else 0
+    sample = random_training_points(n, int(random), seed)
+    per_point, union, not_selected, left_out, contributed, fallback = {}, {}, {}, {}, {}, {}
     for point in names:
-        scores = {}
-        for name, table in tables.items():
-            rows = table[table.test_point == point].sort_values("train_index")
-            if rows["status"].iloc[0] == "ok":
-                scores[name] = rows["predicted_loss_change"].abs().to_numpy()
+        scores, failed = _scored(tables, point)
+        picked: dict[int, str] = {}
+        if by == "union":
+            if failed:
+                left_out[point] = failed
+            if scores:
+                turns = round_robin(scores, rules_total(rules, len(next(iter(scores.values())))))
+                picked, contributed[point] = dict.fromkeys(turns, "union"), {str(i): e for i, e in sorted(turns.items())}
             else:
-                left_out.setdefault(point, {})[name] = str(rows["status"].iloc[0])
-        if not scores:
-            per_point[point], not_selected[point] = {}, "no_estimator_ok"
-            log(f"test point '{point}': no estimator scored it; no training points selected for it")
-            continue
-        n = len(next(iter(scores.values())))
-        picked = round_robin(scores, rules_total(rules, n))
-        per_point[point] = {str(i): "union" for i in sorted(picked)}  # one label: the correlations' one subset
-        contributed[point] = {str(i): name for i, name in sorted(picked.items())}
-        union.update({i: True for i in picked})
-    write_json({"indices": sorted(int(i) for i in union), "per_test_point": per_point, "not_selected": not_selected,
-                "rules": rules, "by": "union", "estimators": list(tables), "left_out": left_out, "contributed_by": contributed}, out_path)
-
-
-def select_by(influence_paths: dict[str, str], by: str, rules, out_path, log=print):
-    """The cell's selection by `select.by`: one estimator's (`select`, its table in
-    `influence_paths`) or `union` (`select_union` over all of them)."""
+                not_selected[point] = "no_estimator_ok"
+                log(f"test point '{point}': no estimator scored it; no training points selected for it")
+        elif by in scores:
+            picked = select_training_points(scores[by], rules)
+        elif by != "random" and scores:
+            turns = round_robin(scores, rules_total(rules, len(next(iter(scores.values())))))
+            picked, contributed[point] = dict.fromkeys(turns, "union"), {str(i): e for i, e in sorted(turns.items())}
+            fallback[point] = {"from": by, "status": failed[by], "to": "union", "estimators": list(scores)}
+            log(f"test point '{point}': select.by estimator '{by}' reported '{failed[by]}'; its training points are "
+                f"the union (round-robin) of {list(scores)}, labelled 'union' (selected.json: fallback)")
+        elif by != "random" and n:
+            k = rules_total(rules, n)
+            picked = dict.fromkeys(random_training_points(n, k, seed), "random")
+            fallback[point] = {"from": by, "status": failed[by], "to": "random", "k": k, "seed": int(seed)}
+            log(f"test point '{point}': select.by estimator '{by}' reported '{failed[by]}' and no other estimator's table "
+                f"scored it; its training points are {k} drawn at random (seed {seed}), labelled 'random' "
+                "(selected.json: fallback)")
+        elif by != "random":
+            not_selected[point] = failed[by]
+        picked.update(dict.fromkeys(sample, "random"))  # "random" wins: its subset stays a uniform sample
+        per_point[point] = {str(i): label for i, label in sorted(picked.items())}
+        union.update(dict.fromkeys(picked, True))
+    record = {"indices": sorted(int(i) for i in union), "per_test_point": per_point, "not_selected": not_selected,
+              "rules": rules}
     if by == "union":
-        return select_union(influence_paths, rules, out_path, log=log)
-    return select(influence_paths[by], rules, out_path, log=log)
+        record.update(by="union", estimators=list(tables), left_out=left_out, contributed_by=contributed)
+    elif fallback:
+        record.update(fallback=fallback, contributed_by=contributed)
+    if random or by == "random":
+        record.update(by=by, random={"k": int(random), "seed": int(seed)})
+    return record
+
+
+def select_by(influence_paths: dict[str, str], by: str, rules, out_path, log=print, random: int = 0, seed: int = 0):
+    """The cell's `selected.json` from every estimator's table (`influence_paths`: name → path) by
+    `select.by` (an estimator, `union` or `random`) and `select.random` (`selection_record`)."""
+    tables = {name: pd.read_parquet(path) for name, path in influence_paths.items()}
+    write_json(selection_record(tables, by, rules, random, seed, log=log), out_path)
+
+
+def select(influence_path, rules, out_path, log=print, random: int = 0, seed: int = 0):
+    """`select_by` with one estimator's table: a test point it failed gets no points (no other
+    estimator to fall back on)."""
+    name = Path(influence_path).stem
+    select_by({name: influence_path}, name, rules, out_path, log=log, random=random, seed=seed)
+
+
+def select_union(influence_paths: dict[str, str], rules, out_path, log=print, random: int = 0, seed: int = 0):
+    """`select_by` with `select.by: union`."""
+    select_by(influence_paths, "union", rules, out_path, log=log, random=random, seed=seed)
+
+
+def describe(select_cfg: dict) -> str:
+    """A `select` block's choice in words for captions: `exact`, `union + random 3`, `random 3`."""
+    k, by = int(select_cfg.get("random", 0)), select_cfg["by"]
+    return f"random {k}" if by == "random" else f"{by} + random {k}" if k else by

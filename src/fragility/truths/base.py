@@ -25,10 +25,11 @@ from ..study import grid
 class Truth:
     """One ground truth. Class attributes: `name` (the config's `truths` entry and the rule
     `<name>_chunk`), `defaults` of its config block, `label` and `title` (tables, figures),
-    `planned` (its sets are drawn into `truths/plan.json` from the `select.by` estimator's Δ̂),
-    `draw_keys` (the settings the draw reads), `removal_weight` (the weight a removed row keeps),
-    `objective` (training or pbrf), `inputs` (cell files its chunk jobs read besides the model,
-    data and test points), `scored_inputs` (cell files its scorer reads besides its chunks)."""
+    `planned` (its sets are drawn into `truths/plan.json` from the `select.by` estimator's Δ̂, or
+    every estimator's under `union`), `draw_keys` (the settings the draw reads), `removal_weight`
+    (the weight a removed row keeps), `objective` (training or pbrf), `inputs` (cell files its
+    chunk jobs read besides the model, data and test points), `scored_inputs` (cell files its
+    scorer reads besides its chunks)."""
 
     name = ""
     defaults: dict = {}
@@ -68,8 +69,9 @@ class Truth:
         return f"truths/{self.name}"
 
     # ------------------------------------------------------------------ plan
-    def draw(self, influence: pd.DataFrame, labels: np.ndarray, settings: dict, rng: np.random.Generator):
-        """A planned truth's entry of `truths/plan.json` (sets drawn with `rng`)."""
+    def draw(self, influence: dict, labels: np.ndarray, settings: dict, rng: np.random.Generator):
+        """A planned truth's entry of `truths/plan.json` (sets drawn with `rng`); `influence`:
+        estimator → table (the `select.by` estimator's, or every one's under `union`)."""
         raise NotImplementedError(f"truth '{self.name}' draws no plan")
 
     def sets(self, inputs: dict, settings: dict) -> list[tuple[int, list[int]]]:

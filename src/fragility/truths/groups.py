@@ -1,22 +1,38 @@
 """Group removal (Koh, Ang, Teo & Liang, 2019): groups U of `size` training points removed
 together, predicted Σ_{i∈U} Δ̂(i) against ℓ(z_t; θ₋U) − ℓ(z_t; θ*): random groups and same-class
-groups (shared by every test point) and, per test point, groups drawn from the `tail_pool` points
-of most positive and of most negative Δ̂ (of the `select.by` estimator). Drawn from a seeded
-generator into `truths/plan.json` (indices included), so a rerun re-trains the same groups."""
+groups (shared by every test point; they favour no estimator) and, per test point, groups drawn
+from the `tail_pool` points of most positive and of most negative Δ̂: of the `select.by`
+estimator, or under `select.by: union` (or `random`) of a round-robin over every estimator's
+ranking (`tail_pools`), which favours none. Drawn from a seeded generator into `truths/plan.json`
+(indices included), so a rerun re-trains the same groups."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
+from ..study.selection import round_robin_orders
 from .base import Truth, changes
 
 
-def draw_groups(scores: dict[str, np.ndarray], labels: np.ndarray, cfg: dict, rng: np.random.Generator) -> list[dict]:
+def tail_pools(scores: dict[str, np.ndarray], pool: int) -> tuple[np.ndarray, np.ndarray]:
+    """The `pool` candidates of the positive and of the negative tail of one test point from
+    `scores` (estimator → Δ̂ of every training point): a round-robin (selection.round_robin_orders,
+    estimators in the dict's order) over the rankings by signed Δ̂, descending (ties by index) for
+    the positive tail and that ranking reversed for the negative one. One estimator: its `pool`
+    most positive and `pool` most negative points, in its order."""
+    descending = {name: np.argsort(-np.asarray(score, dtype=float), kind="stable") for name, score in scores.items()}
+    positive = round_robin_orders(descending, pool)
+    negative = round_robin_orders({name: order[::-1] for name, order in descending.items()}, pool)
+    return np.array(list(positive), dtype=np.int64), np.array(list(negative), dtype=np.int64)
+
+
+def draw_groups(scores: dict, labels: np.ndarray, cfg: dict, rng: np.random.Generator) -> list[dict]:
     """Groups of `size` training indices: `random` and `same_class` ones shared by every test point,
-    and per test point (`scores`: name → Δ̂ of every training point, NaN when its estimator failed)
-    `tails` groups drawn without replacement from each of the `tail_pool` fraction of points with the
-    most positive and the most negative Δ̂."""
+    and per test point `tails` groups drawn without replacement from each of the `tail_pool`
+    fraction of points with the most positive and the most negative Δ̂ (`tail_pools`). `scores`:
+    test point → Δ̂ of every training point, or → {estimator: Δ̂} for the union of their tails; an
+    estimator with NaN (it failed the point) is left out, a test point with none left gets no tails."""
     n, size = len(labels), int(cfg["size"])
     if not 1 <= size < n:
         raise ValueError(f"groups.size must be in [1, n) with n = {n} training points, got {size}")
@@ -29,10 +45,12 @@ def draw_groups(scores: dict[str, np.ndarray], labels: np.ndarray, cfg: dict, rn
                        "indices": sorted(rng.choice(members, size, replace=False).tolist())})
     pool = min(n, max(size, int(round(float(cfg["tail_pool"]) * n))))
     for name, score in scores.items():
-        if np.isnan(score).any():
+        by_estimator = score if isinstance(score, dict) else {"": score}
+        usable = {e: np.asarray(s, dtype=float) for e, s in by_estimator.items() if not np.isnan(s).any()}
+        if not usable:
             continue
-        order = np.argsort(-score, kind="stable")
-        for kind, candidates in (("tails_positive", order[:pool]), ("tails_negative", order[::-1][:pool])):
+        positive, negative = tail_pools(usable, pool)
+        for kind, candidates in (("tails_positive", positive), ("tails_negative", negative)):
             for _ in range(int(cfg["tails"])):
                 groups.append({"kind": kind, "test_point": name,
                                "indices": sorted(int(i) for i in rng.choice(candidates, size, replace=False))})
@@ -48,9 +66,15 @@ class Groups(Truth):
     draw_keys = ("size", "random", "tails", "same_class", "tail_pool", "seed")
     inputs = {"plan": "truths/plan.json"}
 
-    def draw(self, influence: pd.DataFrame, labels: np.ndarray, settings: dict, rng: np.random.Generator):
-        scores = {name: rows.sort_values("train_index").predicted_loss_change.to_numpy(float)
-                  for name, rows in influence.groupby("test_point", sort=False)}
+    def draw(self, influence: dict, labels: np.ndarray, settings: dict, rng: np.random.Generator):
+        """`influence`: estimator → table; the tails of each test point are drawn from the union
+        of the estimators whose status for it is ok (one estimator: its own tails)."""
+        scores: dict[str, dict] = {}
+        for estimator, table in influence.items():
+            for name, rows in table.groupby("test_point", sort=False):
+                delta = rows.sort_values("train_index").predicted_loss_change.to_numpy(float)
+                ok = "status" not in rows or (rows.status == "ok").all()
+                scores.setdefault(name, {})[estimator] = delta if ok else delta * np.nan
         return draw_groups(scores, np.asarray(labels), settings, rng)
 
     def sets(self, inputs: dict, settings: dict) -> list[tuple[int, list[int]]]:

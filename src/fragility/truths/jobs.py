@@ -14,9 +14,12 @@ from .registry import TRUTHS, get
 
 
 # --------------------------------------------------------------------------- plans
-def make_plan(influence: pd.DataFrame, labels: np.ndarray, settings: dict, seed_keys: tuple) -> dict:
+def make_plan(influence, labels: np.ndarray, settings: dict, seed_keys: tuple) -> dict:
     """The sets of every planned truth named in `settings` (name → its settings), each drawn from
-    a generator seeded by its `seed` setting, its name and `seed_keys` (the cell)."""
+    a generator seeded by its `seed` setting, its name and `seed_keys` (the cell). `influence`:
+    the `select.by` estimator's table, or {estimator: table} (several under `select.by: union`)."""
+    if isinstance(influence, pd.DataFrame):
+        influence = {"": influence}
     plan = {"n_train": int(len(labels))}
     for name, truth in TRUTHS.items():
         if truth.planned and name in settings:
@@ -25,12 +28,15 @@ def make_plan(influence: pd.DataFrame, labels: np.ndarray, settings: dict, seed_
     return plan
 
 
-def plan_truths(data_path, influence_path, settings: dict, seed_keys, out_path) -> dict:
-    """Draw and write the sets of one cell's planned truths (`truths/plan.json`)."""
+def plan_truths(data_path, influence_paths, settings: dict, seed_keys, out_path) -> dict:
+    """Draw and write the sets of one cell's planned truths (`truths/plan.json`);
+    `influence_paths`: one table's path, or {estimator: path} (`make_plan`)."""
     from ..data.split import Split
 
     split = Split.load(data_path)
-    plan = make_plan(pd.read_parquet(influence_path), split.y_train.numpy(), dict(settings), tuple(seed_keys))
+    paths = influence_paths if isinstance(influence_paths, dict) else {"": influence_paths}
+    tables = {name: pd.read_parquet(path) for name, path in paths.items()}
+    plan = make_plan(tables, split.y_train.numpy(), dict(settings), tuple(seed_keys))
     write_json(plan, out_path)
     return plan
 

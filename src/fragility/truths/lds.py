@@ -65,7 +65,7 @@ class Lds(Truth):
         if settings["start"] not in ("theta_star", "scratch"):
             raise ValueError(f"lds.start must be theta_star or scratch, got '{settings['start']}'")
 
-    def draw(self, influence: pd.DataFrame, labels: np.ndarray, settings: dict, rng: np.random.Generator):
+    def draw(self, influence: dict, labels: np.ndarray, settings: dict, rng: np.random.Generator):
         return {"fraction": float(settings["fraction"]), "left_out": draw_subsets(len(labels), settings, rng)}
 
     def sets(self, inputs: dict, settings: dict) -> list[tuple[int, list[int]]]:
