@@ -302,3 +302,71 @@ def test_the_schema_takes_an_ensemble_block_and_refuses_a_bad_inner_one():
         with pytest.raises(WorkflowError):
             validate(copy.deepcopy(config), schema)
 
+
+
+# --------------------------------------------------------------------------- end to end
+ENSEMBLE_RUN = """
+studies:
+  iris:
+    architectures: [mlp-d1-w5]
+    decays: [0.0]
+    seeds: [0, 1]
+    fuse_fit: false
+    train: {steps: 200}
+    influence:
+      methods:
+        exact: null
+        lissa: null
+        identity: {method: identity}
+        ens_identity: {method: ensemble, estimator: {method: identity}}
+        trak_seeds: {method: trak, models: seeds, projection_dim: null}
+    select: {by: identity, rules: [{top_k: 6}]}
+    figures: {estimator: identity}
+    loo: {steps: 60, chunk_size: 6}
+    correlation: {resamples: 50, permutations: 50}
+"""
+
+
+@pytest.mark.slow
+def test_an_ensemble_and_trak_over_seeds_run_through_the_workflow(tmp_path):
+    """Two seeds of a tiny Iris cell: each seed's ensemble reads the other seed's model, and the
+    ensembles are rows of the tables like any estimator; seed 0's ensemble of identity is the mean
+    of identity on the two seeds' models at seed 0's test points."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import pandas as pd
+
+    from fragility.io import read_json
+    from workflow_files import copy_workflow
+
+    work = copy_workflow(tmp_path / "work", overlays={"ensemble.yaml": ENSEMBLE_RUN})
+    snakemake = str(Path(sys.executable).with_name("snakemake"))
+    proc = subprocess.run([snakemake, "--cores", "2", "results/iris/summary.csv", "--configfile", "configs/tiny.yaml", "configs/ensemble.yaml"],
+                          cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-6000:]
+    summary = pd.read_csv(work / "results/iris/summary.csv")
+    assert set(summary.estimator) == {"identity", "ens_identity", "trak_seeds"}, set(summary.estimator)
+    diagnostics = pd.read_csv(work / "results/iris/influence_diagnostics.csv")
+    assert set(diagnostics[diagnostics.estimator == "ens_identity"].statuses) == {"ok"}
+    cells = [work / f"results/iris/iris/mlp-d1-w5/wd0/seed{s}/influence" for s in (0, 1)]
+    record = read_json(cells[0] / "ens_identity.json")
+    assert [m["model"] for m in record["members"]] == ["θ*", "seed 1"] and record["member_count"] == 2
+    assert read_json(cells[1] / "trak_seeds.json")["models"] == ["θ*", "seed 0"]
+    # the mean of identity on seed 0's model (its table) and on seed 1's model at seed 0's test points
+    from fragility.study import pipeline
+
+    points = read_json(cells[0].parent / "test_points.json")["test_points"]
+    net, theta, _ = pipeline.load_trained(str(cells[1].parent / "model.pt"))
+    split = pipeline.Split.load(str(work / "results/iris/iris/data.pt"))
+    x, y, xt, yt = pipeline._tensors(split, theta.dtype, torch.device("cpu"))
+    other = registry.make_estimator("identity", {}).fit(Context(net, theta, x, y, xt, yt, decay=0.0, damping=0.001))
+    other = other.scores(points).predicted_loss_change
+    ens = pd.read_parquet(cells[0] / "ens_identity.parquet")
+    own = pd.read_parquet(cells[0] / "identity.parquet")
+    for t, point in enumerate(points):
+        rows, mine = ens[ens.test_point == point["name"]], own[own.test_point == point["name"]]
+        assert list(rows.train_index) == list(mine.train_index) == list(range(len(y)))
+        expected = (mine.predicted_loss_change.to_numpy() + other[t].numpy()) / 2
+        np.testing.assert_allclose(rows.predicted_loss_change.to_numpy(), expected, rtol=1e-10, atol=1e-15)

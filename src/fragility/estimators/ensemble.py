@@ -7,8 +7,8 @@ cell's other seeds (same dataset × architecture × decay: `Context.models`, gri
 every member scored at this cell's test points on the same split (the split depends on the dataset,
 not on the seed). Each member is the inner estimator on its own model, with this cell's decay and
 damping; the sign and scale are the inner estimator's (Δ̂ > 0: removing z_i raises the test loss).
-M = 1 (no other seed) is the inner estimator itself; where every seed reaches the same θ* (a
-strictly convex objective trained to convergence) every member is the same and so is the mean.
+Members on one and the same θ* give the inner estimator itself; where every seed reaches the same
+θ* (a strictly convex objective trained to convergence) so does the ensemble.
 
 Config: `influence.methods.<name>: {method: ensemble, estimator: {method: lissa, depth: 200, ...}}`,
 `estimator` the inner estimator's block, checked when the DAG is built like any estimator block
