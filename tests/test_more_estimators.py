@@ -304,8 +304,8 @@ def test_trak_refuses_a_task_without_an_output_function(cell):
     c.net.task = NoOutputFunction()
     with pytest.raises(ValueError, match="'trak' needs the task 'plain' to write output_function"):
         registry.make_estimator("trak", {}).fit(c)
-    with pytest.raises(ValueError, match="seeds.*not offered yet"):
-        registry.make_estimator("trak", {"models": "seeds"})
+    with pytest.raises(ValueError, match="trak: models must be one of theta_star, checkpoints, seeds, got 'seed'"):
+        registry.make_estimator("trak", {"models": "seed"})
 
 
 # --------------------------------------------------------------------------- the DAG checks

@@ -59,6 +59,7 @@ class TrainedModel:
     theta: Any  # torch.Tensor [p]
     label: str = ""  # e.g. "step 300", "seed 1"
     learning_rate: float = math.nan  # a checkpoint's: the learning rate of the step that followed it
+    flags: tuple = ()  # another seed's: the flags its training recorded (metrics "flags", health.training_flags)
 
 
 @dataclass

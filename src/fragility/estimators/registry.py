@@ -26,6 +26,7 @@ BUILT_IN_CLASSES = {
     "representer": "fragility.estimators.representer:RepresenterPoints",
     "tracin": "fragility.estimators.tracin:TracIn",
     "trak": "fragility.estimators.trak:TRAK",
+    "ensemble": "fragility.estimators.ensemble:Ensemble",
 }
 BUILT_IN = tuple(OPTIONS_READ) + tuple(BUILT_IN_CLASSES)
 
@@ -123,6 +124,11 @@ def requirements(method: str, key: str = "method", options: dict | None = None) 
     for option, by_value in (_class_literal(node, "requires_by_option", spec, key) or {}).items():
         extra = by_value.get((options or {}).get(option), ())
         needs += (extra,) if isinstance(extra, str) else tuple(extra)
+    for option in _estimator_options(node, spec, key):  # an inner estimator's needs are the class's too
+        inner = (options or {}).get(option)
+        if isinstance(inner, dict) and "method" in inner:
+            needs += requirements(inner["method"], f"{key}.{option}",
+                                  {k: v for k, v in inner.items() if k != "method"})
     unknown = [n for n in needs if n not in REQUIREMENTS]
     if unknown:
         raise plugins.PluginError(f"{key}: '{method}' requires {', '.join(map(repr, unknown))}, which the workflow "
@@ -130,9 +136,51 @@ def requirements(method: str, key: str = "method", options: dict | None = None) 
     return tuple(dict.fromkeys(needs))
 
 
-def check_estimator(name: str, settings: dict, key: str, study_block: dict | None = None) -> None:
+def _estimator_options(node: ast.ClassDef, spec: str, key: str) -> tuple[str, ...]:
+    """The options of a class whose value is an estimator's config block (`estimator_options`)."""
+    names = _class_literal(node, "estimator_options", spec, key) or ()
+    return (names,) if isinstance(names, str) else tuple(names)
+
+
+# what an inner estimator (fitted on one trained model) cannot require
+ONE_MODEL_CANNOT = ("checkpoints", "several_models")
+
+
+def check_inner_estimators(method: str, settings: dict, key: str) -> None:
+    """An estimator block inside `method`'s block (`estimator_options`, e.g. ensemble's
+    `estimator`): it names its method, its options are ones that method reads, it needs no more
+    than one trained model, and it is no ensemble itself. PluginError naming `key.<option>...`."""
+    spec = class_spec(method)
+    if spec is None:
+        return
+    for option in _estimator_options(_class_node(spec, key), spec, key):
+        where = f"{key}.{option}"
+        inner = settings.get(option)
+        if not isinstance(inner, dict) or "method" not in inner:
+            raise plugins.PluginError(f"{where}: the estimator '{method}' needs the inner estimator's block with its "
+                                      f"method, e.g. {option}: {{method: lissa, depth: 200}}; got {inner!r}")
+        inner_method = inner["method"]
+        if inner_method not in BUILT_IN and not is_plugin(inner_method):
+            options_read(inner_method, f"{where}.method")  # unknown: the message that lists the methods
+        inner_spec = class_spec(inner_method)
+        if inner_spec is not None and _estimator_options(_class_node(inner_spec, f"{where}.method"), inner_spec, where):
+            raise plugins.PluginError(f"{where}.method: '{inner_method}' holds an estimator itself; an ensemble "
+                                      f"of ensembles is not offered")
+        check_estimator(option, inner, where)
+        needs = requirements(inner_method, where, {k: v for k, v in inner.items() if k != "method"})
+        for need in needs:
+            if need in ONE_MODEL_CANNOT:
+                raise plugins.PluginError(f"{where}: the estimator '{inner_method}' requires {REQUIREMENTS[need]}, "
+                                          f"which one member of '{method}' (one trained model) cannot give; "
+                                          "choose an inner estimator fitted on θ* alone")
+
+
+def check_estimator(name: str, settings: dict, key: str, study_block: dict | None = None,
+                    seeds_where: str = "the study") -> None:
     """At DAG build: the method of estimator `name` exists (file and class, from the source), the
-    options written in `settings` are options it reads, and what it requires the study can give.
+    options written in `settings` are options it reads (an inner estimator's block too:
+    `check_inner_estimators`), and what it requires the study can give: `study_block` is the
+    block of one architecture (overrides merged in), whose `seeds` count (`seeds_where` names them).
     PluginError naming `key` (the estimator's config key)."""
     method = method_of(name, settings)
     read = options_read(method, f"{key}.method" if "method" in settings else key)
@@ -140,13 +188,14 @@ def check_estimator(name: str, settings: dict, key: str, study_block: dict | Non
     if unknown:
         raise plugins.PluginError(f"{key}.{unknown[0]}: not an option of the estimator '{method}', which reads "
                                   f"{', '.join(read) if read else 'no options'}")
+    check_inner_estimators(method, settings, key)
     for need in requirements(method, key, settings):
         if need == "checkpoints" and study_block is not None and not (study_block.get("train") or {}).get("keep_checkpoints"):
             raise plugins.PluginError(f"{key}: the estimator '{method}' requires checkpoints of the training run; "
                                       f"set the study's train.keep_checkpoints (how many, evenly spaced)")
         if need == "several_models" and study_block is not None and len(study_block.get("seeds", [])) < 2:
             raise plugins.PluginError(f"{key}: the estimator '{method}' requires several trained models (every seed "
-                                      f"of a dataset × architecture × decay), and the study has one seed")
+                                      f"of a dataset × architecture × decay), and {seeds_where} has one seed")
 
 
 def method_settings(name: str, settings: dict) -> dict:

@@ -29,9 +29,15 @@ inverted by its pseudo-inverse, eigenvalues below 1e-12 × the largest taken as 
 where it is regular; for cross-entropy's margin, unchanged by a shift of all logits, ΦᵀΦ without
 projection is singular by construction, and its rank is in the diagnostics), `models`
 (`theta_star`: M = 1, the trained model; `checkpoints`: the checkpoints of the run,
-`train.keep_checkpoints`, the paper's cheaper ensemble over training trajectory; `seeds`, the
-models of the cell's other seeds, is not offered yet), `chunk_bytes` (the most bytes of one block
-of per-sample gradients or of P).
+`train.keep_checkpoints`, the paper's cheaper ensemble over training trajectory; `seeds`: this
+cell's θ* and the θ* of each of the cell's other seeds, same dataset × architecture × decay, the
+paper's ensemble of independently trained models, which needs ≥ 2 seeds and `fuse_fit: false`),
+`chunk_bytes` (the most bytes of one block of per-sample gradients or of P). Every member is
+projected by the same P.
+
+The kernel's pseudo-inverse and its rank come from one eigendecomposition ΦᵀΦ + λI = V diag(e) Vᵀ:
+(ΦᵀΦ + λI)⁺ = V diag(1/e_j where |e_j| > rtol · max|e|, else 0) Vᵀ, the rank the number of
+eigenvalues kept (torch.linalg.pinv's and matrix_rank's rule, hermitian, rtol 1e-12).
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ from ..engine.objective import _chunks
 from .base import Context, Estimator, EstimatorScores, RequirementError
 from .similarity import gradient_rows
 
-MODELS = ("theta_star", "checkpoints")
+MODELS = ("theta_star", "checkpoints", "seeds")
 PROJECTIONS = ("gaussian", "rademacher")
 
 
@@ -103,20 +109,28 @@ class Projection:
         return out
 
 
+def pseudo_inverse(kernel: torch.Tensor, rtol: float) -> tuple[torch.Tensor, int]:
+    """(K⁺, rank K) of a symmetric K from one eigendecomposition K = V diag(e) Vᵀ: eigenvalues with
+    |e_j| ≤ rtol · max|e| count as zero (torch.linalg.pinv's and matrix_rank's rule for hermitian K)."""
+    values, vectors = torch.linalg.eigh(kernel)
+    size = values.abs()
+    keep = size > rtol * size.max() if len(size) else size > 0
+    inverted = torch.where(keep, 1 / torch.where(keep, values, torch.ones_like(values)), torch.zeros_like(values))
+    return (vectors * inverted[None, :]) @ vectors.T, int(keep.sum())
+
+
 class TRAK(Estimator):
     """`trak`: Δ̂_i = q_t τ_i with τ the ensemble TRAK score (module docstring: formula, sign,
     ensemble and options)."""
 
     name = "trak"
     requires = ()
-    requires_by_option = {"models": {"checkpoints": ("checkpoints",)}}  # the checkpoint ensemble
+    # the checkpoint ensemble, the ensemble over the cell's seeds
+    requires_by_option = {"models": {"checkpoints": ("checkpoints",), "seeds": ("several_models",)}}
 
     def __init__(self, projection_dim: int | None = 2048, projection: str = "gaussian", seed: int = 0, l2: float = 0.0,
                  models: str = "theta_star", chunk_bytes: float = 2**27):
         super().__init__()
-        if models == "seeds":
-            raise ValueError("trak: models: seeds (an ensemble over the cell's other seeds) is not offered yet; use "
-                             "theta_star or checkpoints")
         if models not in MODELS:
             raise ValueError(f"trak: models must be one of {', '.join(MODELS)}, got '{models}'")
         if projection not in PROJECTIONS:
@@ -141,6 +155,11 @@ class TRAK(Estimator):
                 raise RequirementError(f"{context.cell or 'this cell'}: the estimator 'trak' with models: checkpoints requires "
                                        "checkpoints of the training run (train.keep_checkpoints)")
             members = [(m.net, m.theta, m.label) for m in context.models]
+        elif self.models == "seeds":
+            if not context.models:
+                raise ValueError(f"{context.cell or 'this cell'}: the estimator 'trak' with models: seeds requires the "
+                                 "models of the cell's other seeds (several seeds, fuse_fit: false)")
+            members = [(context.net, context.theta, "θ*")] + [(m.net, m.theta, m.label) for m in context.models]
         else:
             members = [(context.net, context.theta, "θ*")]
         p = context.theta.numel()
@@ -159,8 +178,8 @@ class TRAK(Estimator):
                                                                   device=features.device)
             # the pseudo-inverse: the inverse where ΦᵀΦ + λI is regular; for cross-entropy's margin, which a
             # shift of all logits leaves unchanged, ΦᵀΦ without projection is singular by construction
-            solved = torch.linalg.pinv(kernel, hermitian=True, rtol=self.rtol) @ features.T  # (ΦᵀΦ + λI)⁺Φᵀ, [k, n]
-            rank = int(torch.linalg.matrix_rank(kernel, hermitian=True, rtol=self.rtol))
+            inverse, rank = pseudo_inverse(kernel, self.rtol)
+            solved = inverse @ features.T  # (ΦᵀΦ + λI)⁺Φᵀ, [k, n]
             if rank < kernel.shape[0]:
                 singular.append({"model": label, "rank": rank, "dimension": kernel.shape[0]})
             self.members.append((net, theta, solved))

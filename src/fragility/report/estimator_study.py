@@ -56,6 +56,8 @@ ESTIMATOR_NOTES: dict[str, tuple[str, str]] = {
                "assumes SGD steps; under Adam or momentum, or with few checkpoints, it is a heuristic"),
     "trak": ("projected margin gradients, a kernel regression, averaged over models (Park et al. 2023)",
              "linearises the net; a small projection or ensemble adds noise"),
+    "ensemble": ("an inner estimator's Δ̂ averaged over the θ* of every seed of the cell",
+                 "averaging hides the spread between seeds; one failing member fails the test point"),
     "loo_retraining": ("the leave-one-out re-training itself, scored against PBRF (a ground truth, not an estimator)",
                        "re-training noise; it has no fit + scoring seconds"),
 }

@@ -180,7 +180,8 @@ def estimator_model_cells(config: dict, wildcards: dict, estimator: str) -> list
     dataset, architecture and decay); none otherwise."""
     settings = estimators(config, wildcards["study"], wildcards["arch"])[estimator]
     method = estimator_registry.method_of(estimator, settings)
-    if "several_models" not in estimator_registry.requirements(method, f"influence.methods.{estimator}"):
+    options = {k: v for k, v in settings.items() if k != "method"}  # an option can bring a need (requires_by_option)
+    if "several_models" not in estimator_registry.requirements(method, f"influence.methods.{estimator}", options):
         return []
     return [c for c in cells(config, wildcards["study"]) if c["seed"] != int(wildcards["seed"])
             and all(c[k] == wildcards[k] for k in ("dataset", "arch", "decay"))]
@@ -449,9 +450,20 @@ def _check_method_blocks(study: str, block: dict) -> None:
                                  f"{', '.join(estimator_registry.BUILT_IN)}, or an estimator class of your own, "
                                  f"'path/to/file.py:Class'")
             if estimator_registry.class_spec(method):  # a class: its options and requires, from its source
-                cell_block = block if arch is None else deep_merge(block, block["overrides"][arch])
                 options = {k: v for k, v in merged.items() if k != "method"}
-                estimator_registry.check_estimator(name, {"method": method, **options}, f"{key}.{name}", cell_block)
+                # the architectures this block reaches (an override that writes the estimator is its own place),
+                # each with its own seeds (overrides.<arch>.seeds)
+                overrides = block.get("overrides", {})
+                reached = [arch] if arch is not None else [
+                    a for a in block["architectures"]
+                    if name not in ((overrides.get(a, {}).get("influence") or {}).get("methods") or {})]
+                for each in reached or [None]:
+                    patch = overrides.get(each, {}) if each is not None else {}
+                    cell_block = deep_merge(block, patch)
+                    seeds_where = (f"studies.{study}.overrides.{each}.seeds" if "seeds" in patch
+                                   else f"studies.{study}.seeds" + (f" (architecture {each})" if each else ""))
+                    estimator_registry.check_estimator(name, {"method": method, **options}, f"{key}.{name}", cell_block,
+                                                       seeds_where)
                 if block.get("fuse_fit") and "several_models" in estimator_registry.requirements(method, key, options):
                     raise ValueError(f"{key}.{name}: the estimator '{method}' requires several trained models, which a "
                                      f"study with fuse_fit: true cannot give (each job trains one); set fuse_fit: false")

@@ -229,7 +229,8 @@ def compute_influence(model_path, data_path, test_points_path, method_name, meth
                       models=checkpoint_models(model_path, record, device) if "checkpoints" in estimator.requires else [])
     for path in extra_models:
         other_net, other_theta, other = load_trained(path, device)
-        context.models.append(TrainedModel(other_net, other_theta, label=f"seed {other['seed']}"))
+        context.models.append(TrainedModel(other_net, other_theta, label=f"seed {other['seed']}",
+                                           flags=tuple((other.get("metrics") or {}).get("flags", ()))))
     check_requirements(estimator, context, key)
     where = f"{method_name} in cell {context.cell}"
     try:
