@@ -341,7 +341,8 @@ def verdict_page_job(wildcards, input, output, params):
 def selecting_estimators(w):
     """The estimators whose tables `select` reads: `select.by`'s, or every estimator for `union`
     and `random` (selection.selection_record). Where `select.by` fails a test point, the fallback
-    is a random sample, which needs no other table: adding an estimator re-runs no re-training."""
+    is a random sample, which needs no other table: adding an estimator re-runs no re-training.
+    """
     by = arch_cfg(w)["select"]["by"]
     if by in ("union", "random"):
         return list(grid.estimators(config, w.study, w.arch))
@@ -354,6 +355,22 @@ def selection_inputs(w):
         os.path.join(in_grid(CELL)(w), f"influence/{name}.parquet")
         for name in selecting_estimators(w)
     ]
+
+
+def select_job(rule, wildcards, input, output, params, log):
+    """Adapter of the select checkpoint (runs inside the Snakemake process)."""
+    logged(
+        log,
+        "selection written",
+        selection.select_by,
+        dict(zip(params.estimators, input)),
+        params.by,
+        params.rules,
+        output[0],
+        label=job_label(rule, wildcards),
+        random=params.random,
+        seed=int(wildcards.seed),
+    )
 
 
 def plan_estimators(w):

@@ -49,18 +49,7 @@ checkpoint select:
         random=lambda w: arch_cfg(w)["select"].get("random", 0),
         estimators=selecting_estimators,
     run:
-        logged(
-            log,
-            "selection written",
-            selection.select_by,
-            dict(zip(params.estimators, input)),
-            params.by,
-            params.rules,
-            output[0],
-            label=job_label(rule, wildcards),
-            random=params.random,
-            seed=int(wildcards.seed),
-        )
+        select_job(rule, wildcards, input, output, params, log)
 
 
 localrules:
