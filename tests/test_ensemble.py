@@ -277,7 +277,7 @@ def test_the_other_seeds_are_the_inputs_of_trak_over_seeds_and_of_an_ensemble():
         assert [c["seed"] for c in grid.estimator_model_cells(config, cell, name)] == [0, 1]
     assert grid.estimator_model_cells(config, cell, "trak_alone") == []
     assert registry.requirements("ensemble", "k", {"estimator": {"method": "exact"}}) == \
-        ("several_models", "second_derivatives", "forward_mode")
+        ("several_models", "second_derivatives")
     assert registry.requirements("trak", "k", {"models": "seeds"}) == ("several_models",)
 
 

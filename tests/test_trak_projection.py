@@ -36,3 +36,25 @@ def test_the_projected_scores_approach_the_unprojected_ones_as_k_grows():
     rising = [pearson(k) for k in (p // 8, p // 4, p // 2)]
     assert rising == sorted(rising) and rising[0] < 0.6 < rising[-1], rising
     assert pearson(p) > 1 - 1e-9
+
+
+def test_the_kernel_solve_in_the_dual_equals_the_primal_pseudo_inverse():
+    """Where Φ has more columns than rows (k > n), (ΦᵀΦ + λI)⁺Φᵀ is computed as Φᵀ(ΦΦᵀ + λI)⁺:
+    the same matrix and the same rank as the d × d pseudo-inverse (torch.linalg.pinv, written
+    here independently), for λ = 0 and λ > 0, with Φ of full row rank and rank-deficient."""
+    from fragility.estimators.trak import kernel_solve
+
+    gen = torch.Generator().manual_seed(0)
+    full = torch.randn(12, 30, dtype=torch.float64, generator=gen)
+    deficient = torch.randn(12, 5, dtype=torch.float64, generator=gen) @ torch.randn(5, 30, dtype=torch.float64,
+                                                                                     generator=gen)
+    for phi, rank_phi in ((full, 12), (deficient, 5)):
+        for l2 in (0.0, 0.3):
+            kernel = phi.T @ phi + l2 * torch.eye(30, dtype=torch.float64)
+            expected = torch.linalg.pinv(kernel, hermitian=True, rtol=1e-12) @ phi.T
+            solved, rank = kernel_solve(phi, l2, 1e-12)
+            torch.testing.assert_close(solved, expected, rtol=1e-9, atol=1e-12)
+            assert rank == int(torch.linalg.matrix_rank(kernel, hermitian=True, rtol=1e-12))
+            assert rank == (30 if l2 else rank_phi)
+    tall = torch.randn(40, 30, dtype=torch.float64, generator=gen)  # d ≤ n: the primal, as before
+    torch.testing.assert_close(kernel_solve(tall, 0.0, 1e-12)[0], torch.linalg.pinv(tall), rtol=1e-9, atol=1e-12)

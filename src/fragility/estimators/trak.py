@@ -112,11 +112,36 @@ class Projection:
 def pseudo_inverse(kernel: torch.Tensor, rtol: float) -> tuple[torch.Tensor, int]:
     """(K⁺, rank K) of a symmetric K from one eigendecomposition K = V diag(e) Vᵀ: eigenvalues with
     |e_j| ≤ rtol · max|e| count as zero (torch.linalg.pinv's and matrix_rank's rule for hermitian K)."""
+    inverse, rank, _ = _pseudo_inverse(kernel, rtol)
+    return inverse, rank
+
+
+def _pseudo_inverse(kernel: torch.Tensor, rtol: float) -> tuple[torch.Tensor, int, float]:
+    """`pseudo_inverse` and the largest |eigenvalue| of K, which sets the cut."""
     values, vectors = torch.linalg.eigh(kernel)
     size = values.abs()
-    keep = size > rtol * size.max() if len(size) else size > 0
+    largest = float(size.max()) if len(size) else 0.0
+    keep = size > rtol * largest
     inverted = torch.where(keep, 1 / torch.where(keep, values, torch.ones_like(values)), torch.zeros_like(values))
-    return (vectors * inverted[None, :]) @ vectors.T, int(keep.sum())
+    return (vectors * inverted[None, :]) @ vectors.T, int(keep.sum()), largest
+
+
+def kernel_solve(features: torch.Tensor, l2: float, rtol: float) -> tuple[torch.Tensor, int]:
+    """((ΦᵀΦ + λI)⁺Φᵀ [d, n], rank of ΦᵀΦ + λI) for Φ [n, d], with `pseudo_inverse`'s rule. The
+    pseudo-inverse is the inverse where ΦᵀΦ + λI is regular; for cross-entropy's margin, which a
+    shift of all logits leaves unchanged, ΦᵀΦ without projection is singular by construction.
+    Where d > n it is computed in the dual, Φᵀ(ΦΦᵀ + λI)⁺ from an n × n decomposition: equal,
+    since ΦᵀΦ and ΦΦᵀ share their nonzero eigenvalues σ², the d − n further eigenvalues λ of
+    ΦᵀΦ + λI belong to the null space of Φ, which Φᵀ does not reach, and the largest eigenvalue,
+    which sets the cut, is the same; the rank adds those d − n where λ is above the cut."""
+    n, d = features.shape
+    if d <= n:
+        kernel = features.T @ features + l2 * torch.eye(d, dtype=features.dtype, device=features.device)
+        inverse, rank = pseudo_inverse(kernel, rtol)
+        return inverse @ features.T, rank
+    gram = features @ features.T + l2 * torch.eye(n, dtype=features.dtype, device=features.device)
+    inverse, rank, largest = _pseudo_inverse(gram, rtol)
+    return features.T @ inverse, rank + ((d - n) if l2 > rtol * largest else 0)
 
 
 class TRAK(Estimator):
@@ -157,7 +182,7 @@ class TRAK(Estimator):
             members = [(m.net, m.theta, m.label) for m in context.models]
         elif self.models == "seeds":
             if not context.models:
-                raise ValueError(f"{context.cell or 'this cell'}: the estimator 'trak' with models: seeds requires the "
+                raise RequirementError(f"{context.cell or 'this cell'}: the estimator 'trak' with models: seeds requires the "
                                  "models of the cell's other seeds (several seeds, fuse_fit: false)")
             members = [(context.net, context.theta, "θ*")] + [(m.net, m.theta, m.label) for m in context.models]
         else:
@@ -174,14 +199,9 @@ class TRAK(Estimator):
             features = torch.cat([self.project(output_gradients(net, theta, x[r], y[r]).to(torch.float64))
                                   for r in _chunks(n, rows)])  # Φ, [n, k]
             q_sum -= torch.cat([loss_output_gradients(net, theta, x[r], y[r]).to(torch.float64) for r in _chunks(n, rows)])
-            kernel = features.T @ features + self.l2 * torch.eye(features.shape[1], dtype=torch.float64,
-                                                                  device=features.device)
-            # the pseudo-inverse: the inverse where ΦᵀΦ + λI is regular; for cross-entropy's margin, which a
-            # shift of all logits leaves unchanged, ΦᵀΦ without projection is singular by construction
-            inverse, rank = pseudo_inverse(kernel, self.rtol)
-            solved = inverse @ features.T  # (ΦᵀΦ + λI)⁺Φᵀ, [k, n]
-            if rank < kernel.shape[0]:
-                singular.append({"model": label, "rank": rank, "dimension": kernel.shape[0]})
+            solved, rank = kernel_solve(features, self.l2, self.rtol)  # (ΦᵀΦ + λI)⁺Φᵀ, [k, n]
+            if rank < features.shape[1]:
+                singular.append({"model": label, "rank": rank, "dimension": features.shape[1]})
             self.members.append((net, theta, solved))
         self.q_train = q_sum / len(members)
         self.diagnostics = {"method": self.name, "projection_dim": k, "projection": self.projection if k else "none",
