@@ -29,6 +29,7 @@ import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -121,11 +122,9 @@ def main(argv=None) -> int:
         lines.append(f"| {a['arch']} | {a['p']:,} | {a['k']} | {n} | {a['peak_mb']:.0f} | {b['peak_mb']:.0f} | "
                      f"{b['peak_mb'] / a['peak_mb']:.1f}× | {formed:.0f} | {a['seconds']:.1f} | {b['seconds']:.1f} | "
                      f"{difference:.1e} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
+    print("\n".join(lines))
     if args.markdown:
-        with open(args.markdown, "w") as handle:
-            handle.write(text)
+        Path(args.markdown).write_text("\n".join(lines) + "\n")
     return 0
 
 
