@@ -70,3 +70,27 @@ def test_the_training_settings_defaults_are_values_the_train_and_loo_blocks_acce
         assert key in properties, f"{block}.{key}: a TrainSettings field the schema does not know"
         if defaults[key] is not dataclasses.MISSING:  # lr: no default, the config gives it
             assert accepts(properties[key], defaults[key]), f"{block}.{key}: the schema refuses the default {defaults[key]!r}"
+
+
+@pytest.mark.parametrize("name", sorted(estimators.BUILT_IN_CLASSES))
+def test_each_built_in_estimator_class_s_defaults_are_values_the_schema_accepts(name):
+    """The keyword defaults of grad_cosine, representer, tracin, trak and ensemble (their options,
+    read by the DAG from the source) are values the schema's estimator block accepts, and an
+    option the class checks against a list of names (trak's `models`, `projection`) has exactly
+    those names as the schema's enum."""
+    import inspect
+
+    cls = estimators.estimator_class(name)
+    block = DEFS["inverse_hessian_method"]["properties"]
+    for option, parameter in inspect.signature(cls.__init__).parameters.items():
+        if option == "self" or parameter.default is inspect.Parameter.empty:
+            continue
+        assert option in block, f"{name}.{option}: an option the schema does not know"
+        if parameter.default is not None or option != "estimator":  # ensemble's inner block is required
+            assert accepts(block[option], parameter.default), \
+                f"{name}.{option}: the schema refuses the default {parameter.default!r}"
+    if name == "trak":
+        from fragility.estimators import trak
+
+        assert set(block["models"]["enum"]) == set(trak.MODELS)
+        assert set(block["projection"]["enum"]) == set(trak.PROJECTIONS)

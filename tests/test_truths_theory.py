@@ -346,7 +346,7 @@ def test_pipeline_steps_reproduce_theta_star_when_nothing_is_removed(tmp_path):
 
 
 @pytest.mark.parametrize("job", ["pbrf", "groups"])
-def test_killed_target_job_resumes_from_its_checkpoint_to_the_same_numbers(job, tmp_path, monkeypatch):
+def test_killed_truth_job_resumes_from_its_checkpoint_to_the_same_numbers(job, tmp_path, monkeypatch):
     """A PBRF or removal-set job killed between checkpoints resumes at its last checkpoint and
     writes the table of an uninterrupted run; a PBRF checkpoint of another ε is not resumed."""
     from fragility.study import pipeline
@@ -389,7 +389,7 @@ def test_killed_target_job_resumes_from_its_checkpoint_to_the_same_numbers(job, 
 
 
 @pytest.mark.slow
-def test_the_targets_workflow_runs_end_to_end_on_one_cell(tmp_path):
+def test_the_truths_workflow_runs_end_to_end_on_one_cell(tmp_path):
     """configs/tiny_truths.yaml on one Iris cell through Snakemake: every ground truth gets a
     correlation with an interval for each estimator, the LOO column of truths.csv is the LOO
     correlation of summary.csv, PBRF tracks LOO on this small net, the figure is drawn, and a
