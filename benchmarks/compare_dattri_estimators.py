@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
 import statistics
 import time
 
@@ -312,7 +311,7 @@ def compare_trak_unprojected(case, net, theta, data, c, points, q_test, repeat):
     b = b.double() * q_test[:, None]
     record(case, f"trak, no projection, λ = {lam:.2g}", s_ours, s_base,
            f"Pearson {pearson(a, b):.6f} (min per test point {min_row_pearson(a, b):.6f})",
-           f"dattri's λ' = λ/p; its scores × (1 − p_t)")
+           "dattri's λ' = λ/p; its scores × (1 − p_t)")
 
 
 def compare_trak_projected(case, net, theta, data, c, points, q_test, repeat, k):

@@ -133,6 +133,7 @@ def sacct(run_id: str, since: float) -> list[dict]:
     return rows
 
 
+@pytest.mark.slow  # a study through a real one-node cluster (minutes)
 def test_jobs_are_submitted_with_sbatch_and_tracked_with_sacct(runs):
     jobs, out = runs["jobs"], runs["proc"].stdout
     submitted = set(re.findall(r"has been submitted with SLURM jobid (\d+)", out))
@@ -146,6 +147,7 @@ def test_jobs_are_submitted_with_sbatch_and_tracked_with_sacct(runs):
     assert (runs["slurm"] / GOOD / "correlations.parquet").exists()
 
 
+@pytest.mark.slow  # a study through a real one-node cluster (minutes)
 def test_slurm_results_equal_a_local_run(runs):
     slurm, local = runs["slurm"], runs["local"]
     assert torch.equal(torch.load(slurm / GOOD / "model.pt", weights_only=True)["theta"],
@@ -165,6 +167,7 @@ def arrays(out: str) -> list[tuple[str, int, int]]:
     return [(array_id, int(first), int(last)) for array_id, first, last in found]
 
 
+@pytest.mark.slow  # a study through a real one-node cluster (minutes)
 def test_loo_chunks_of_a_cell_run_as_one_job_array(runs):
     out, jobs = runs["proc"].stdout, runs["jobs"]
     found = arrays(out)
@@ -178,6 +181,7 @@ def test_loo_chunks_of_a_cell_run_as_one_job_array(runs):
     assert not re.search(r"Job \d+ has been submitted with SLURM jobid \d+ \(log: \S*rule_loo_chunk", out)
 
 
+@pytest.mark.slow  # a study through a real one-node cluster (minutes)
 def test_efficiency_report_is_written_from_sacct(runs):
     reports = list((runs["slurm"] / "results" / "logs" / "slurm").glob("efficiency_report_*.csv"))
     assert len(reports) == 1, reports
@@ -192,6 +196,7 @@ def test_efficiency_report_is_written_from_sacct(runs):
     assert (report.loc[in_array, "Elapsed_sec"] > 0).all(), report
 
 
+@pytest.mark.slow  # a study through a real one-node cluster (minutes)
 def test_failing_cell_is_retried_then_reported_while_the_other_finishes(runs):
     proc, jobs = runs["proc"], runs["jobs"]
     assert proc.returncode != 0

@@ -27,8 +27,6 @@ from __future__ import annotations
 import math
 import time
 
-import torch
-
 from .base import Context, Estimator, EstimatorScores, RequirementError
 from .similarity import gradient_products, measurement_gradients
 

@@ -128,7 +128,7 @@ def reported_estimator(config: dict, study: str, arch: str) -> str:
 def table1_options(config: dict, study: str) -> dict:
     """What `write_table1` needs to know of a study's config: each dataset's paper family, each
     architecture's reported estimator (`select.by`) and its method, decays, row order."""
-    from ..study.grid import arch_config, estimators, study_block
+    from ..study.grid import estimators, study_block
     from ..data.files import DATASET_FAMILY
 
     block = study_block(config, study)
@@ -146,7 +146,7 @@ def table1_options(config: dict, study: str) -> dict:
 def mnist_small_options(config: dict, study: str) -> dict:
     """The small-MNIST figures' options: the 'with decay' value (`figures.decay`), the estimator
     (`figures.estimator`, else `select.by` of the first architecture) and its method."""
-    from ..study.grid import arch_config, estimators, study_block
+    from ..study.grid import estimators, study_block
 
     block = study_block(config, study)
     figures = block.get("figures", {})
