@@ -180,14 +180,33 @@ def dattri_trak(net, theta, data, proj_type, k, regularization):
     return attributor.attribute(test).T  # [T, n]
 
 
+class LastLayerOnTop(torch.nn.Module):
+    """The same network with its last Linear layer (a nested one, named `last`) as the attribute
+    `final` and everything before it as `body`: x ↦ final(body(x)). For LeNet only, whose
+    forward is classifier(features(x))."""
+
+    def __init__(self, model, last):
+        super().__init__()
+        assert last == "classifier.4" and hasattr(model, "features"), last
+        self.body = torch.nn.Sequential(model.features, *list(model.classifier)[:-1])
+        self.final = model.classifier[-1]
+
+    def forward(self, x):
+        return self.final(self.body(x))
+
+
 def dattri_rps(net, theta, data, l2):
     from dattri.algorithm.rps import RPSAttributor
     from dattri.task import AttributionTask
 
     module, prefix, last = dattri_module(net)
+    checkpoint = state_dict(net, theta, prefix)
+    if "." in last:  # dattri finds the layer by getattr on the model: put LeNet's classifier.4 on top
+        module.load_state_dict(checkpoint)
+        module, last = LastLayerOnTop(module, last), "final"
+        checkpoint = {name: t.detach().clone() for name, t in module.state_dict().items()}
     loss = torch.nn.CrossEntropyLoss()  # of (pre-activations, soft targets), mean over rows
-    task = AttributionTask(loss_func=lambda phi, target: loss(phi, target), model=module,
-                           checkpoints=state_dict(net, theta, prefix))
+    task = AttributionTask(loss_func=lambda phi, target: loss(phi, target), model=module, checkpoints=checkpoint)
     attributor = RPSAttributor(task=task, final_linear_layer_name=last, l2_strength=l2)
     train, test = loaders(*data)
     attributor.cache(train)
