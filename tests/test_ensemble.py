@@ -263,9 +263,25 @@ def test_an_ensemble_over_seeds_needs_two_seeds_of_its_architecture_and_no_fusin
     # an architecture given two seeds where the study has one; the other drops the estimator
     grid.check_config(_study({"ens": settings}, seeds=(0,), overrides={
         "mlp-d1-w3": {"seeds": [0, 1]}, "mlp-d2-w3": {"influence": {"methods": {"ens": None}}}}))
+    # every architecture drops it: the study's one seed does not matter
+    grid.check_config(_study({"ens": settings}, seeds=(0,), overrides={
+        arch: {"influence": {"methods": {"ens": None}}} for arch in ("mlp-d1-w3", "mlp-d2-w3")}))
     with pytest.raises(ValueError, match=f"{KEY}: the estimator '{settings['method']}' requires several trained models, "
                                          "which a study with fuse_fit: true cannot give"):
         grid.check_config(_study({"ens": settings}, fuse_fit=True))
+
+
+def test_an_override_of_the_inner_block_is_merged_as_the_run_merges_it():
+    """`overrides.<arch>.influence.methods.ens: {estimator: {depth: 50}}` changes one option of the
+    inner LiSSA block (deep merge, as arch_config); an unknown inner option there is refused."""
+    settings = {"method": "ensemble", "estimator": {"method": "lissa", "depth": 20}}
+    config = _study({"ens": settings}, overrides={"mlp-d2-w3": {"influence": {"methods": {"ens": {"estimator": {
+        "depth": 50}}}}}})
+    grid.check_config(config)
+    assert grid.estimators(config, "audit", "mlp-d2-w3")["ens"]["estimator"] == {"method": "lissa", "depth": 50}
+    config["studies"]["audit"]["overrides"]["mlp-d2-w3"]["influence"]["methods"]["ens"]["estimator"] = {"depthh": 5}
+    with pytest.raises(ValueError, match="overrides.mlp-d2-w3.influence.methods.ens.estimator.depthh: not an option"):
+        grid.check_config(config)
 
 
 def test_the_other_seeds_are_the_inputs_of_trak_over_seeds_and_of_an_ensemble():

@@ -5,8 +5,8 @@
   labelled `random` even where a rule also picked the point;
 - tail groups from the union of the estimators' rankings; with one estimator, exactly the groups
   drawn before (frozen indices);
-- where the `select.by` estimator fails a test point, the union of the others, recorded; only a
-  point no estimator scored is left unselected.
+- where the `select.by` estimator fails a test point, the union of the others where their tables
+  are given, else (the workflow's case) a random sample of as many points, recorded.
 """
 
 import copy
@@ -217,3 +217,34 @@ def test_the_schema_takes_select_random_and_refuses_a_negative_one():
     assert selection.describe({"by": "exact", "rules": []}) == "exact"
     assert selection.describe({"by": "union", "random": 3}) == "union + random 3"
     assert selection.describe({"by": "random", "random": 3}) == "random 3"
+
+
+def test_a_point_no_estimator_scored_under_union_takes_the_random_fallback(tmp_path):
+    """`select.by: union` where every estimator failed one test point: that point gets K = the
+    rules' total points at random (recorded), never an unselected point that is re-trained for
+    the sample but not correlated."""
+    n, rng = 30, np.random.default_rng(3)
+    a = {"max": rng.normal(size=n), "p50": np.full(n, np.nan)}
+    b = {"max": rng.normal(size=n), "p50": np.full(n, np.nan)}
+    paths = _write(tmp_path, {"a": _table(a, {"p50": "diverged"}), "b": _table(b, {"p50": "failed: KeyError: x"})})
+    selection.select_by(paths, "union", [{"top_k": 4}], tmp_path / "s.json", log=lambda m: None, random=2, seed=5)
+    record = read_json(tmp_path / "s.json")
+    assert record["not_selected"] == {}
+    assert record["fallback"]["p50"] == {"from": "union", "status": "no_estimator_ok", "to": "random", "k": 4, "seed": 5}
+    assert set(record["per_test_point"]["p50"].values()) == {"random"}
+    assert {int(i) for i in record["per_test_point"]["p50"]} == (set(selection.random_training_points(n, 4, 5))
+                                                                  | set(selection.random_training_points(n, 2, 5)))
+
+
+def test_the_tables_report_figures_estimator_under_a_selection_by_no_estimator():
+    from fragility.report.tables import reported_estimator
+
+    config = {"studies": {"s": {"architectures": ["a"], "select": {"by": "random", "random": 3, "rules": []},
+                                "influence": {"methods": {"exact": {}, "lissa": {}}}}}}
+    assert reported_estimator(config, "s", "a") == "exact"
+    config["studies"]["s"]["figures"] = {"estimator": "lissa"}
+    assert reported_estimator(config, "s", "a") == "lissa"
+    config["studies"]["s"]["select"]["by"] = "lissa"
+    config["studies"]["s"]["figures"] = {"estimator": "exact"}
+    assert reported_estimator(config, "s", "a") == "lissa"
+

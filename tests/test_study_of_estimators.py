@@ -94,14 +94,16 @@ def test_ensembles_a_fair_selection_and_a_failing_estimator_in_one_study(tmp_pat
     # the fair selection: the union over the estimators that scored a point, and the random sample
     chosen = read_json(cells[0] / "selected.json")
     assert chosen["by"] == "union" and chosen["random"] == {"k": 8, "seed": 0}
-    assert all(left == {"broken": left["broken"]} for left in chosen["left_out"].values())
+    assert set(chosen["left_out"]) == {point["name"] for point in points}  # broken, at every test point
+    assert all(set(left) == {"broken"} for left in chosen["left_out"].values())
     sample = selection.random_training_points(len(y), 8, 0)
     for point in points:
         labels = chosen["per_test_point"][point["name"]]
         assert {int(i) for i, label in labels.items() if label == "random"} == set(sample)
         assert sum(label == "union" for label in labels.values()) >= 12 - 8  # the rules' 12, less the overlap
     correlations = pd.read_parquet(cells[0] / "correlations.parquet")
-    assert (correlations[correlations.subset == "random"].n == 8).all() and "union" in set(correlations.subset)
+    assert {"random", "union"} <= set(correlations.subset)
+    assert (correlations[correlations.subset == "random"].n == 8).all()
     tables = {name: pd.read_parquet(cells[0] / f"influence/{name}.parquet")  # in the plan's order
               for name in chosen["estimators"] if name != "broken"}
     tails = [g for g in read_json(cells[0] / "truths/plan.json")["groups"] if g["kind"].startswith("tails")]

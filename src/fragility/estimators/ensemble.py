@@ -41,7 +41,7 @@ import time
 
 import torch
 
-from .base import Context, Estimator, EstimatorScores
+from .base import Context, Estimator, EstimatorScores, RequirementError
 
 # what a member (one trained model) cannot give an inner estimator
 MEMBER_CANNOT = ("checkpoints", "several_models")
@@ -93,7 +93,7 @@ class Ensemble(Estimator):
 
         super().fit(context)
         if not context.models:
-            raise ValueError(f"{context.cell or 'this cell'}: the estimator 'ensemble' requires the models of the cell's "
+            raise RequirementError(f"{context.cell or 'this cell'}: the estimator 'ensemble' requires the models of the cell's "
                              "other seeds (several seeds, fuse_fit: false)")
         models = [("θ*", context.net, context.theta, ())] + [(m.label, m.net, m.theta, tuple(m.flags))
                                                             for m in context.models]

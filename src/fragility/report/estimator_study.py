@@ -235,7 +235,7 @@ def estimator_study_page(table: pd.DataFrame, methods: dict, path, selection: di
             + (f" ({chosen})" if chosen else "") + ", and where the select.by estimator failed a test point a "
             "random sample of as many (selected.json: fallback); the verdict's `selection` column "
             "counts each label (a `random` sample favours no estimator, `union` none). Groups' tails are drawn "
-            "from the same estimator, or under union from every estimator's; LDS and random groups favour no "
+            "from the same estimator, or under union or random from every estimator's; LDS and random groups favour no "
             "estimator.")
     write_pages([(notes, "Estimators: what each computes and why it might fail", ""),
                  (view[keep], "Every estimator against every ground truth, with its cost", note)], path,

@@ -114,12 +114,12 @@ def studies_of_kind(config: dict, kind: str) -> list[str]:
 
 def reported_estimator(config: dict, study: str, arch: str) -> str:
     """The estimator an architecture's tables report: `select.by`, or under `select.by: union`
-    (which favours none) `figures.estimator`, else the first estimator of influence.methods."""
+    or `random` (which favour none) `figures.estimator`, else the first estimator of influence.methods."""
     from ..study.grid import arch_config
 
     merged = arch_config(config, study, arch)
     by = merged["select"]["by"]
-    if by != "union":
+    if by not in ("union", "random"):
         return by
     named = [k for k, v in merged["influence"]["methods"].items() if v is not None]
     return merged.get("figures", {}).get("estimator", named[0])

@@ -442,7 +442,7 @@ def _check_method_blocks(study: str, block: dict) -> None:
         for name, settings in methods.items():
             if settings is None:  # `name: null` drops the estimator
                 continue
-            merged = settings if arch is None else {**(block["influence"]["methods"].get(name) or {}), **settings}
+            merged = settings if arch is None else deep_merge(block["influence"]["methods"].get(name) or {}, settings)
             method = merged.get("method", name)
             if method not in estimator_registry.BUILT_IN and not estimator_registry.is_plugin(method):
                 raise ValueError(f"{key}.{name}: the estimator '{name}' names no method (it has no `method:` and "
@@ -457,7 +457,9 @@ def _check_method_blocks(study: str, block: dict) -> None:
                 reached = [arch] if arch is not None else [
                     a for a in block["architectures"]
                     if name not in ((overrides.get(a, {}).get("influence") or {}).get("methods") or {})]
-                for each in reached or [None]:
+                if arch is None and not reached:  # every architecture writes or drops it: checked there
+                    continue
+                for each in reached:
                     patch = overrides.get(each, {}) if each is not None else {}
                     cell_block = deep_merge(block, patch)
                     seeds_where = (f"studies.{study}.overrides.{each}.seeds" if "seeds" in patch

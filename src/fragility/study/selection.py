@@ -228,8 +228,7 @@ def selection_record(tables: dict[str, pd.DataFrame], by: str, rules, random: in
                 turns = round_robin(scores, rules_total(rules, len(next(iter(scores.values())))))
                 picked, contributed[point] = dict.fromkeys(turns, "union"), {str(i): e for i, e in sorted(turns.items())}
             else:
-                not_selected[point] = "no_estimator_ok"
-                log(f"test point '{point}': no estimator scored it; no training points selected for it")
+                picked = _random_fallback(point, "union", "no_estimator_ok", rules, n, seed, fallback, log)
         elif by in scores:
             picked = select_training_points(scores[by], rules)
         elif by != "random" and scores:
@@ -238,15 +237,8 @@ def selection_record(tables: dict[str, pd.DataFrame], by: str, rules, random: in
             fallback[point] = {"from": by, "status": failed[by], "to": "union", "estimators": list(scores)}
             log(f"test point '{point}': select.by estimator '{by}' reported '{failed[by]}'; its training points are "
                 f"the union (round-robin) of {list(scores)}, labelled 'union' (selected.json: fallback)")
-        elif by != "random" and n:
-            k = rules_total(rules, n)
-            picked = dict.fromkeys(random_training_points(n, k, seed), "random")
-            fallback[point] = {"from": by, "status": failed[by], "to": "random", "k": k, "seed": int(seed)}
-            log(f"test point '{point}': select.by estimator '{by}' reported '{failed[by]}' and no other estimator's table "
-                f"scored it; its training points are {k} drawn at random (seed {seed}), labelled 'random' "
-                "(selected.json: fallback)")
         elif by != "random":
-            not_selected[point] = failed[by]
+            picked = _random_fallback(point, by, failed[by], rules, n, seed, fallback, log)
         picked.update(dict.fromkeys(sample, "random"))  # "random" wins: its subset stays a uniform sample
         per_point[point] = {str(i): label for i, label in sorted(picked.items())}
         union.update(dict.fromkeys(picked, True))
@@ -254,11 +246,21 @@ def selection_record(tables: dict[str, pd.DataFrame], by: str, rules, random: in
               "rules": rules}
     if by == "union":
         record.update(by="union", estimators=list(tables), left_out=left_out, contributed_by=contributed)
-    elif fallback:
+    if fallback:
         record.update(fallback=fallback, contributed_by=contributed)
     if random or by == "random":
         record.update(by=by, random={"k": int(random), "seed": int(seed)})
     return record
+
+
+def _random_fallback(point: str, by: str, status: str, rules, n: int, seed: int, fallback: dict, log) -> dict:
+    """A test point that `by` (an estimator, or union: every estimator) failed to score: K = the
+    rules' total points drawn at random from `seed`, labelled "random", recorded in `fallback`."""
+    k = rules_total(rules, n)
+    fallback[point] = {"from": by, "status": status, "to": "random", "k": k, "seed": int(seed)}
+    log(f"test point '{point}': select.by '{by}' reported '{status}' and no other estimator's table scored it; its "
+        f"training points are {k} drawn at random (seed {seed}), labelled 'random' (selected.json: fallback)")
+    return dict.fromkeys(random_training_points(n, k, seed), "random")
 
 
 def select_by(influence_paths: dict[str, str], by: str, rules, out_path, log=print, random: int = 0, seed: int = 0):
@@ -269,8 +271,8 @@ def select_by(influence_paths: dict[str, str], by: str, rules, out_path, log=pri
 
 
 def select(influence_path, rules, out_path, log=print, random: int = 0, seed: int = 0):
-    """`select_by` with one estimator's table: a test point it failed gets no points (no other
-    estimator to fall back on)."""
+    """`select_by` with one estimator's table: a test point it failed takes the random fallback
+    (`_random_fallback`)."""
     name = Path(influence_path).stem
     select_by({name: influence_path}, name, rules, out_path, log=log, random=random, seed=seed)
 
