@@ -14,10 +14,10 @@ Each configuration runs in its own process; the peak is the process's peak resid
 `torch.cuda.max_memory_allocated`). Both sides get the same P (our `Projection`'s rows), so Φ
 agrees (checked: the largest difference of the projected features).
 
-ResNet18 (p = 11.2 M) with k = 2,048 is the issue's case; on CPU it is out of reach (generating
-p × k Gaussian numbers once, at the ~10 M/s measured on the project's 2-core machine, takes
-about 40 minutes, and ours generates P once per block of training rows), so it is for a GPU
-machine: `--arch resnet18 --device cuda`.
+ResNet18 (p = 11.2 M) with k = 2,048 is out of reach on CPU (generating p × k Gaussian numbers
+once, at the ~29 M/s measured on the project's 2-core machine, takes about 13 minutes, and ours
+generates P once per block of training rows), so it is for a GPU machine:
+`--arch resnet18 --device cuda`.
 """
 
 from __future__ import annotations
