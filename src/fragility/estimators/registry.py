@@ -16,7 +16,7 @@ import functools
 from pathlib import Path
 
 from .. import plugins
-from ..engine.methods import OPTIONS_READ, REQUIRES
+from ..engine.methods import NOTES, OPTIONS_READ, REQUIRES
 from .base import REQUIREMENTS
 
 # built-in estimators that are classes of their own (not inverse-Hessian methods): name → class,
@@ -173,6 +173,17 @@ def check_inner_estimators(method: str, settings: dict, key: str) -> None:
                 raise plugins.PluginError(f"{where}: the estimator '{inner_method}' requires {REQUIREMENTS[need]}, "
                                           f"which one member of '{method}' (one trained model) cannot give; "
                                           "choose an inner estimator fitted on θ* alone")
+
+
+def notes(method: str, key: str = "method") -> tuple[str, str] | None:
+    """(what `method` computes, why it might fail), one short line each, for the report: an
+    inverse-Hessian method's from engine/methods.py, a class's from its `notes = (..., ...)`
+    literal, read from the source (a class of the user's own may write none: None)."""
+    spec = class_spec(method)
+    if spec is None:
+        return NOTES.get(method)
+    written = _class_literal(_class_node(spec, key), "notes", spec, key)
+    return tuple(written) if written else None
 
 
 def check_estimator(name: str, settings: dict, key: str, study_block: dict | None = None,

@@ -15,7 +15,8 @@
 - `cost_vs_accuracy.png`: that correlation against the seconds (log axis), one panel per truth,
   one colour and marker per estimator, one point per cell and test point.
 - `estimator_study.html`: the table, with one line per estimator of what it computes and why it
-  might fail (`ESTIMATOR_NOTES`, also in workflow/report/estimator_study.rst).
+  might fail (each estimator's `notes`, gathered in `ESTIMATOR_NOTES`; also in
+  workflow/report/estimator_study.rst).
 """
 
 from __future__ import annotations
@@ -27,39 +28,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..estimators import registry as estimator_registry
 from ..io import write_csv
 from ..stats import METHODS
 from ..truths.registry import TRUTHS
 from .aggregate import CELL_KEYS, write_pages
 
-# method → (what it computes, why it might fail): one short line each, shown in the report
+# method → (what it computes, why it might fail): each estimator's own `notes` (estimators/registry.notes),
+# and the LOO re-training scored against PBRF, which is a ground truth, not an estimator
 ESTIMATOR_NOTES: dict[str, tuple[str, str]] = {
-    "exact": ("Δ̂ = (1/n) ∇ℓ_iᵀ (H + δI)⁻¹ ∇ℓ_t with the Hessian formed and solved exactly",
-              "H of a non-convex net is indefinite at θ*: influence answers a proximal question, not re-training"),
-    "cg": ("the same Δ̂, (H + δI)⁻¹∇ℓ_t by conjugate gradients on Hessian-vector products",
-           "stops early or diverges where H + δI is not positive definite"),
-    "lissa": ("the same Δ̂, the inverse by the truncated Neumann series of LiSSA",
-              "diverges when its scale is below H's top eigenvalue; truncation and sampling bias it"),
-    "arnoldi": ("the same Δ̂, H restricted to its top Arnoldi eigenvectors",
-                "drops the small eigenvalues, which dominate the inverse"),
-    "kfac": ("the same Δ̂ with the Gauss-Newton matrix as a Kronecker product per layer (K-FAC)",
-             "the layer-wise Kronecker factorisation ignores cross-layer and within-layer correlations"),
-    "ekfac": ("K-FAC with eigenvalues refitted in its Kronecker eigenbasis (EK-FAC)",
-              "still block-diagonal Gauss-Newton: no negative curvature, no cross-layer terms"),
-    "identity": ("Δ̂ = (1/n) ∇ℓ_iᵀ ∇ℓ_t, the gradient dot product (H replaced by I)",
-                 "ignores curvature: high-curvature directions are over-weighted"),
-    "grad_cosine": ("cos(∇ℓ_i, ∇ℓ_t) at θ* (Charpiat et al. 2019), a similarity, not a loss change",
-                    "normalising drops each gradient's magnitude, which influence scales with"),
-    "representer": ("the last layer refitted with an L2 penalty, Φ_t = Σ_i α_i f_iᵀf_t (Yeh et al. 2018)",
-                    "only the last layer and a refit model: blind to what earlier layers learn from z_i"),
-    "tracin": ("Σ_k η_k ∇ℓ_i(θ_k)·∇ℓ_t(θ_k) over kept checkpoints (Pruthi et al. 2020)",
-               "assumes SGD steps; under Adam or momentum, or with few checkpoints, it is a heuristic"),
-    "trak": ("projected margin gradients, a kernel regression, averaged over models (Park et al. 2023)",
-             "linearises the net; a small projection or ensemble adds noise"),
-    "ensemble": ("an inner estimator's Δ̂ averaged over the θ* of every seed of the cell",
-                 "averaging hides the spread between seeds; one failing member fails the test point"),
-    "loo_retraining": ("the leave-one-out re-training itself, scored against PBRF (a ground truth, not an estimator)",
-                       "re-training noise; it has no fit + scoring seconds"),
+    **{method: estimator_registry.notes(method) for method in estimator_registry.BUILT_IN},
+    "loo_retraining": ('the leave-one-out re-training itself, scored against PBRF (a ground truth, not an estimator)',
+                       're-training noise; it has no fit + scoring seconds'),
 }
 PLUGIN_NOTE = ("an estimator class of the user's own (its docstring says what it computes)",
                "unknown to this report")
@@ -68,7 +48,13 @@ NO_SECONDS = "no seconds recorded"
 
 def estimator_note(method: str) -> str:
     """'computes …; may fail: …' for a method name (a plugin's `file.py:Class` gets a generic line)."""
-    computes, fails = ESTIMATOR_NOTES.get(method, PLUGIN_NOTE)
+    from ..plugins import PluginError
+
+    try:  # a class of the user's own may write its own `notes`
+        own = ESTIMATOR_NOTES.get(method) or estimator_registry.notes(method)
+    except PluginError:  # its file is not where this report runs
+        own = None
+    computes, fails = own or PLUGIN_NOTE
     return f"{computes}; may fail: {fails}"
 
 
