@@ -248,3 +248,13 @@ def test_the_tables_report_figures_estimator_under_a_selection_by_no_estimator()
     config["studies"]["s"]["figures"] = {"estimator": "exact"}
     assert reported_estimator(config, "s", "a") == "lissa"
 
+
+
+def test_the_selection_reads_select_by_s_table_alone_unless_it_names_no_estimator():
+    """Adding an estimator must not change what `select` reads (it would re-run every re-training)."""
+    names = ["exact", "lissa", "identity"]
+    assert selection.tables_read("lissa", names) == ["lissa"]
+    assert selection.tables_read("union", names) == names
+    assert selection.tables_read("random", names) == ["exact"]
+    assert selection.tables_read("random", names, plan=True) == names  # groups' tails from the union
+    assert selection.tables_read("lissa", names, plan=True) == ["lissa"]

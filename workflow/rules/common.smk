@@ -339,14 +339,9 @@ def verdict_page_job(wildcards, input, output, params):
 
 
 def selecting_estimators(w):
-    """The estimators whose tables `select` reads: `select.by`'s, every estimator's for `union`,
-    and for `random` the first one's (for the training and test points; the sample reads no
-    score). Where `select.by` fails a test point, the fallback is a random sample, which needs no
-    other table: adding an estimator re-runs no re-training (selection.selection_record).
-    """
+    """The estimators whose tables `select` reads (selection.tables_read)."""
     by = arch_cfg(w)["select"]["by"]
-    names = list(grid.estimators(config, w.study, w.arch))
-    return names if by == "union" else names[:1] if by == "random" else [by]
+    return selection.tables_read(by, list(grid.estimators(config, w.study, w.arch)))
 
 
 def selection_inputs(w):
@@ -374,11 +369,8 @@ def select_job(rule, wildcards, input, output, params, log):
 
 
 def plan_estimators(w):
-    """The estimators whose Δ̂ the truths plan reads (`groups`' tails): `select.by`, or every
-    estimator for `union` and `random` (the union of their tails; truths/groups.py)."""
+    """The estimators whose Δ̂ the truths plan reads (selection.tables_read, `plan`)."""
     by = arch_cfg(w)["select"]["by"]
-    return (
-        list(grid.estimators(config, w.study, w.arch))
-        if by in ("union", "random")
-        else [by]
+    return selection.tables_read(
+        by, list(grid.estimators(config, w.study, w.arch)), plan=True
     )

@@ -263,6 +263,17 @@ def _random_fallback(point: str, by: str, status: str, rules, n: int, seed: int,
     return dict.fromkeys(random_training_points(n, k, seed), "random")
 
 
+def tables_read(by: str, estimators: list[str], plan: bool = False) -> list[str]:
+    """The estimators whose influence tables a cell's selection reads: `select.by`'s alone (its
+    fallback, a random sample, needs no other table, so adding an estimator re-runs no
+    re-training), every estimator's for `union`, and for `random` the first one's (the training
+    and test points; the sample reads no score). With `plan`, the truths plan's: under `union` and
+    `random` every estimator's (groups' tails from the union of their tails)."""
+    if by == "union" or (plan and by == "random"):
+        return list(estimators)
+    return list(estimators[:1]) if by == "random" else [by]
+
+
 def select_by(influence_paths: dict[str, str], by: str, rules, out_path, log=print, random: int = 0, seed: int = 0):
     """The cell's `selected.json` from every estimator's table (`influence_paths`: name → path) by
     `select.by` (an estimator, `union` or `random`) and `select.random` (`selection_record`)."""
