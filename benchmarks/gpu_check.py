@@ -2,7 +2,7 @@
 
     python benchmarks/gpu_check.py prepare [--cpu-table results/table1/table1.csv --cpu-seconds S]
         here, with network: wheels of what the GPU image lacks (snakemake and its dependencies,
-        the SLURM plugin, mlxtend, pytest; no torch) into benchmarks/gpu_wheels/ (git-ignored),
+        the SLURM plugin, mlxtend, pytest, pytest-xdist; no torch) into benchmarks/gpu_wheels/ (git-ignored),
         and the CPU run's table1.csv (configs/quick.yaml) to compare the GPU run's with.
     bash benchmarks/gpu_check.sh [--budget 290] [--only c] [--skip d] [--out DIR]
         on the GPU machine (carry benchmarks/gpu_wheels): installs the wheels into a virtualenv
@@ -41,7 +41,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 WHEELS = ROOT / "benchmarks" / "gpu_wheels"
-CARRY = ("snakemake", "snakemake-executor-plugin-slurm", "mlxtend", "pytest")
+CARRY = ("snakemake", "snakemake-executor-plugin-slurm", "mlxtend", "pytest", "pytest-xdist")
 # offered beside them but not pinned: pip takes them only where the image lacks mlxtend's dependency
 FALLBACK = ("scikit-learn", "joblib", "threadpoolctl")
 # on the GPU image already (its torch stack, and what benchmarks/run.py imported there): not carried
@@ -174,10 +174,10 @@ def environment(folder: Path, dry: bool) -> tuple[str, dict]:
     `pip --user` install when no virtualenv can be made."""
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "PYTHONUNBUFFERED": "1"}
     python = sys.executable
-    have = subprocess.run([python, "-c", "import snakemake, mlxtend, pytest"], capture_output=True).returncode == 0
+    have = subprocess.run([python, "-c", "import snakemake, mlxtend, pytest, xdist"], capture_output=True).returncode == 0
     log = folder / "setup.log"
     if have or dry:
-        log.write_text(f"using {python} as is (snakemake, mlxtend, pytest import: {have})\n")
+        log.write_text(f"using {python} as is (snakemake, mlxtend, pytest, xdist import: {have})\n")
         return python, env
     wheels = ["--no-index", "--find-links", str(WHEELS), "-r", str(WHEELS / "requirements.txt")]
     venv = Path(os.environ.get("TMPDIR", "/tmp")) / "gpu_check_venv"
@@ -241,7 +241,7 @@ def snakemake(python: str, target: str, configfile: str, cores: int, dry: bool) 
 
 
 def part_a(ctx, folder):
-    record = boxed([ctx.python, "-m", "pytest", "-q", "-rs", "tests/test_cuda.py", "-p", "no:cacheprovider"],
+    record = boxed([ctx.python, "-m", "pytest", "-q", "-rs", "-n", "0", "tests/test_cuda.py", "-p", "no:cacheprovider"],
                    folder / "a_pytest.log", ctx.box("a", 75), ctx.env)
     tail = (folder / "a_pytest.log").read_text().strip().splitlines()
     record["result"] = tail[-1] if tail else ""

@@ -56,7 +56,7 @@ def test_a_part_past_its_time_box_is_killed_with_its_children(tmp_path):
 
 def test_carried_wheels_are_the_workflow_tools_without_the_torch_stack():
     pins = {p.split("==")[0] for p in gpu_check.carried_requirements()}
-    assert {"snakemake", "mlxtend", "pytest", "snakemake-executor-plugin-slurm"} <= pins
+    assert {"snakemake", "mlxtend", "pytest", "pytest-xdist", "execnet", "snakemake-executor-plugin-slurm"} <= pins
     assert not pins & {"torch", "torchvision", "numpy", "pandas", "triton"}
     assert not any(p.startswith("nvidia-") for p in pins)
 
