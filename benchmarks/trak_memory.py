@@ -6,9 +6,9 @@ Ours (`estimators/trak.py`, `fit` + `scores` for 2 test points) computes the out
 block of training rows at a time and projects each block with rows of P generated a block of
 parameters at a time, so its memory is bounded by `chunk_bytes` whatever n and k:
   about model + 2 × chunk (one block of gradients, one block of P) + Φ (n × k) + the kernel (k × k).
-The baseline is the direct way: the n × p matrix of output gradients G (float64, as ours
-projects in float64), the whole p × k projection P, then Φ = G P:
-  about model + n·p·8 + p·k·8 bytes.
+The baseline is the direct way: the n × p matrix of output gradients G (in the model's float32, the
+precision ours projects in), the whole p × k projection P, then Φ = G P:
+  about model + n·p·4 + p·k·4 bytes.
 Each configuration runs in its own process; the peak is the process's peak resident memory
 (`ru_maxrss`) less its resident memory once the model and data are built (on CUDA:
 `torch.cuda.max_memory_allocated`). Both sides get the same P (our `Projection`'s rows), so Φ
@@ -67,13 +67,13 @@ def one(arch: str, side: str, n: int, k: int, chunk_mb: float, device: str) -> d
         c = Context(net, theta, x, y, xt, yt, decay=0.0, damping=0.0, device=dev)
         estimator = trak_module.TRAK(projection_dim=k, chunk_bytes=chunk).fit(c)
         estimator.scores([{"name": "a", "index": 0}, {"name": "b", "index": 1}])
-        features = estimator.project(trak_module.output_gradients(net, theta, x[:2], y[:2]).double())
+        features = estimator.features(net, theta, x[:2], y[:2])
     else:
-        block = int(chunk // (k * 8))  # ours's blocks of P, so that both sides draw the same P
-        project = trak_module.Projection(p, k, "gaussian", 0, block, torch.float64, dev, keep_bytes=0)
-        gradients = trak_module.output_gradients(net, theta, x, y).double()  # G, [n, p]
+        block = int(chunk // (k * 4))  # ours's blocks of P, so that both sides draw the same P
+        project = trak_module.Projection(p, k, "gaussian", 0, block, torch.float32, dev, keep_bytes=0)
+        gradients = trak_module.output_gradients(net, theta, x, y)  # G, [n, p], float32
         whole = torch.cat([project.rows(s, min(s + block, p)) for s in range(0, p, block)])  # P, [p, k]
-        features = (gradients @ whole)[:2]
+        features = (gradients @ whole)[:2].double()
         del gradients, whole
     seconds = time.perf_counter() - started
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before
@@ -113,12 +113,12 @@ def main(argv=None) -> int:
             print(f"{r['arch']} n={n} {side:<6} peak {r['peak_mb']:9.1f} MB  {r['seconds']:7.1f} s", flush=True)
     lines = [f"torch {torch.__version__}, {args.threads} thread(s), device {args.device}, load average "
              f"{os.getloadavg()[0]:.1f}", "",
-             "| arch | p | k | n | ours: peak MB | direct: peak MB | ratio | n·p·8 + p·k·8 (MB) | ours (s) | direct (s) | "
+             "| arch | p | k | n | ours: peak MB | direct: peak MB | ratio | n·p·4 + p·k·4 (MB) | ours (s) | direct (s) | "
              "max |Φ ours − Φ direct| |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for n in args.n:
         a, b = (next(r for r in rows if r["n"] == n and r["side"] == s) for s in ("ours", "direct"))
         difference = float((torch.tensor(a["features"]) - torch.tensor(b["features"])).abs().max())
-        formed = (n * a["p"] + a["p"] * a["k"]) * 8 / 2**20
+        formed = (n * a["p"] + a["p"] * a["k"]) * 4 / 2**20
         lines.append(f"| {a['arch']} | {a['p']:,} | {a['k']} | {n} | {a['peak_mb']:.0f} | {b['peak_mb']:.0f} | "
                      f"{b['peak_mb'] / a['peak_mb']:.1f}× | {formed:.0f} | {a['seconds']:.1f} | {b['seconds']:.1f} | "
                      f"{difference:.1e} |")

@@ -58,3 +58,35 @@ def test_the_kernel_solve_in_the_dual_equals_the_primal_pseudo_inverse():
             assert rank == (30 if l2 else rank_phi)
     tall = torch.randn(40, 30, dtype=torch.float64, generator=gen)  # d ≤ n: the primal, as before
     torch.testing.assert_close(kernel_solve(tall, 0.0, 1e-12)[0], torch.linalg.pinv(tall), rtol=1e-9, atol=1e-12)
+
+
+def test_a_float32_model_is_projected_in_float32_and_scores_as_in_float64():
+    """A float32 model's gradients are projected in float32 (P's rows rounded from the same float64
+    draws) and Φ is taken to float64 for the kernel: Φ within 1e-5 (relative) of projecting the
+    same gradients in float64, and τ within 1e-4 of the same net and θ run in float64 throughout."""
+    import copy
+
+    from fragility.estimators.trak import Projection, output_gradients
+
+    torch.manual_seed(0)
+    n, d, width = 200, 10, 8
+    x = torch.randn(n + 5, d)
+    y = (x @ torch.randn(d, 3)).argmax(1)
+    net = FlatModel(nn.Sequential(nn.Linear(d, width), nn.Tanh(), nn.Linear(width, 3)), make_task("cross_entropy"))
+    theta = net.flatten()
+    points = [{"name": f"t{j}", "index": j} for j in range(5)]
+    c = Context(net, theta, x[:n], y[:n], x[n:], y[n:], decay=0.0, damping=0.0)
+    estimator = registry.make_estimator("trak", {"projection_dim": 40}).fit(c)
+    assert estimator.project.dtype == torch.float32
+    phi = estimator.features(net, theta, x[:n], y[:n])
+    in_float64 = Projection(theta.numel(), 40, "gaussian", 0, 10**6, torch.float64, "cpu")
+    phi64 = in_float64(output_gradients(net, theta, x[:n], y[:n]).double())
+    assert phi.dtype == torch.float64 and float((phi - phi64).norm() / phi64.norm()) < 1e-5
+
+    net64 = FlatModel(copy.deepcopy(net.model).double(), make_task("cross_entropy"))
+    x64 = x.double()
+    c64 = Context(net64, theta.double(), x64[:n], y[:n], x64[n:], y[n:], decay=0.0, damping=0.0)
+    reference = registry.make_estimator("trak", {"projection_dim": 40}).fit(c64)
+    assert reference.project.dtype == torch.float64
+    tau, tau64 = estimator.tau(points)[0], reference.tau(points)[0]
+    assert float((tau - tau64).norm() / tau64.norm()) < 1e-4, float((tau - tau64).norm() / tau64.norm())
