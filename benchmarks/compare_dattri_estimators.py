@@ -280,7 +280,20 @@ def record(case, estimator, ours_s, base_s, agreement, note=""):
           f"{agreement}  {note}", flush=True)
 
 
-def compare(case, repeat, k):
+def summed_gradient_passes(net, thetas, data):
+    """One batched forward + backward pass of the summed loss over the n training rows and over the
+    T test rows, at each θ in `thetas`: the pass every exact per-sample-gradient method pays at
+    least (it computes the same backpropagated signals; the per-sample weight gradients cost the
+    summed gradient's multiply-adds, only kept apart), so its time bounds the speed-up any such
+    method can reach over another."""
+    x, y, xt, yt = data
+    for theta in thetas:
+        t = theta.detach().requires_grad_(True)
+        for rows_x, rows_y in ((x, y), (xt, yt)):
+            torch.autograd.grad(net.per_sample_losses(t, rows_x, rows_y).sum(), t)
+
+
+def compare(case, repeat, k, only=("tracin", "trak", "representer")):
     net, theta, data, decay, checkpoints = trained(case)
     x, y, xt, yt = data
     n, p, T = len(y), theta.numel(), len(yt)
@@ -290,34 +303,45 @@ def compare(case, repeat, k):
     with torch.no_grad():
         q_test = 1 - torch.softmax(net.logits(theta, xt).double(), dim=1).gather(1, yt[:, None]).squeeze(1)
 
-    # TracIn over the kept checkpoints; grad_cosine at θ*
+    if "tracin" in only:
+        compare_tracin(case, net, theta, data, c, points, checkpoints, repeat)
+    if "trak" in only:
+        # TRAK (a): no projection, a small ridge λ on both sides (dattri's λ' = λ/p); dattri forms the p × p
+        # kernel, which for LeNet (p = 61,706) is 30 GB in float64: that row is left out there
+        if p > 10_000:
+            print(f"  {case}: trak without projection left out (dattri's p × p kernel, p = {p})", flush=True)
+        else:
+            compare_trak_unprojected(case, net, theta, data, c, points, q_test, repeat)
+        # TRAK (b): λ = 0 and dattri's own k-dimensional Gaussian projection on both sides
+        compare_trak_projected(case, net, theta, data, c, points, q_test, repeat, k)
+    if "representer" in only:  # weights only (bias: false), λ = 0.003
+        s_ours, (value, delta) = timed(lambda: _representer(c, points), repeat)
+        s_base, b = timed(lambda: dattri_rps(net, theta, data, 0.003), repeat)
+        record(case, "representer (value of the test label)", s_ours, s_base,
+               f"Pearson {pearson(value, b):.6f} (min per test point {min_row_pearson(value, b):.6f})",
+               f"ours: column representer_value; against our Δ̂ (which adds −p_tᵀα_i k_it): Pearson {pearson(delta, b):.4f}")
+
+
+def compare_tracin(case, net, theta, data, c, points, checkpoints, repeat):
+    """TracIn over the kept checkpoints, grad_cosine at θ*, and the floor under both."""
     s_ours, a = timed(lambda: ours("tracin", {}, c, points), repeat)
     s_base, b = timed(lambda: dattri_tracin(net, checkpoints, data, False), repeat)
     record(case, f"tracin ({len(checkpoints)} checkpoints)", s_ours, s_base,
            f"Pearson {pearson(a, b):.6f} (min per test point {min_row_pearson(a, b):.6f})",
            f"max abs diff / max abs ours = {float((a.double() - b.double()).abs().max() / a.double().abs().max()):.1e}")
+    tracin_dattri = s_base
     s_ours, a = timed(lambda: ours("grad_cosine", {}, c, points), repeat)
     s_base, b = timed(lambda: dattri_tracin(net, [(theta, 1.0)], data, True), repeat)
     record(case, "grad_cosine vs Grad-Cos", s_ours, s_base,
            f"Pearson {pearson(a, b):.6f} (min per test point {min_row_pearson(a, b):.6f})",
            f"max abs diff = {float((a.double() - b.double()).abs().max()):.1e}")
-
-    # TRAK (a): no projection, a small ridge λ on both sides (dattri's λ' = λ/p); dattri forms the p × p
-    # kernel, which for LeNet (p = 44,426) is 16 GB in float64: that row is left out there
-    if p > 10_000:
-        print(f"  {case}: trak without projection left out (dattri's p × p kernel, p = {p})", flush=True)
-    else:
-        compare_trak_unprojected(case, net, theta, data, c, points, q_test, repeat)
-
-    # TRAK (b): λ = 0 and dattri's own k-dimensional Gaussian projection on both sides
-    compare_trak_projected(case, net, theta, data, c, points, q_test, repeat, k)
-
-    # representer points: weights only (bias: false), λ = 0.003
-    s_ours, (value, delta) = timed(lambda: _representer(c, points), repeat)
-    s_base, b = timed(lambda: dattri_rps(net, theta, data, 0.003), repeat)
-    record(case, "representer (value of the test label)", s_ours, s_base,
-           f"Pearson {pearson(value, b):.6f} (min per test point {min_row_pearson(value, b):.6f})",
-           f"ours: column representer_value; against our Δ̂ (which adds −p_tᵀα_i k_it): Pearson {pearson(delta, b):.4f}")
+    # the floor under both: what any exact per-sample-gradient method pays at least
+    s_floor, _ = timed(lambda: summed_gradient_passes(net, [th for th, _ in checkpoints], data), repeat)
+    record(case, f"floor: summed-gradient passes ({len(checkpoints)} checkpoints)", s_floor, tracin_dattri,
+           "(computes no scores)", "ratio = dattri's TracIn over this floor: the most any exact method could reach")
+    s_floor, _ = timed(lambda: summed_gradient_passes(net, [theta], data), repeat)
+    record(case, "floor: summed-gradient passes (θ* alone)", s_floor, s_base,
+           "(computes no scores)", "ratio = dattri's Grad-Cos over this floor")
 
 
 def compare_trak_unprojected(case, net, theta, data, c, points, q_test, repeat):
@@ -371,6 +395,8 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--k", type=int, default=256, help="projection dimension of TRAK's shared-matrix case")
     parser.add_argument("--markdown", help="write the table to this file")
+    parser.add_argument("--only", nargs="*", default=["tracin", "trak", "representer"],
+                        choices=["tracin", "trak", "representer"], help="the estimators to compare (default all)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     quiet_dattri()
@@ -378,7 +404,7 @@ def main(argv=None) -> int:
     print(info, flush=True)
     started = time.perf_counter()
     for case in args.cases:
-        compare(case, args.repeat, args.k)
+        compare(case, args.repeat, args.k, args.only)
     lines = [f"Machine: {info}; {time.perf_counter() - started:.0f} s in all.", "",
              "| case | estimator | ours (s) | dattri (s) | ratio | agreement | note |", "|---|---|---:|---:|---:|---|---|"]
     lines += [f"| {r['case']} | {r['estimator']} | {r['ours_s']:.3f} | {r['dattri_s']:.3f} | {r['ratio']:.1f}× | "
