@@ -1,6 +1,6 @@
 """TRAK's peak memory against the matrices it avoids, side by side in one run.
 
-    .venv/bin/python benchmarks/trak_memory.py [--arch lenet] [--k 2048] [--n 16 64] [--chunk-mb 64] [--markdown F]
+    .venv/bin/python benchmarks/trak_memory.py [--arch lenet] [--k 2048] [--n 16 64] [--chunk-mb 64] [--sides ours direct] [--markdown F]
 
 Ours (`estimators/trak.py`, `fit` + `scores` for 2 test points) computes the output gradients a
 block of training rows at a time and projects each block with rows of P generated a block of
@@ -16,8 +16,9 @@ agrees (checked: the largest difference of the projected features).
 
 ResNet18 (p = 11.2 M) with k = 2,048 is out of reach on CPU (generating p × k Gaussian numbers
 once, at the ~29 M/s measured on the project's 2-core machine, takes about 13 minutes, and ours
-generates P once per block of training rows), so it is for a GPU machine:
-`--arch resnet18 --device cuda`.
+generates P once per block of training rows and once for the test points), so it is for a GPU
+machine (`--arch resnet18 --device cuda`) or, ours alone, for half an hour of one core:
+`--arch resnet18 --n 16 --chunk-mb 1024 --sides ours` (the direct way's P, 92 GB, fits nowhere here).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def resident_mb() -> float:
         return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def one(arch: str, side: str, n: int, k: int, chunk_mb: float, device: str) -> dict:
+def one(arch: str, side: str, n: int, k: int, chunk_mb: float, device: str, compare: bool = True) -> dict:
     """Build the model and data, then run one side; return its peak memory beyond that point."""
     from fragility.engine.flat import FlatModel
     from fragility.estimators import trak as trak_module
@@ -67,7 +68,8 @@ def one(arch: str, side: str, n: int, k: int, chunk_mb: float, device: str) -> d
         c = Context(net, theta, x, y, xt, yt, decay=0.0, damping=0.0, device=dev)
         estimator = trak_module.TRAK(projection_dim=k, chunk_bytes=chunk).fit(c)
         estimator.scores([{"name": "a", "index": 0}, {"name": "b", "index": 1}])
-        features = estimator.features(net, theta, x[:2], y[:2])
+        # Φ of two training rows for the comparison with the direct way (P drawn once more)
+        features = estimator.features(net, theta, x[:2], y[:2]) if compare else torch.zeros(0)
     else:
         block = int(chunk // (k * 4))  # ours's blocks of P, so that both sides draw the same P
         project = trak_module.Projection(p, k, "gaussian", 0, block, torch.float32, dev, keep_bytes=0)
@@ -92,6 +94,8 @@ def main(argv=None) -> int:
     parser.add_argument("--chunk-mb", type=float, default=64.0, help="ours: chunk_bytes in MB")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--sides", nargs="*", default=["ours", "direct"], choices=["ours", "direct"],
+                        help="ours alone where the direct way cannot fit in memory (ResNet18: P is 92 GB)")
     parser.add_argument("--markdown")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one configuration (JSON) and print its row
     args = parser.parse_args(argv)
@@ -101,8 +105,9 @@ def main(argv=None) -> int:
         return 0
     rows = []
     for n in args.n:
-        for side in ("ours", "direct"):
-            spec = {"arch": args.arch, "side": side, "n": n, "k": args.k, "chunk_mb": args.chunk_mb, "device": args.device}
+        for side in args.sides:
+            spec = {"arch": args.arch, "side": side, "n": n, "k": args.k, "chunk_mb": args.chunk_mb, "device": args.device,
+                    "compare": "direct" in args.sides}
             out = subprocess.run([sys.executable, __file__, "--threads", str(args.threads), "--one", json.dumps(spec)],
                                  capture_output=True, text=True, env={**os.environ})
             if out.returncode:
@@ -116,9 +121,15 @@ def main(argv=None) -> int:
              "| arch | p | k | n | ours: peak MB | direct: peak MB | ratio | n·p·4 + p·k·4 (MB) | ours (s) | direct (s) | "
              "max |Φ ours − Φ direct| |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for n in args.n:
-        a, b = (next(r for r in rows if r["n"] == n and r["side"] == s) for s in ("ours", "direct"))
-        difference = float((torch.tensor(a["features"]) - torch.tensor(b["features"])).abs().max())
+        a, b = (next((r for r in rows if r["n"] == n and r["side"] == s), None) for s in ("ours", "direct"))
+        a = a or {**b, "peak_mb": float("nan"), "seconds": float("nan")}
         formed = (n * a["p"] + a["p"] * a["k"]) * 4 / 2**20
+        if b is None:  # the direct way not run: what it would form
+            lines.append(f"| {a['arch']} | {a['p']:,} | {a['k']} | {n} | {a['peak_mb']:.0f} | not run | — | {formed:.0f} | "
+                         f"{a['seconds']:.1f} | — | — |")
+            continue
+        difference = float((torch.tensor(a["features"]) - torch.tensor(b["features"])).abs().max()) if "features" in a \
+            and len(a["features"]) else float("nan")
         lines.append(f"| {a['arch']} | {a['p']:,} | {a['k']} | {n} | {a['peak_mb']:.0f} | {b['peak_mb']:.0f} | "
                      f"{b['peak_mb'] / a['peak_mb']:.1f}× | {formed:.0f} | {a['seconds']:.1f} | {b['seconds']:.1f} | "
                      f"{difference:.1e} |")
