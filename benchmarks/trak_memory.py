@@ -17,8 +17,9 @@ agrees (checked: the largest difference of the projected features).
 ResNet18 (p = 11.2 M) with k = 2,048 is out of reach on CPU (generating p × k Gaussian numbers
 once, at the ~29 M/s measured on the project's 2-core machine, takes about 13 minutes, and ours
 generates P once per block of training rows and once for the test points), so it is for a GPU
-machine (`--arch resnet18 --device cuda`) or, ours alone, for half an hour of one core:
-`--arch resnet18 --n 16 --chunk-mb 1024 --sides ours` (the direct way's P, 92 GB, fits nowhere here).
+machine (`--arch resnet18 --device cuda`) or, ours alone, for about half an hour of one core (an
+estimate from that rate, two draws of P): `--arch resnet18 --n 16 --chunk-mb 1024 --sides ours`
+(the direct way's P, 92 GB in float32, fits in no memory here).
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ def one(arch: str, side: str, n: int, k: int, chunk_mb: float, device: str, comp
         # Φ of two training rows for the comparison with the direct way (P drawn once more)
         features = estimator.features(net, theta, x[:2], y[:2]) if compare else torch.zeros(0)
     else:
-        block = int(chunk // (k * 4))  # ours's blocks of P, so that both sides draw the same P
+        block = int(chunk // (k * 8))  # ours's blocks of P (sized by their float64 draws): both sides draw the same P
         project = trak_module.Projection(p, k, "gaussian", 0, block, torch.float32, dev, keep_bytes=0)
         gradients = trak_module.output_gradients(net, theta, x, y)  # G, [n, p], float32
         whole = torch.cat([project.rows(s, min(s + block, p)) for s in range(0, p, block)])  # P, [p, k]
@@ -94,7 +95,7 @@ def main(argv=None) -> int:
     parser.add_argument("--chunk-mb", type=float, default=64.0, help="ours: chunk_bytes in MB")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--sides", nargs="*", default=["ours", "direct"], choices=["ours", "direct"],
+    parser.add_argument("--sides", nargs="+", default=["ours", "direct"], choices=["ours", "direct"],
                         help="ours alone where the direct way cannot fit in memory (ResNet18: P is 92 GB)")
     parser.add_argument("--markdown")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one configuration (JSON) and print its row
@@ -122,14 +123,16 @@ def main(argv=None) -> int:
              "max |Φ ours − Φ direct| |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for n in args.n:
         a, b = (next((r for r in rows if r["n"] == n and r["side"] == s), None) for s in ("ours", "direct"))
-        a = a or {**b, "peak_mb": float("nan"), "seconds": float("nan")}
-        formed = (n * a["p"] + a["p"] * a["k"]) * 4 / 2**20
-        if b is None:  # the direct way not run: what it would form
-            lines.append(f"| {a['arch']} | {a['p']:,} | {a['k']} | {n} | {a['peak_mb']:.0f} | not run | — | {formed:.0f} | "
-                         f"{a['seconds']:.1f} | — | — |")
+        if a is None or b is None:  # one side not run
+            r = a or b
+            formed = (n * r["p"] + r["p"] * r["k"]) * 4 / 2**20
+            peak = lambda row: f"{row['peak_mb']:.0f}" if row else "not run"  # noqa: E731
+            secs = lambda row: f"{row['seconds']:.1f}" if row else "—"  # noqa: E731
+            lines.append(f"| {r['arch']} | {r['p']:,} | {r['k']} | {n} | {peak(a)} | {peak(b)} | — | {formed:.0f} | "
+                         f"{secs(a)} | {secs(b)} | — |")
             continue
-        difference = float((torch.tensor(a["features"]) - torch.tensor(b["features"])).abs().max()) if "features" in a \
-            and len(a["features"]) else float("nan")
+        formed = (n * a["p"] + a["p"] * a["k"]) * 4 / 2**20
+        difference = float((torch.tensor(a["features"]) - torch.tensor(b["features"])).abs().max())
         lines.append(f"| {a['arch']} | {a['p']:,} | {a['k']} | {n} | {a['peak_mb']:.0f} | {b['peak_mb']:.0f} | "
                      f"{b['peak_mb'] / a['peak_mb']:.1f}× | {formed:.0f} | {a['seconds']:.1f} | {b['seconds']:.1f} | "
                      f"{difference:.1e} |")

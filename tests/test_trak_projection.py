@@ -62,8 +62,9 @@ def test_the_kernel_solve_in_the_dual_equals_the_primal_pseudo_inverse():
 
 def test_a_float32_model_is_projected_in_float32_and_scores_as_in_float64():
     """A float32 model's gradients are projected in float32 (P's rows rounded from the same float64
-    draws) and Φ is taken to float64 for the kernel: Φ within 1e-5 (relative) of projecting the
-    same gradients in float64, and τ within 1e-4 of the same net and θ run in float64 throughout."""
+    draws, whether P is one block or several) and Φ is taken to float64 for the kernel: Φ within
+    1e-5 (relative) of projecting the same gradients in float64, and τ within 1e-4 of the same net
+    and θ run in float64 throughout."""
     import copy
 
     from fragility.estimators.trak import Projection, output_gradients
@@ -76,17 +77,20 @@ def test_a_float32_model_is_projected_in_float32_and_scores_as_in_float64():
     theta = net.flatten()
     points = [{"name": f"t{j}", "index": j} for j in range(5)]
     c = Context(net, theta, x[:n], y[:n], x[n:], y[n:], decay=0.0, damping=0.0)
-    estimator = registry.make_estimator("trak", {"projection_dim": 40}).fit(c)
-    assert estimator.project.dtype == torch.float32
-    phi = estimator.features(net, theta, x[:n], y[:n])
-    in_float64 = Projection(theta.numel(), 40, "gaussian", 0, 10**6, torch.float64, "cpu")
-    phi64 = in_float64(output_gradients(net, theta, x[:n], y[:n]).double())
-    assert phi.dtype == torch.float64 and float((phi - phi64).norm() / phi64.norm()) < 1e-5
-
     net64 = FlatModel(copy.deepcopy(net.model).double(), make_task("cross_entropy"))
     x64 = x.double()
     c64 = Context(net64, theta.double(), x64[:n], y[:n], x64[n:], y[n:], decay=0.0, damping=0.0)
-    reference = registry.make_estimator("trak", {"projection_dim": 40}).fit(c64)
-    assert reference.project.dtype == torch.float64
-    tau, tau64 = estimator.tau(points)[0], reference.tau(points)[0]
-    assert float((tau - tau64).norm() / tau64.norm()) < 1e-4, float((tau - tau64).norm() / tau64.norm())
+    for chunk_bytes in (2**27, 40 * 8 * 20):  # P in one block of rows; in blocks of 20 of its 115 rows
+        options = {"projection_dim": 40, "chunk_bytes": chunk_bytes}
+        estimator = registry.make_estimator("trak", options).fit(c)
+        assert estimator.project.dtype == torch.float32
+        phi = estimator.features(net, theta, x[:n], y[:n])
+        in_float64 = Projection(theta.numel(), 40, "gaussian", 0, estimator.project.block, torch.float64, "cpu")
+        phi64 = in_float64(output_gradients(net, theta, x[:n], y[:n]).double())
+        assert phi.dtype == torch.float64 and float((phi - phi64).norm() / phi64.norm()) < 1e-5
+
+        reference = registry.make_estimator("trak", options).fit(c64)
+        assert reference.project.dtype == torch.float64 and reference.project.block == estimator.project.block
+        tau, tau64 = estimator.tau(points)[0], reference.tau(points)[0]
+        assert float((tau - tau64).norm() / tau64.norm()) < 1e-4, (chunk_bytes, float((tau - tau64).norm() / tau64.norm()))
+    assert estimator.project.block == 20

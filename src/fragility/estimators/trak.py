@@ -21,9 +21,10 @@ order, so
 The projection is generated block by block over the parameters (a block of rows of P at a time,
 seeded by `seed` and the block's position, identical for training and test points), applied to
 blocks of training rows' gradients, so neither the n × p gradient matrix nor the p × k projection
-is formed. Gradients are projected in their own precision (float32 models: float32 products, half
-the time of float64 and a relative difference of about 1e-7 on LeNet), the features Φ then taken
-to float64, in which the kernel is solved.
+is formed. Gradients are projected in the model's precision, at least float32 (float32 models:
+float32 products with P's float64 draws rounded, half the time of float64 products and a relative
+difference of about 1e-7 on LeNet), the features Φ then taken to float64, in which the kernel is
+solved.
 
 Options: `projection_dim` k (default 2048; `null` or > p: no projection, φ = ∇f), `projection`
 (`gaussian`, entries N(0, 1/k), or `rademacher`, ±1/√k), `seed`, `l2` (λ, default 0; the kernel is
@@ -98,8 +99,8 @@ class Projection:
         if self.kind == "gaussian":
             part = torch.randn(stop - start, self.k, generator=gen, dtype=torch.float64)
         else:
-            part = torch.randint(0, 2, (stop - start, self.k), generator=gen).to(torch.float64) * 2 - 1
-        return (part / self.k ** 0.5).to(device=self.device, dtype=self.dtype)
+            part = torch.randint(0, 2, (stop - start, self.k), generator=gen).to(torch.float64).mul_(2).sub_(1)
+        return part.div_(self.k ** 0.5).to(device=self.device, dtype=self.dtype)  # in place: one float64 block
 
     def __call__(self, rows: torch.Tensor) -> torch.Tensor:
         if self.k is None:
@@ -193,11 +194,12 @@ class TRAK(Estimator):
             members = [(context.net, context.theta, "θ*")]
         p = context.theta.numel()
         k = self.projection_dim if self.projection_dim is not None and self.projection_dim <= p else None
+        # P's blocks are sized (and so seeded) by their float64 draws whatever the precision they are
+        # used in, so that a float32 model's P is the float64 P rounded; likewise the blocks of rows
         work = torch.promote_types(context.theta.dtype, torch.float32)  # the projection's precision
-        element = torch.finfo(work).bits // 8
         self.project = Projection(p, k, self.projection, self.seed,
-                                  self.chunk_bytes // max(1, (k or 1) * element), work, context.theta.device)
-        rows = gradient_rows(p, element, self.chunk_bytes)
+                                  self.chunk_bytes // max(1, (k or 1) * 8), work, context.theta.device)
+        rows = gradient_rows(p, 8, self.chunk_bytes)
         x, y, n = context.x_train, context.y_train, context.n_train
         self.members, q_sum, singular = [], torch.zeros(n, dtype=torch.float64, device=context.theta.device), []
         for net, theta, label in members:
