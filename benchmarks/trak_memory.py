@@ -14,10 +14,10 @@ Each configuration runs in its own process; the peak is the process's peak resid
 `torch.cuda.max_memory_allocated`). Both sides get the same P (our `Projection`'s rows), so Φ
 agrees (checked: the largest difference of the projected features).
 
-ResNet18 (p = 11.2 M) with k = 2,048 is out of reach on CPU (generating p × k Gaussian numbers
-once, at the ~29 M/s measured on the project's 2-core machine, takes about 13 minutes, and ours
-generates P once per block of training rows and once for the test points), so it is for a GPU
-machine (`--arch resnet18 --device cuda`) or, ours alone, for 50 minutes of one core (measured:
+ResNet18 (p = 11.2 M) with k = 2,048 is slow on CPU (generating p × k Gaussian numbers once, at
+the ~29 M/s measured on the project's 2-core machine, takes about 13 minutes, and ours generates P
+once per block of training rows and once for the test points), so it is for a GPU machine
+(`--arch resnet18 --device cuda`) or, ours alone, for 50 minutes of one core (measured:
 2,966 s for three draws of P, peak 2,362 MB): `--arch resnet18 --n 16 --chunk-mb 1024 --sides ours`
 (the direct way's P, 92 GB in float32, fits in no memory here).
 """
