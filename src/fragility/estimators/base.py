@@ -173,10 +173,13 @@ class Estimator:
     arguments; `self.options` is then an instance). The config block's options are exactly those:
     they are checked against the source when the DAG is built. `diagnostics` (a dict) goes to the
     estimator's JSON next to its table, with each test point's status and diagnostics
-    (`EstimatorScores.outcomes`)."""
+    (`EstimatorScores.outcomes`). `notes`, a literal (what it computes, why it might fail), one
+    short line each, is the report's line for the estimator (read from the source:
+    estimators/registry.notes)."""
 
     name: ClassVar[str] = "estimator"
     requires: ClassVar[tuple[str, ...]] = ()
+    notes: ClassVar[tuple[str, str] | None] = None
     Options: ClassVar[type | None] = None
 
     def __init__(self, **options):

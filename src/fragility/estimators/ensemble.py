@@ -68,7 +68,7 @@ class Ensemble(Estimator):
     name = "ensemble"
     requires = ("several_models",)
     notes = ("an inner estimator's Δ̂ averaged over the θ* of every seed of the cell",
-             'averaging hides the spread between seeds; one failing member fails the test point')  # (what it computes, why it might fail): the report's line
+             'averaging hides the spread between seeds; one failing member fails the test point')
     estimator_options = ("estimator",)  # an option whose value is an estimator's config block
 
     def __init__(self, estimator: dict | None = None):

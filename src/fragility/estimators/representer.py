@@ -66,7 +66,7 @@ class RepresenterPoints(Estimator):
     name = "representer"
     requires = ("last_linear_layer",)
     notes = ('the last layer refitted with an L2 penalty, Φ_t = Σ_i α_i f_iᵀf_t (Yeh et al. 2018)',
-             'only the last layer and a refit model: blind to what earlier layers learn from z_i')  # (what it computes, why it might fail): the report's line
+             'only the last layer and a refit model: blind to what earlier layers learn from z_i')
 
     def __init__(self, l2: float = 0.003, bias: bool = True, max_iterations: int = 1000, tol: float = 1e-10):
         super().__init__()

@@ -57,7 +57,7 @@ class GradientCosine(Estimator):
     name = "grad_cosine"
     requires = ()
     notes = ('cos(∇ℓ_i, ∇ℓ_t) at θ* (Charpiat et al. 2019), a similarity, not a loss change',
-             "normalising drops each gradient's magnitude, which influence scales with")  # (what it computes, why it might fail): the report's line
+             "normalising drops each gradient's magnitude, which influence scales with")
 
     def __init__(self, chunk_bytes: float = 2**27):
         super().__init__()

@@ -38,7 +38,7 @@ class TracIn(Estimator):
     name = "tracin"
     requires = ("checkpoints",)
     notes = ('Σ_k η_k ∇ℓ_i(θ_k)·∇ℓ_t(θ_k) over kept checkpoints (Pruthi et al. 2020)',
-             'assumes SGD steps; under Adam or momentum, or with few checkpoints, it is a heuristic')  # (what it computes, why it might fail): the report's line
+             'assumes SGD steps; under Adam or momentum, or with few checkpoints, it is a heuristic')
 
     def __init__(self, chunk_bytes: float = 2**27):
         super().__init__()

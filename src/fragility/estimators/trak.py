@@ -154,7 +154,7 @@ class TRAK(Estimator):
     name = "trak"
     requires = ()
     notes = ('projected margin gradients, a kernel regression, averaged over models (Park et al. 2023)',
-             'linearises the net; a small projection or ensemble adds noise')  # (what it computes, why it might fail): the report's line
+             'linearises the net; a small projection or ensemble adds noise')
     # the checkpoint ensemble, the ensemble over the cell's seeds
     requires_by_option = {"models": {"checkpoints": ("checkpoints",), "seeds": ("several_models",)}}
 
